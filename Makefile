@@ -1,0 +1,15 @@
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+
+.PHONY: test venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock scripts/make_venv.sh
+	bash scripts/make_venv.sh $(VENV)
+
+test: venv
+	$(PYTHON) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV)

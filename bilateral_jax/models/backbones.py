@@ -1,0 +1,128 @@
+"""The three backbones of the paper's experiments, and the registry that builds them by name."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from bilateral_jax import ops
+from bilateral_jax.models.config import TransformerConfig
+from bilateral_jax.models.transformer import Transformer
+
+POOLINGS = ("mean", "cls")
+
+
+class CausalLM(nn.Module):
+  """Causal language model: tokens [batch, len] int -> next-token logits [batch, len, vocab]."""
+  config: TransformerConfig
+  vocab_size: int
+  tie_embeddings: bool = True
+
+  @nn.compact
+  def __call__(self, tokens, *, deterministic=True):
+    embed = nn.Embed(self.vocab_size, self.config.model_dim, embedding_init=nn.initializers.normal(0.02),
+                     name="embed")
+    coords = ops.sequence_coordinates(tokens.shape[1])
+    y = Transformer(self.config, name="transformer")(embed(tokens), coords=coords, is_causal=True,
+                                                     deterministic=deterministic)
+    if self.tie_embeddings:
+      return embed.attend(y.astype(jnp.float32))
+    return nn.Dense(self.vocab_size, name="head")(y.astype(jnp.float32))
+
+
+class SequenceClassifier(nn.Module):
+  """LRA-style classifier: tokens [batch, len] (0 = padding) -> logits [batch, classes].
+
+  pooling: `mean` over real tokens, or `cls`, a prepended summary token with no place (no spatial term).
+  two_tower: tokens [batch, 2, len] (LRA Retrieval): both documents share the encoder and the head sees
+  [u, v, u * v, u - v].
+  """
+  config: TransformerConfig
+  vocab_size: int
+  num_classes: int
+  pooling: str = "mean"
+  two_tower: bool = False
+
+  def setup(self):
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"pooling={self.pooling!r} is not one of: {', '.join(POOLINGS)}")
+    self.embed = nn.Embed(self.vocab_size, self.config.model_dim,
+                          embedding_init=nn.initializers.normal(0.02))
+    self.transformer = Transformer(self.config)
+    if self.pooling == "cls":
+      self.cls_token = self.param("cls_token", nn.initializers.zeros, (1, 1, self.config.model_dim))
+    self.tower_mlp = nn.Dense(self.config.mlp_dim) if self.two_tower else None
+    self.head = nn.Dense(self.num_classes)
+
+  def encode(self, tokens, deterministic=True):
+    """tokens [batch, len] -> pooled features [batch, dim]."""
+    mask = tokens != 0
+    x = self.embed(tokens)
+    coords = ops.sequence_coordinates(tokens.shape[1])
+    if self.pooling == "cls":
+      x = jnp.concatenate([jnp.broadcast_to(self.cls_token, (x.shape[0], 1, x.shape[-1])), x], axis=1)
+      coords = ops.prepend_placeless(coords, 1)
+      mask = jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
+    y = self.transformer(x, coords=coords, mask=mask, deterministic=deterministic).astype(jnp.float32)
+    if self.pooling == "cls":
+      return y[:, 0]
+    weights = mask[..., None].astype(y.dtype)
+    return jnp.sum(y * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+
+  def __call__(self, tokens, *, deterministic=True):
+    if not self.two_tower:
+      return self.head(self.encode(tokens, deterministic))
+    if tokens.ndim != 3 or tokens.shape[1] != 2:
+      raise ValueError(f"two_tower takes tokens [batch, 2, len], got {tokens.shape}")
+    batch = tokens.shape[0]
+    pooled = self.encode(tokens.reshape(2 * batch, -1), deterministic).reshape(batch, 2, -1)
+    u, v = pooled[:, 0], pooled[:, 1]
+    features = jnp.concatenate([u, v, u * v, u - v], axis=-1)
+    return self.head(nn.gelu(self.tower_mlp(features)))
+
+
+class VisionTransformer(nn.Module):
+  """ViT/DeiT classifier: images [batch, height, width, channels] -> logits [batch, classes].
+
+  Patches carry their (row, col) on the patch grid; the CLS token has no place.
+  """
+  config: TransformerConfig
+  num_classes: int
+  patch_size: int = 4
+  pooling: str = "cls"
+
+  @nn.compact
+  def __call__(self, images, *, deterministic=True):
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"pooling={self.pooling!r} is not one of: {', '.join(POOLINGS)}")
+    p = self.patch_size
+    if images.shape[1] % p or images.shape[2] % p:
+      raise ValueError(f"image size {images.shape[1:3]} is not divisible by patch_size {p}")
+    patches = nn.Conv(self.config.model_dim, (p, p), strides=(p, p), padding="VALID",
+                      name="patch_embed")(images)
+    rows, cols = patches.shape[1:3]
+    x = patches.reshape(patches.shape[0], rows * cols, -1)
+    coords = ops.grid_coordinates(rows, cols)
+    if self.pooling == "cls":
+      cls = self.param("cls_token", nn.initializers.zeros, (1, 1, x.shape[-1]))
+      x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x], axis=1)
+      coords = ops.prepend_placeless(coords, 1)
+    y = Transformer(self.config, name="transformer")(x, coords=coords, deterministic=deterministic)
+    pooled = y[:, 0] if self.pooling == "cls" else jnp.mean(y, axis=1)
+    return nn.Dense(self.num_classes, name="head")(pooled.astype(jnp.float32))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "lm": CausalLM,
+    "classifier": SequenceClassifier,
+    "vit": VisionTransformer,
+}
+
+
+def build_model(name: str, transformer: dict[str, Any] | TransformerConfig, **kwargs) -> nn.Module:
+  """Builds the backbone registered as `name` with the given stack settings and backbone fields."""
+  if name not in MODELS:
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+  config = transformer if isinstance(transformer, TransformerConfig) else TransformerConfig(**transformer)
+  return MODELS[name](config, **kwargs)

@@ -1,0 +1,103 @@
+"""The Transformer stack's settings, checked once when they are made."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from bilateral_jax.ops.kernels import CONTENT_KERNELS, SPATIAL_KERNELS
+
+ATTENTIONS = ("standard", "alibi", "rope", "bilateral")
+POSITION_TABLES = ("learned", "sinusoidal", "none")
+BILATERAL_SPATIAL = SPATIAL_KERNELS + ("none",)
+RESIDUALS = ("standard", "grc")
+GRC_FORMS = ("convex", "boost")
+SUBLAYERS = ("attention", "mlp")
+NORMS = ("pre", "post")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _choose(field: str, value, known) -> None:
+  if value not in known:
+    raise ValueError(f"{field}={value!r} is not one of: {', '.join(map(str, known))}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """What the stack is. Each comparison of the paper is one field apart:
+
+  attention: `standard` (positions from `position_table`, added to Y_0), `alibi`, `rope`, or
+    `bilateral` (BSA: positions only through the `spatial` kernel; no cross terms).
+  content / spatial: BSA kernels (method.md section 2); spatial `none` is the content-only
+    non-local-means filter; spatial `dot` takes its features from `position_table` (TUPE).
+  spatial_bandwidth_range: initial h_p of the first (most local) and last (most global) head, spread
+    geometrically, in units of the coordinates (tokens, or patches); h_y^2 starts at sqrt(head_dim), and
+    so does h_p^2 for spatial `dot`.
+  residual / grc_form / grc_sublayers / grc_t_init / grc_per_channel: the Generalized Residual
+    Connection (method.md section 3); `boost` applies to the attention sublayer only, the MLP always
+    uses `convex`.
+  norm: `pre` or `post` LayerNorm.
+  """
+  num_layers: int = 2
+  num_heads: int = 4
+  model_dim: int = 64
+  mlp_dim: int = 256
+  max_length: int = 512
+  attention: str = "bilateral"
+  content: str = "gaussian"
+  spatial: str = "gaussian"
+  position_table: str = "learned"
+  spatial_bandwidth_range: tuple[float, float] = (1.0, 64.0)
+  residual: str = "grc"
+  grc_form: str = "convex"
+  grc_sublayers: tuple[str, ...] = ("attention",)
+  grc_t_init: float = 0.1
+  grc_per_channel: bool = False
+  norm: str = "pre"
+  dropout_rate: float = 0.0
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    _choose("attention", self.attention, ATTENTIONS)
+    _choose("content", self.content, CONTENT_KERNELS)
+    _choose("spatial", self.spatial, BILATERAL_SPATIAL)
+    _choose("position_table", self.position_table, POSITION_TABLES)
+    _choose("residual", self.residual, RESIDUALS)
+    _choose("grc_form", self.grc_form, GRC_FORMS)
+    _choose("norm", self.norm, NORMS)
+    _choose("dtype", self.dtype, DTYPES)
+    object.__setattr__(self, "grc_sublayers", tuple(self.grc_sublayers))
+    object.__setattr__(self, "spatial_bandwidth_range", tuple(self.spatial_bandwidth_range))
+    for sublayer in self.grc_sublayers:
+      _choose("grc_sublayers entry", sublayer, SUBLAYERS)
+    for field in ("num_layers", "num_heads", "model_dim", "mlp_dim", "max_length"):
+      if int(getattr(self, field)) < 1:
+        raise ValueError(f"{field} must be a positive integer, got {getattr(self, field)!r}")
+    if self.model_dim % self.num_heads:
+      raise ValueError(f"model_dim ({self.model_dim}) must be divisible by num_heads ({self.num_heads})")
+    low, high = self.spatial_bandwidth_range
+    if not 0 < low <= high:
+      raise ValueError(f"spatial_bandwidth_range must satisfy 0 < low <= high, got {(low, high)}")
+    if not 0.0 < self.grc_t_init < 1.0:
+      raise ValueError(f"grc_t_init must lie in (0, 1) (t = sigmoid(theta)), got {self.grc_t_init}")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f"dropout_rate must lie in [0, 1), got {self.dropout_rate}")
+    if self.uses_position_table and self.position_table == "none":
+      raise ValueError("attention='bilateral' with spatial='dot' needs position_table learned|sinusoidal")
+
+  @property
+  def head_dim(self) -> int:
+    return self.model_dim // self.num_heads
+
+  @property
+  def additive_positions(self) -> bool:
+    """Whether a position table is added to the token stream (the standard baseline)."""
+    return self.attention == "standard" and self.position_table != "none"
+
+  @property
+  def uses_position_table(self) -> bool:
+    return self.additive_positions or (self.attention == "bilateral" and self.spatial == "dot")
+
+  @property
+  def initial_log_h_y(self) -> float:
+    """log h_y with h_y^2 = sqrt(head_dim): `dot` content starts as standard scaled attention."""
+    return 0.25 * math.log(self.head_dim)

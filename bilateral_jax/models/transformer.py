@@ -1,0 +1,167 @@
+"""Linen modules: multi-head attention (standard, ALiBi, RoPE, bilateral), the block with a standard or
+generalized residual, and the stack. The math lives in `bilateral_jax.ops`; these modules hold parameters.
+
+Per-layer hidden states (`hidden_states`, Y_0 .. Y_L) and attention weights (`attention_weights`) are sown
+into the `intermediates` collection: pass `mutable=["intermediates"]` to `apply` to get them; otherwise
+sowing is a no-op and costs nothing.
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bilateral_jax import ops
+from bilateral_jax.models.config import TransformerConfig
+
+
+class MultiHeadAttention(nn.Module):
+  """Self-attention over x [batch, len, dim] -> [batch, len, dim].
+
+  coords [len, c]: token places (NaN rows: no place). pos_embed [len, dim]: the position table rows, for
+  spatial `dot`. mask: boolean, broadcastable to [batch, heads, len, len], True = attend.
+  boost: (x0, t) for the `boost` GRC form: values (1 - t) V(x) + t (V(x0) - V(x)).
+  """
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, *, coords, pos_embed=None, mask=None, is_causal=False, boost=None):
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    heads, head_dim = cfg.num_heads, cfg.head_dim
+
+    query, key, value = (nn.DenseGeneral((heads, head_dim), dtype=dtype, name=name)
+                         for name in ("query", "key", "value"))
+    q, k, v = query(x), key(x), value(x)
+    if boost is not None:
+      x0, t = boost
+      v = ops.boosted_values(v, value(x0), t)
+
+    if cfg.attention == "bilateral":
+      h_y = jnp.exp(self.param("log_h_y", nn.initializers.constant(cfg.initial_log_h_y), (heads,)))
+      q_pos, k_pos, h_p = self._spatial_features(coords, pos_embed)
+      logits = ops.bilateral_logits(q, k, q_pos, k_pos, h_y=h_y, h_p=h_p, content=cfg.content,
+                                    spatial=cfg.spatial)
+    elif cfg.attention == "alibi":
+      logits = ops.standard_logits(q, k, bias=ops.alibi_bias(coords, coords, ops.alibi_slopes(heads)))
+    elif cfg.attention == "rope":
+      logits = ops.standard_logits(ops.apply_rope(q, coords), ops.apply_rope(k, coords))
+    else:
+      logits = ops.standard_logits(q, k)
+
+    weights = ops.attention_weights(logits, mask=mask, is_causal=is_causal)
+    self.sow("intermediates", "attention_weights", weights)
+    out = ops.filter_values(weights, v)
+    return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), dtype=dtype, name="out")(out)
+
+  def _spatial_features(self, coords, pos_embed):
+    """(q_pos, k_pos, h_p) for the BSA spatial kernel; (None, None, None) for spatial `none`."""
+    cfg = self.config
+    if cfg.spatial == "none":
+      return None, None, None
+    if cfg.spatial == "dot":
+      init_log_h_p = nn.initializers.constant(cfg.initial_log_h_y)
+    else:
+      low, high = cfg.spatial_bandwidth_range
+      init_log_h_p = lambda *_: jnp.log(ops.geometric_bandwidths(cfg.num_heads, low, high))
+    h_p = jnp.exp(self.param("log_h_p", init_log_h_p, (cfg.num_heads,)))
+    if cfg.spatial != "dot":
+      return coords, coords, h_p
+    placed = ~jnp.any(jnp.isnan(coords), axis=-1)[:, None, None]
+    features = []
+    for name in ("pos_query", "pos_key"):
+      projected = nn.DenseGeneral((cfg.num_heads, cfg.head_dim), use_bias=False, name=name)(pos_embed)
+      features.append(jnp.where(placed, projected, jnp.nan))  # NaN rows: no place, S = 0
+    return features[0], features[1], h_p
+
+
+class Mlp(nn.Module):
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x):
+    dtype = jnp.dtype(self.config.dtype)
+    h = nn.gelu(nn.Dense(self.config.mlp_dim, dtype=dtype, name="fc1")(x))
+    return nn.Dense(x.shape[-1], dtype=dtype, name="fc2")(h)
+
+
+class Block(nn.Module):
+  """One layer: y [batch, len, dim], y0 (the stack input) -> y [batch, len, dim].
+
+  Each sublayer's residual is standard (y + F(y)) or, if listed in `grc_sublayers`, generalized with its
+  own learnable t = sigmoid(theta) (a scalar, or one per channel; for `boost`, the channels of the value
+  space, heads x head_dim).
+  """
+  config: TransformerConfig
+
+  def _t(self, name):
+    cfg = self.config
+    shape = (cfg.model_dim,) if cfg.grc_per_channel else ()
+    theta_init = nn.initializers.constant(math.log(cfg.grc_t_init / (1.0 - cfg.grc_t_init)))
+    return jax.nn.sigmoid(self.param(name, theta_init, shape))
+
+  @nn.compact
+  def __call__(self, y, y0, *, coords, pos_embed, mask, is_causal, deterministic=True):
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    drop = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
+    grc = set(cfg.grc_sublayers) if cfg.residual == "grc" else set()
+    attention = MultiHeadAttention(cfg, name="attention")
+    mlp = Mlp(cfg, name="mlp")
+
+    for sublayer in ("attention", "mlp"):
+      norm = nn.LayerNorm(dtype=dtype, name=f"norm_{sublayer}")
+      h = norm(y) if cfg.norm == "pre" else y
+      t = self._t(f"grc_theta_{sublayer}") if sublayer in grc else None
+      if sublayer == "mlp":
+        fy = mlp(h)
+      elif t is not None and cfg.grc_form == "boost":
+        h0 = norm(y0) if cfg.norm == "pre" else y0
+        fy = attention(h, coords=coords, pos_embed=pos_embed, mask=mask, is_causal=is_causal,
+                       boost=(h0, t.reshape(cfg.num_heads, cfg.head_dim) if t.ndim else t))
+        t = None  # boosting happened inside the filter; the residual itself is the standard one
+      else:
+        fy = attention(h, coords=coords, pos_embed=pos_embed, mask=mask, is_causal=is_causal)
+      fy = drop(fy)
+      y = y + fy if t is None else ops.generalized_residual(y, fy, y0, t)
+      if cfg.norm == "post":
+        y = norm(y)
+    return y
+
+
+class Transformer(nn.Module):
+  """The stack: token embeddings x [batch, len, dim] at coords [len, c] -> [batch, len, dim].
+
+  mask: boolean padding mask [batch, len] (True = real token) or None. Y_0 is x plus the position table
+  for the additive baseline, x itself otherwise; it is kept for every layer's GRC.
+  """
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, *, coords, mask=None, is_causal=False, deterministic=True):
+    cfg = self.config
+    length = x.shape[1]
+    if length > cfg.max_length:
+      raise ValueError(f"sequence length {length} exceeds max_length {cfg.max_length}")
+    pos_embed = None
+    if cfg.uses_position_table:
+      if cfg.position_table == "learned":
+        table = self.param("position_table", nn.initializers.normal(0.02), (cfg.max_length, cfg.model_dim))
+      else:
+        table = ops.sinusoidal_table(cfg.max_length, cfg.model_dim)
+      pos_embed = table[:length]
+    y0 = x + pos_embed if cfg.additive_positions else x
+    y0 = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)(y0.astype(jnp.dtype(cfg.dtype)))
+    attention_mask = None if mask is None else mask[:, None, None, :]
+    self.sow("intermediates", "hidden_states", y0)
+    y = y0
+    for layer in range(cfg.num_layers):
+      y = Block(cfg, name=f"block_{layer}")(y, y0, coords=coords, pos_embed=pos_embed,
+                                            mask=attention_mask, is_causal=is_causal,
+                                            deterministic=deterministic)
+      self.sow("intermediates", "hidden_states", y)
+    if cfg.norm == "pre":
+      y = nn.LayerNorm(dtype=jnp.dtype(cfg.dtype), name="norm_final")(y)
+    return y

@@ -1,0 +1,9 @@
+"""Pure-jax math of BSA and GRC: the public functional API (no Flax)."""
+from bilateral_jax.ops.attention import (attention_weights, bilateral_attention, causal_mask,
+                                         filter_values, standard_attention, standard_logits)
+from bilateral_jax.ops.kernels import (CONTENT_KERNELS, SPATIAL_KERNELS, bilateral_logits,
+                                       content_logits, spatial_logits)
+from bilateral_jax.ops.positions import (alibi_bias, alibi_slopes, apply_rope, geometric_bandwidths,
+                                         grid_coordinates, prepend_placeless, sequence_coordinates,
+                                         sinusoidal_table)
+from bilateral_jax.ops.residual import boosted_values, generalized_residual

@@ -1,0 +1,81 @@
+"""Token places and the position handling of every attention variant.
+
+Coordinates are `[len, c]` float arrays: `r_i = i` for sequences (c = 1), `(row, col)` for image patches
+(c = 2). A NaN row is a token with no place (CLS/summary tokens): BSA gives its pairs no spatial term,
+ALiBi no distance penalty, RoPE no rotation.
+"""
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from bilateral_jax.ops.kernels import spatial_logits
+
+
+def sequence_coordinates(length: int) -> jnp.ndarray:
+  """[length, 1]: r_i = i."""
+  return jnp.arange(length, dtype=jnp.float32)[:, None]
+
+
+def grid_coordinates(rows: int, cols: int) -> jnp.ndarray:
+  """[rows * cols, 2]: (row, col) of each patch in row-major order."""
+  r, c = jnp.meshgrid(jnp.arange(rows), jnp.arange(cols), indexing="ij")
+  return jnp.stack([r.ravel(), c.ravel()], axis=-1).astype(jnp.float32)
+
+
+def prepend_placeless(coords, count: int) -> jnp.ndarray:
+  """Prepends `count` tokens with no place (NaN rows) to coordinates [len, c]."""
+  return jnp.concatenate([jnp.full((count, coords.shape[-1]), jnp.nan, coords.dtype), coords])
+
+
+def sinusoidal_table(length: int, dim: int, base: float = 10_000.0) -> jnp.ndarray:
+  """[length, dim] sin/cos position table of Vaswani et al. (sin on even, cos on odd channels)."""
+  position = np.arange(length)[:, None]
+  inv_freq = np.exp(-math.log(base) * np.arange(0, dim, 2) / dim)
+  table = np.zeros((length, dim), np.float32)
+  table[:, 0::2] = np.sin(position * inv_freq)
+  table[:, 1::2] = np.cos(position * inv_freq)[:, : dim // 2]
+  return jnp.asarray(table)
+
+
+def geometric_bandwidths(heads: int, low: float, high: float) -> jnp.ndarray:
+  """[heads] bandwidths spread geometrically from `low` (local heads) to `high` (global heads)."""
+  if heads == 1:
+    return jnp.asarray([math.sqrt(low * high)], jnp.float32)
+  return jnp.asarray(np.geomspace(low, high, heads), jnp.float32)
+
+
+def alibi_slopes(heads: int) -> jnp.ndarray:
+  """[heads] ALiBi slopes 2^(-8 h / heads), h = 1..heads (Press et al.)."""
+  return jnp.asarray(2.0 ** (-8.0 * np.arange(1, heads + 1) / heads), jnp.float32)
+
+
+def alibi_bias(q_pos, k_pos, slopes) -> jnp.ndarray:
+  """ALiBi bias -m_h ||r_i - r_j|| -> [1, heads, q_len, k_len]: the laplacian kernel with h_p = 1 / m_h.
+
+  With causal masking this is the original ALiBi; without it, its symmetric (bidirectional) form.
+  """
+  return spatial_logits(q_pos, k_pos, h_p=1.0 / slopes, spatial="laplacian")
+
+
+def apply_rope(x, coords, base: float = 10_000.0) -> jnp.ndarray:
+  """Rotary embedding of x [batch, len, heads, head_dim] at coordinates [len, c] (axial for c > 1).
+
+  The head dimension is split into c equal groups, one per coordinate axis, each rotated in
+  half-split pairs (x_a, x_{a + g/2}) by angles r * base^(-2a/g). NaN coordinates: no rotation.
+  """
+  head_dim, axes = x.shape[-1], coords.shape[-1]
+  if head_dim % (2 * axes):
+    raise ValueError(f"RoPE needs head_dim ({head_dim}) divisible by 2 * coordinate axes ({axes})")
+  coords = jnp.where(jnp.isnan(coords), 0.0, coords)
+  group = head_dim // axes
+  inv_freq = base ** (-jnp.arange(0, group, 2, dtype=jnp.float32) / group)  # [group / 2]
+  out = []
+  for axis, part in enumerate(jnp.split(x, axes, axis=-1)):
+    angle = coords[:, axis, None] * inv_freq  # [len, group / 2]
+    cos, sin = jnp.cos(angle)[None, :, None, :], jnp.sin(angle)[None, :, None, :]
+    first, second = jnp.split(part.astype(jnp.float32), 2, axis=-1)
+    out.append(jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1))
+  return jnp.concatenate(out, axis=-1).astype(x.dtype)

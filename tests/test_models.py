@@ -1,0 +1,184 @@
+"""Linen modules and backbones: every combination trains, limits hold at module level, no leaks."""
+import dataclasses
+import itertools
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bilateral_jax import ops
+from bilateral_jax.models import MODELS, Transformer, TransformerConfig, build_model
+
+TINY = dict(num_layers=2, num_heads=2, model_dim=16, mlp_dim=32, max_length=16)
+ATTENTIONS = [dict(attention="standard", position_table="learned"),
+              dict(attention="standard", position_table="sinusoidal"),
+              dict(attention="alibi"), dict(attention="rope"),
+              dict(attention="bilateral", spatial="gaussian"),
+              dict(attention="bilateral", spatial="laplacian", content="dot"),
+              dict(attention="bilateral", spatial="dot", position_table="sinusoidal"),
+              dict(attention="bilateral", spatial="none")]
+RESIDUALS = [dict(residual="standard"), dict(residual="grc", grc_form="convex"),
+             dict(residual="grc", grc_form="boost", grc_sublayers=("attention", "mlp"), grc_per_channel=True)]
+BACKBONES = {
+    "lm": (dict(vocab_size=13), np.arange(2 * 8).reshape(2, 8) % 13),
+    "classifier": (dict(vocab_size=13, num_classes=3, pooling="cls"), np.arange(2 * 8).reshape(2, 8) % 13),
+    "retrieval": (dict(vocab_size=13, num_classes=2, two_tower=True), np.arange(2 * 16).reshape(2, 2, 8) % 13),
+    "vit": (dict(num_classes=3, patch_size=4), np.linspace(0, 1, 2 * 8 * 8 * 3).reshape(2, 8, 8, 3)),
+}
+
+
+def tiny(**overrides):
+  return TransformerConfig(**(TINY | overrides))
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_every_attention_and_residual_inits_jits_and_differentiates(backbone):
+  kwargs, inputs = BACKBONES[backbone]
+  name = "classifier" if backbone == "retrieval" else backbone
+  for attention, residual in itertools.product(ATTENTIONS, RESIDUALS):
+    model = build_model(name, tiny(**attention, **residual, dropout_rate=0.1), **kwargs)
+
+    @jax.jit
+    def init_loss_and_grad(rng):
+      def loss(params):
+        out = model.apply(params, inputs, deterministic=False, rngs={"dropout": rng})
+        return jnp.mean(out.astype(jnp.float32) ** 2)
+      return jax.value_and_grad(loss)(model.init(rng, inputs))
+
+    value, grads = init_loss_and_grad(jax.random.key(1))
+    leaves = jax.tree.leaves(grads)
+    assert np.isfinite(float(value)), (attention, residual)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves), (attention, residual)
+    assert any(float(jnp.max(jnp.abs(g))) > 0 for g in leaves)
+
+
+def test_registry_and_config_errors_name_the_choices():
+  assert sorted(MODELS) == ["classifier", "lm", "vit"]
+  with pytest.raises(ValueError, match="known: classifier, lm, vit"):
+    build_model("resnet", tiny())
+  with pytest.raises(ValueError, match="attention='linear' is not one of: standard, alibi, rope, bilateral"):
+    tiny(attention="linear")
+  with pytest.raises(ValueError, match="divisible by num_heads"):
+    tiny(model_dim=15)
+  with pytest.raises(ValueError, match="grc_t_init"):
+    tiny(grc_t_init=0.0)
+  with pytest.raises(ValueError, match="position_table"):
+    tiny(spatial="dot", position_table="none")
+  with pytest.raises(TypeError, match="unexpected keyword"):
+    TransformerConfig(num_layer=2)
+  with pytest.raises(ValueError, match="exceeds max_length"):
+    build_model("lm", tiny(max_length=4), vocab_size=5).init(jax.random.key(0), jnp.ones((1, 8), int))
+
+
+def test_bandwidths_start_as_method_md_says():
+  config = tiny(num_heads=4, model_dim=64, spatial_bandwidth_range=(1.0, 27.0))
+  params = build_model("lm", config, vocab_size=7).init(jax.random.key(0), jnp.ones((1, 4), int))
+  attention = params["params"]["transformer"]["block_0"]["attention"]
+  np.testing.assert_allclose(jnp.exp(attention["log_h_y"]) ** 2, np.full(4, np.sqrt(16.0)), rtol=1e-6)
+  np.testing.assert_allclose(jnp.exp(attention["log_h_p"]), [1.0, 3.0, 9.0, 27.0], rtol=1e-5)
+
+
+def stack_params_without(params, prefix):
+  flat = flax.traverse_util.flatten_dict(params, sep="/")
+  return flax.traverse_util.unflatten_dict({k: v for k, v in flat.items() if prefix not in k}, sep="/")
+
+
+def stack_inputs(length=6, batch=2, dim=16):
+  return jax.random.normal(jax.random.key(5), (batch, length, dim)), ops.sequence_coordinates(length)
+
+
+@pytest.mark.parametrize("form,per_channel", [("convex", False), ("boost", False), ("convex", True)])
+def test_grc_with_t_zero_is_the_standard_residual(form, per_channel):
+  x, coords = stack_inputs()
+  grc = Transformer(tiny(residual="grc", grc_form=form, grc_per_channel=per_channel,
+                         grc_sublayers=("attention", "mlp")))
+  params = grc.init(jax.random.key(0), x, coords=coords)
+  flat = flax.traverse_util.flatten_dict(params, sep="/")
+  at_zero = {k: (jnp.full_like(v, -jnp.inf) if "grc_theta" in k else v) for k, v in flat.items()}
+  out_grc = grc.apply(flax.traverse_util.unflatten_dict(at_zero, sep="/"), x, coords=coords)
+  standard = Transformer(tiny(residual="standard"))
+  out_standard = standard.apply(stack_params_without(params, "grc_theta"), x, coords=coords)
+  np.testing.assert_array_equal(out_grc, out_standard)
+  assert float(jnp.max(jnp.abs(grc.apply(params, x, coords=coords) - out_standard))) > 1e-3
+
+
+def test_bilateral_dot_without_spatial_term_is_standard_attention_model():
+  x, coords = stack_inputs()
+  bsa = Transformer(tiny(attention="bilateral", content="dot", spatial="none", residual="standard"))
+  params = bsa.init(jax.random.key(0), x, coords=coords)
+  standard = Transformer(tiny(attention="standard", position_table="none", residual="standard"))
+  np.testing.assert_allclose(bsa.apply(params, x, coords=coords),
+                             standard.apply(stack_params_without(params, "log_h_y"), x, coords=coords),
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS, ids=lambda a: "-".join(a.values()))
+def test_causal_stack_leaks_nothing_from_the_future(attention):
+  x, coords = stack_inputs(length=5, batch=1)
+  model = Transformer(tiny(**attention, residual="grc", grc_form="boost"))
+  params = model.init(jax.random.key(0), x, coords=coords, is_causal=True)
+  jac = jax.jacobian(lambda x: model.apply(params, x, coords=coords, is_causal=True))(x)
+  jac = np.asarray(jac)[0, :, :, 0]  # [out_pos, out_dim, in_pos, in_dim]
+  for i in range(5):
+    assert np.all(jac[i, :, i + 1:] == 0.0), f"output {i} depends on a later input"
+    assert np.any(jac[i, :, :i + 1] != 0.0)
+
+
+@pytest.mark.parametrize("pooling,two_tower", [("mean", False), ("cls", False), ("mean", True)])
+@pytest.mark.parametrize("attention", ["standard", "bilateral"])
+def test_padding_does_not_change_outputs(pooling, two_tower, attention):
+  model = build_model("classifier", tiny(attention=attention), vocab_size=9, num_classes=3, pooling=pooling,
+                      two_tower=two_tower)
+  tokens = np.array([[3, 1, 4, 1, 5, 0], [2, 7, 1, 8, 0, 0]])
+  if two_tower:
+    tokens = np.stack([tokens, tokens[::-1]], axis=1)
+  padded = np.concatenate([tokens, np.zeros(tokens.shape[:-1] + (5,), int)], axis=-1)
+  params = model.init(jax.random.key(0), padded)
+  np.testing.assert_allclose(model.apply(params, tokens), model.apply(params, padded), rtol=1e-5, atol=1e-6)
+  changed = tokens.copy()
+  changed[0, ..., 1] = 6
+  assert not np.allclose(model.apply(params, changed), model.apply(params, tokens))
+
+
+def test_intermediates_on_request_only():
+  model = build_model("vit", tiny(), num_classes=3)
+  images = jnp.ones((2, 8, 8, 3))
+  params = model.init(jax.random.key(0), images)
+  plain = model.apply(params, images)
+  out, state = model.apply(params, images, mutable=["intermediates"])
+  np.testing.assert_array_equal(out, plain)
+  inter = state["intermediates"]["transformer"]
+  hidden = inter["hidden_states"]
+  assert len(hidden) == TINY["num_layers"] + 1 and hidden[0].shape == (2, 5, 16)
+  weights = inter["block_1"]["attention"]["attention_weights"][0]
+  assert weights.shape == (2, 2, 5, 5)
+  np.testing.assert_allclose(jnp.sum(weights, -1), 1.0, rtol=1e-6)
+  assert "intermediates" not in params
+
+
+def test_cls_token_has_no_spatial_term_in_vit():
+  """With h_p -> 0 a patch sees only pairs with no spatial penalty: itself and the place-less CLS."""
+  model = build_model("vit", tiny(spatial_bandwidth_range=(1e-2, 1e-2)), num_classes=3)
+  images = jax.random.uniform(jax.random.key(1), (1, 8, 8, 3))
+  params = model.init(jax.random.key(0), images)
+  _, state = model.apply(params, images, mutable=["intermediates"])
+  weights = np.asarray(state["intermediates"]["transformer"]["block_0"]["attention"]["attention_weights"][0])
+  patches = weights[0, :, 1:, 1:]  # [heads, patch, patch]
+  off_diagonal = patches * (1 - np.eye(patches.shape[-1]))
+  assert off_diagonal.max() < 1e-6
+  np.testing.assert_allclose(weights[0, :, 1:, 0] + np.diagonal(patches, axis1=-2, axis2=-1), 1.0, rtol=1e-5)
+  assert weights[0, :, 0, :].min() > 1e-3  # the CLS row is spread by content alone
+
+
+def test_sharded_batch_over_eight_devices_matches_one_device():
+  assert jax.device_count() == 8
+  model = build_model("classifier", tiny(), vocab_size=11, num_classes=3)
+  tokens = np.arange(8 * 6).reshape(8, 6) % 11
+  params = model.init(jax.random.key(0), tokens)
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  sharded = jax.device_put(tokens, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+  out = jax.jit(model.apply)(params, sharded)
+  assert len(out.sharding.device_set) == 8
+  np.testing.assert_allclose(out, model.apply(params, tokens), rtol=1e-5, atol=1e-6)
