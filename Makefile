@@ -9,7 +9,7 @@ $(VENV)/.installed: requirements.lock scripts/make_venv.sh
 	bash scripts/make_venv.sh $(VENV)
 
 test: venv
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -n auto tests
 
 clean:
 	rm -rf $(VENV)
