@@ -1,15 +1,24 @@
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
+WORKDIR ?= runs/default
 
-.PHONY: test venv clean
+.PHONY: demo test benchmark venv clean
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.lock scripts/make_venv.sh
 	bash scripts/make_venv.sh $(VENV)
 
+# The main job: train the embedded default (BSA + GRC on generated ListOps), then evaluate its checkpoint.
+demo: venv
+	$(PYTHON) train.py --config configs/default.py --workdir $(WORKDIR)
+	$(PYTHON) eval.py --config configs/default.py --workdir $(WORKDIR)
+
 test: venv
 	$(PYTHON) -m pytest -q -n auto tests
+
+benchmark: venv
+	$(PYTHON) benchmarks/train_step.py
 
 clean:
 	rm -rf $(VENV)

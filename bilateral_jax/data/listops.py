@@ -1,0 +1,93 @@
+"""LRA ListOps: a seeded generator following the LRA recipe, its reference evaluator and vocabulary.
+
+An example is a nested expression in the LRA release's token format, e.g.
+`( ( ( [MAX 2 ) 9 ) ] )`, whose label is its value 0-9. Operators: MIN, MAX, MED (median, rounded down
+as LRA's `int(np.median(...))`), SM (sum modulo 10).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
+END = "]"
+PAD = "<pad>"
+# Fixed, sorted vocabulary; id 0 is padding.
+VOCABULARY = (PAD,) + tuple(sorted(("(", ")", END) + OPERATORS + tuple(str(d) for d in range(10))))
+TOKEN_IDS = {token: index for index, token in enumerate(VOCABULARY)}
+NUM_CLASSES = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class ListOpsSpec:
+  """What to generate: depth and argument bounds, the kept length range (in tokens), and the chance
+  that a node above the maximum depth is an operator rather than a digit."""
+  max_depth: int = 10
+  max_args: int = 10
+  min_length: int = 500
+  max_length: int = 2000
+  operator_probability: float = 0.25
+
+
+def _tree(rng: np.random.Generator, spec: ListOpsSpec, depth: int):
+  if depth < spec.max_depth and rng.random() < spec.operator_probability:
+    operator = OPERATORS[rng.integers(len(OPERATORS))]
+    return (operator, [_tree(rng, spec, depth + 1) for _ in range(rng.integers(2, spec.max_args + 1))])
+  return int(rng.integers(10))
+
+
+def to_tokens(tree) -> list[str]:
+  """LRA's string form: the operator and each argument, then the closing bracket, are joined pairwise
+  in parentheses: `( ( ( [OP a ) b ) ] )`."""
+  if isinstance(tree, int):
+    return [str(tree)]
+  operator, arguments = tree
+  tokens = ["(", operator] + to_tokens(arguments[0]) + [")"]
+  for argument in arguments[1:]:
+    tokens = ["("] + tokens + to_tokens(argument) + [")"]
+  return ["("] + tokens + [END, ")"]
+
+
+def evaluate(tokens: list[str]) -> int:
+  """Reference evaluator of an expression in token form (parentheses are grouping only)."""
+  stack: list[list] = []
+  result = None
+  for token in tokens:
+    if token in ("(", ")"):
+      continue
+    if token in OPERATORS:
+      stack.append([token])
+      continue
+    if token == END:
+      operator, *values = stack.pop()
+      value = {"[MIN": min, "[MAX": max, "[MED": lambda v: int(np.median(v)),
+               "[SM": lambda v: sum(v) % 10}[operator](values)
+    else:
+      value = int(token)
+    if stack:
+      stack[-1].append(value)
+    else:
+      result = value
+  if result is None or stack:
+    raise ValueError(f"malformed ListOps expression: {' '.join(tokens)}")
+  return result
+
+
+def generate(count: int, spec: ListOpsSpec, seed: int) -> list[tuple[list[str], int]]:
+  """`count` (tokens, label) examples with min_length <= len(tokens) <= max_length, deterministic in seed."""
+  rng = np.random.default_rng(seed)
+  examples = []
+  while len(examples) < count:
+    tokens = to_tokens(_tree(rng, spec, 1))
+    if spec.min_length <= len(tokens) <= spec.max_length:
+      examples.append((tokens, evaluate(tokens)))
+  return examples
+
+
+def encode(tokens: list[str], *, where: str = "") -> np.ndarray:
+  """Token strings -> int32 ids; unknown tokens are an error naming `where` (file and line)."""
+  try:
+    return np.asarray([TOKEN_IDS[token] for token in tokens], np.int32)
+  except KeyError as error:
+    raise ValueError(f"{where}: unknown ListOps token {error.args[0]!r}") from None

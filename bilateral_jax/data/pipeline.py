@@ -1,0 +1,48 @@
+"""grain pipelines: seeded shuffling, per-process shards of each global batch, checkpointable iterators.
+
+Process p of P reads rows [p * B/P, (p + 1) * B/P) of every global batch of B rows, so the global batch
+the model sees is the same whatever the number of processes.
+"""
+from __future__ import annotations
+
+import grain
+import numpy as np
+
+
+def _local_rows(examples: grain.MapDataset, global_batch: int, process_index: int,
+                process_count: int, num_rows: int) -> grain.MapDataset:
+  if global_batch % process_count:
+    raise ValueError(f"batch size {global_batch} is not divisible by the {process_count} processes")
+  local = global_batch // process_count
+
+  def global_row(i: int) -> int:
+    batch, row = divmod(i, local)
+    return batch * global_batch + process_index * local + row
+
+  return grain.MapDataset.range(num_rows).map(lambda i: examples[global_row(i)]).batch(local)
+
+
+def train_batches(source, *, global_batch: int, seed: int, process_index: int = 0,
+                  process_count: int = 1) -> grain.DatasetIterator:
+  """An endless iterator of local batches, reshuffled each epoch; `get_state`/`set_state` resume it."""
+  examples = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  rows = 2**62 // global_batch * (global_batch // process_count)
+  return iter(_local_rows(examples, global_batch, process_index, process_count, rows).to_iter_dataset())
+
+
+def eval_batches(source, *, global_batch: int, process_index: int = 0, process_count: int = 1):
+  """Local batches covering the source once in order; the last global batch is filled with weight-0
+  copies of the first example, so every batch has the same shape."""
+  num_batches = -(-len(source) // global_batch)
+  base = grain.MapDataset.source(source)
+
+  def padded(i: int):
+    if i < len(source):
+      return base[i]
+    example = dict(base[0])
+    example["weight"] = np.zeros_like(example["weight"])
+    return example
+
+  examples = grain.MapDataset.range(num_batches * global_batch).map(padded)
+  local = global_batch // process_count
+  return _local_rows(examples, global_batch, process_index, process_count, num_batches * local)

@@ -1,0 +1,40 @@
+"""The fields every experiment has, with their defaults; experiment files override what differs.
+
+Overrides on the command line (`--config.train.num_steps=10`) are type-checked by ml_collections, and an
+unknown key fails at start-up, naming it.
+"""
+import dataclasses
+
+import ml_collections
+
+from bilateral_jax.models import TransformerConfig
+
+
+def transformer(**overrides) -> ml_collections.ConfigDict:
+  """The stack's fields (`TransformerConfig`) with their defaults, as a ConfigDict."""
+  fields = {f.name: f.default for f in dataclasses.fields(TransformerConfig)} | overrides
+  return ml_collections.ConfigDict(fields)
+
+
+def base() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = ml_collections.ConfigDict()
+  config.data = ml_collections.ConfigDict()
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=32, num_steps=1000, grad_accum_steps=1, log_every=50, eval_every=500,
+      checkpoint_every=500, keep_checkpoints=3, best_metric="accuracy", best_mode="max"))
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, warmup_steps=100, schedule="cosine", final_learning_rate_fraction=0.0,
+      weight_decay=0.01, clip_norm=1.0, b1=0.9, b2=0.98))
+  config.eval = ml_collections.ConfigDict(dict(splits=("validation", "test"), batch_size=64))
+  return config
+
+
+def listops_data(**overrides) -> ml_collections.ConfigDict:
+  """Generated LRA ListOps (the LRA recipe's defaults: depth <= 10, <= 10 arguments, 500-2000 tokens)."""
+  return ml_collections.ConfigDict(dict(
+      name="listops_generated", seed=0, directory="", max_depth=10, max_args=10, min_length=500,
+      max_length=2000, operator_probability=0.25, train_size=96_000, validation_size=2_000,
+      test_size=2_000, overlength="error") | overrides)

@@ -1,0 +1,201 @@
+"""The training system end to end: steps, resume, devices, processes, checkpoints, eval, bad input."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import portpicker
+import pytest
+
+from bilateral_jax import trainer
+from bilateral_jax.checkpointing import CheckpointMismatch
+from configs import default
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem not in ("__init__", "common"))
+TINY = {
+    "model.transformer.num_layers": 1, "model.transformer.num_heads": 2, "model.transformer.model_dim": 16,
+    "model.transformer.mlp_dim": 32, "model.transformer.max_length": 32,
+    "data.max_length": 32, "data.min_length": 5, "data.train_size": 64, "data.validation_size": 24,
+    "data.test_size": 16, "train.batch_size": 8, "train.num_steps": 6, "train.log_every": 1,
+    "train.eval_every": 3, "train.checkpoint_every": 3, "eval.batch_size": 8, "optimizer.warmup_steps": 2,
+}
+
+
+def tiny_config(name="default", **overrides):
+  config = __import__(f"configs.{name}", fromlist=["get_config"]).get_config()
+  config.update_from_flattened_dict(TINY | overrides)
+  return config
+
+
+def read_metrics(workdir, split="train"):
+  lines = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  return [line for line in lines if line["split"] == split]
+
+
+def run_script(script, workdir, overrides, devices=8, extra=(), timeout=300, **popen):
+  """Runs train.py/eval.py as a user would, with `devices` host CPU devices."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+             "--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu")
+  flags = [f"--config.{key}={value}" for key, value in overrides.items()]
+  command = [sys.executable, str(ROOT / script), f"--workdir={workdir}", *flags, *extra]
+  if popen:
+    return subprocess.Popen(command, cwd=ROOT, env=env, text=True, **popen)
+  return subprocess.run(command, cwd=ROOT, env=env, text=True, capture_output=True, timeout=timeout)
+
+
+def final_params(workdir, config):
+  experiment = trainer.Experiment(config)
+  checkpointer = trainer.Checkpointer(workdir, trainer.model_settings(config))
+  state, _, _ = checkpointer.restore(checkpointer.latest_step(), experiment.abstract_state)
+  checkpointer.close()
+  return jax.device_get(state.params)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_takes_a_training_step(name, tmp_path):
+  final = trainer.train_and_evaluate(tiny_config(name, **{"train.num_steps": 1}), str(tmp_path))
+  assert set(final) == {"validation", "test"}
+  assert np.isfinite(read_metrics(tmp_path)[0]["loss"])
+
+
+def test_resume_after_a_crash_gives_identical_parameters_and_losses(tmp_path):
+  config = tiny_config(**{"train.keep_checkpoints": 5})
+  trainer.train_and_evaluate(config, str(tmp_path / "straight"))
+  interrupted = tmp_path / "interrupted"
+  trainer.train_and_evaluate(config, str(interrupted))
+  # A crash right after step 3's checkpoint: what came later never happened.
+  for step_dir in (interrupted / "checkpoints").iterdir():
+    if int(step_dir.name) > 3:
+      subprocess.run(["rm", "-rf", str(step_dir)], check=True)
+  lines = (interrupted / "metrics.jsonl").read_text().splitlines()
+  (interrupted / "metrics.jsonl").write_text("\n".join(l for l in lines if json.loads(l)["step"] <= 3) + "\n")
+  trainer.train_and_evaluate(config, str(interrupted))
+  straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(interrupted)
+  assert [m["step"] for m in resumed] == list(range(1, 7))
+  assert [m["loss"] for m in resumed] == [m["loss"] for m in straight]
+  jax.tree.map(np.testing.assert_array_equal, final_params(interrupted, config),
+               final_params(tmp_path / "straight", config))
+
+
+def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
+  overrides = TINY | {"train.num_steps": 100_000, "train.checkpoint_every": 100_000}
+  process = run_script("train.py", tmp_path, overrides, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 240
+  while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
+    time.sleep(0.2)
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=120)
+  assert process.returncode == 0, output
+  assert "pre-empted" in output
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
+  assert saved and saved[-1] == read_metrics(tmp_path)[-1]["step"]
+  resumed = run_script("train.py", tmp_path, overrides | {"train.num_steps": saved[-1] + 2})
+  assert resumed.returncode == 0, resumed.stderr
+  assert f"resumed from step {saved[-1]}" in resumed.stdout
+  assert read_metrics(tmp_path)[-1]["step"] == saved[-1] + 2
+
+
+def test_one_and_eight_devices_and_two_processes_give_the_same_losses(tmp_path):
+  config = tiny_config()
+  trainer.train_and_evaluate(config, str(tmp_path / "eight"))
+  assert jax.device_count() == 8
+  one = run_script("train.py", tmp_path / "one", TINY, devices=1)
+  assert one.returncode == 0, one.stderr
+  port = portpicker.pick_unused_port()
+  processes = [run_script("train.py", tmp_path / "two_hosts", TINY, devices=4,
+                          extra=[f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                                 f"--process_id={i}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+               for i in range(2)]
+  for process in processes:
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+  eight = read_metrics(tmp_path / "eight")
+  for other in ("one", "two_hosts"):
+    losses = [m["loss"] for m in read_metrics(tmp_path / other)]
+    np.testing.assert_allclose(losses, [m["loss"] for m in eight], rtol=2e-5, err_msg=other)
+    np.testing.assert_allclose(read_metrics(tmp_path / other, "test")[-1]["accuracy"],
+                               read_metrics(tmp_path / "eight", "test")[-1]["accuracy"])
+
+
+def test_eval_restores_onto_one_device_and_reproduces_the_logged_numbers(tmp_path):
+  config = tiny_config()
+  final = trainer.train_and_evaluate(config, str(tmp_path))
+  step, again = trainer.evaluate_checkpoint(config, str(tmp_path))
+  assert step == 6 and again == final
+  result = run_script("eval.py", tmp_path, TINY, devices=1)
+  assert result.returncode == 0, result.stderr
+  written = json.loads((tmp_path / "eval" / "6.json").read_text())["results"]
+  for split in ("validation", "test"):
+    for name in ("loss", "accuracy"):
+      np.testing.assert_allclose(written[split][name], final[split][name], rtol=1e-5)
+  assert "validation" in result.stdout and "accuracy" in result.stdout
+  best = run_script("eval.py", tmp_path, TINY, devices=1, extra=["--best"])
+  assert best.returncode == 0, best.stderr
+
+
+def test_half_written_step_is_skipped_and_other_models_are_refused(tmp_path, caplog):
+  config = tiny_config()
+  trainer.train_and_evaluate(config, str(tmp_path))
+  half = tmp_path / "checkpoints" / "9.orbax-checkpoint-tmp-1700000000000000"
+  half.mkdir()
+  (half / "state").mkdir()
+  step, _ = trainer.evaluate_checkpoint(config, str(tmp_path))
+  assert step == 6
+  assert "half-written checkpoint" in caplog.text and "9.orbax-checkpoint-tmp" in caplog.text
+  other = tiny_config(**{"model.transformer.num_layers": 2, "model.transformer.attention": "standard"})
+  with pytest.raises(CheckpointMismatch, match=r"(?s)transformer.attention: checkpoint 'bilateral', "
+                     r"config 'standard'.*transformer.num_layers: checkpoint 1, config 2"):
+    trainer.evaluate_checkpoint(other, str(tmp_path))
+
+
+def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny_config(**{"optimizer.learning_rate": 1e30, "optimizer.warmup_steps": 1,
+                          "optimizer.clip_norm": 0.0, "train.checkpoint_every": 1, "train.num_steps": 20})
+  with pytest.raises(trainer.TrainingDiverged, match="non-finite training metrics at step 2"):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [1]
+  params = final_params(tmp_path, config)
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(params))
+
+
+def test_metrics_files_and_logged_filter_parameters(tmp_path):
+  trainer.train_and_evaluate(tiny_config(**{"model.transformer.grc_sublayers": ("attention", "mlp")}),
+                             str(tmp_path))
+  train = read_metrics(tmp_path)
+  assert [m["step"] for m in train] == list(range(1, 7))
+  first = train[0]
+  for name in ("loss", "accuracy", "grad_norm", "param_norm", "learning_rate", "steps_per_s",
+               "examples_per_s", "h_y/block_0", "h_p/block_0", "t_attention/block_0", "t_mlp/block_0"):
+    assert name in first, name
+  assert len(first["h_p/block_0"]) == 2 and 0 < first["t_attention/block_0"] < 1
+  assert {m["step"] for m in read_metrics(tmp_path, "validation")} == {3, 6}
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_bad_config_input_fails_at_start_naming_it(tmp_path):
+  unknown = run_script("train.py", tmp_path, {"train.num_stepz": 3})
+  assert unknown.returncode != 0 and "num_stepz" in unknown.stderr
+  wrong_type = run_script("train.py", tmp_path, {"train.num_steps": "many"})
+  assert wrong_type.returncode != 0 and "num_steps" in wrong_type.stderr
+  bad_value = run_script("train.py", tmp_path, {"model.transformer.attention": "linear"})
+  assert bad_value.returncode != 0 and "attention='linear' is not one of" in bad_value.stderr
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+  # 8 devices x 2 micro-batches: 16 rows per batch.
+  whole = tiny_config(**{"train.num_steps": 2, "train.batch_size": 16})
+  accumulated = tiny_config(**{"train.num_steps": 2, "train.batch_size": 16, "train.grad_accum_steps": 2})
+  trainer.train_and_evaluate(whole, str(tmp_path / "whole"))
+  trainer.train_and_evaluate(accumulated, str(tmp_path / "accumulated"))
+  np.testing.assert_allclose([m["loss"] for m in read_metrics(tmp_path / "accumulated")],
+                             [m["loss"] for m in read_metrics(tmp_path / "whole")], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               final_params(tmp_path / "accumulated", accumulated), final_params(tmp_path / "whole", whole))
