@@ -75,6 +75,39 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
   return optax.chain(*chain), schedule
 
 
+def resolve_from_data(config: ml_collections.ConfigDict, info: dict) -> ml_collections.ConfigDict:
+  """Fills model sizes the data decides (`vocab_size: 0` = the dataset's vocabulary) and checks the
+  given ones against the data."""
+  config = config.copy_and_resolve_references()
+  for field, value in info.items():
+    if field not in config.model:
+      continue
+    if config.model[field] == 0:
+      with config.unlocked():
+        config.model[field] = value
+    elif config.model[field] != value:
+      raise ValueError(f"config.model.{field}={config.model[field]} but dataset {config.data.name!r} has "
+                       f"{value}; set --config.model.{field}={value} (or 0 to take it from the data)")
+  return config
+
+
+def _check_loop_settings(config: ml_collections.ConfigDict) -> None:
+  tc = config.train
+  checks = [
+      (tc.best_mode in ("max", "min"), f"train.best_mode={tc.best_mode!r} is not one of: max, min"),
+      (tc.best_metric in ("loss", "accuracy"), f"train.best_metric={tc.best_metric!r} is not one of: loss, accuracy"),
+      (bool(config.eval.splits) and set(config.eval.splits) <= set(sources.SPLITS),
+       f"eval.splits={tuple(config.eval.splits)} must be a non-empty subset of {sources.SPLITS}"),
+      (min(tc.num_steps, tc.log_every, tc.eval_every, tc.checkpoint_every, tc.keep_checkpoints,
+           tc.grad_accum_steps, tc.batch_size, config.eval.batch_size) >= 1,
+       "train.num_steps, log_every, eval_every, checkpoint_every, keep_checkpoints, grad_accum_steps, "
+       "batch_size and eval.batch_size must be positive"),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise ValueError(message)
+
+
 def example_batch(source, batch_size: int) -> dict[str, np.ndarray]:
   example = source[0]
   return {name: np.zeros((batch_size,) + np.shape(value), np.asarray(value).dtype)
@@ -87,7 +120,9 @@ class Experiment:
   config: ml_collections.ConfigDict
 
   def __post_init__(self):
-    config = self.config
+    self.train_source = sources.load_split(self.config.data, "train")
+    self.config = config = resolve_from_data(self.config, self.train_source.info)
+    _check_loop_settings(config)
     self.model = make_model(config)
     self.task = tasks.TASKS[config.model.name]
     self.tx, self.schedule = make_optimizer(config)
@@ -95,7 +130,8 @@ class Experiment:
     if config.train.batch_size % (self.mesh.size * config.train.grad_accum_steps):
       raise ValueError(f"train.batch_size {config.train.batch_size} must be divisible by devices "
                        f"({self.mesh.size}) x grad_accum_steps ({config.train.grad_accum_steps})")
-    self.train_source = sources.load_split(config.data, "train")
+    if config.eval.batch_size % self.mesh.size:
+      raise ValueError(f"eval.batch_size {config.eval.batch_size} must be divisible by devices ({self.mesh.size})")
     inputs = example_batch(self.train_source, 1)["inputs"]
     init = lambda rng: self._initial_state(rng, inputs)
     abstract = jax.eval_shape(init, jax.random.key(0))
@@ -202,27 +238,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains to `train.num_steps`, resuming from the latest checkpoint in `workdir`; returns the final
   evaluation metrics by split."""
   experiment = Experiment(config)
+  checkpointer = Checkpointer(workdir, model_settings(experiment.config),
+                              keep=experiment.config.train.keep_checkpoints)
+  try:
+    return _train(experiment, checkpointer, workdir)
+  finally:
+    checkpointer.wait()
+    checkpointer.close()
+
+
+def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str) -> dict[str, dict[str, float]]:
+  config = experiment.config
   tc = config.train
-  checkpointer = Checkpointer(workdir, model_settings(config), keep=tc.keep_checkpoints)
-  writer = MetricWriter(workdir)
-  batches = pipeline.train_batches(experiment.train_source, global_batch=tc.batch_size, seed=config.data.seed,
+  batches = pipeline.train_batches(experiment.train_source, global_batch=tc.batch_size, seed=config.seed,
                                    process_index=jax.process_index(), process_count=jax.process_count())
   eval_sources = {split: sources.load_split(config.data, split) for split in config.eval.splits}
   progress = {"best": None}
-  start = checkpointer.latest_step()
-  if start is None:
-    state = experiment.init(jax.random.key(config.seed))
-    start = 0
+  step = checkpointer.latest_step()
+  if step is None:
+    state, step = experiment.init(jax.random.key(config.seed)), 0
   else:
-    state, data_state, progress = checkpointer.restore(start, experiment.abstract_state)
+    state, data_state, progress = checkpointer.restore(step, experiment.abstract_state)
     batches.set_state(data_state)
-    print(f"resumed from step {start} in {workdir}", flush=True)
+    print(f"resumed from step {step} in {workdir}", flush=True)
 
+  writer = MetricWriter(workdir)
   preemption = _Preemption()
-  bar = _progress_bar(start, tc.num_steps)
+  bar = _progress_bar(step, tc.num_steps)
   final: dict[str, dict[str, float]] = {}
-  examples_per_step = tc.batch_size
-  step, last_log, last_time = start, start, time.perf_counter()
+  last_log, last_time = step, time.perf_counter()
   try:
     while step < tc.num_steps:
       state, metrics = experiment.train_step(state, parallel.global_batch(next(batches), experiment.mesh))
@@ -233,9 +277,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if step % tc.log_every == 0 or save_now:
         host = {name: float(value) for name, value in jax.device_get(metrics).items()}
         _check_finite(step, host, checkpointer)
-        elapsed = time.perf_counter() - last_time
-        steps_per_s = (step - last_log) / max(elapsed, 1e-9)
-        host |= {"steps_per_s": steps_per_s, "examples_per_s": steps_per_s * examples_per_step}
+        steps_per_s = (step - last_log) / max(time.perf_counter() - last_time, 1e-9)
+        host |= {"steps_per_s": steps_per_s, "examples_per_s": steps_per_s * tc.batch_size}
         writer.write(step, "train", host | filter_parameters(state.params))
         bar.update(step, host)
         last_log, last_time = step, time.perf_counter()
@@ -243,8 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         for split, source in eval_sources.items():
           final[split] = experiment.evaluate(state, split, source)
           writer.write(step, split, final[split])
-        best_split = config.eval.splits[0]
-        value = final[best_split][tc.best_metric]
+        value = final[config.eval.splits[0]][tc.best_metric]
         sign = 1 if tc.best_mode == "max" else -1
         if progress["best"] is None or sign * value > sign * progress["best"]:
           progress = {"best": value}
@@ -257,8 +299,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   finally:
     bar.close()
     preemption.restore()
-    checkpointer.wait()
-    checkpointer.close()
     writer.close()
   return final
 
@@ -267,6 +307,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
                         best: bool = False) -> tuple[int, dict[str, dict[str, float]]]:
   """Restores a checkpoint of `workdir` (latest, `step`, or the best) -> (step, metrics by split)."""
   experiment = Experiment(config)
+  config = experiment.config
   checkpointer = Checkpointer(workdir, model_settings(config))
   try:
     step = checkpointer.latest_step(best) if step is None else step

@@ -25,11 +25,44 @@ TINY = {
     "data.test_size": 16, "train.batch_size": 8, "train.num_steps": 6, "train.log_every": 1,
     "train.eval_every": 3, "train.checkpoint_every": 3, "eval.batch_size": 8, "optimizer.warmup_steps": 2,
 }
+TINY_MODEL_AND_LOOP = {k: v for k, v in TINY.items() if not k.startswith("data.")}
 
 
 def tiny_config(name="default", **overrides):
   config = __import__(f"configs.{name}", fromlist=["get_config"]).get_config()
   config.update_from_flattened_dict(TINY | overrides)
+  return config
+
+
+def write_wikitext(directory):
+  """A tiny sample in the release's format: ' = Title = ' headings, blank lines, <unk> in the text."""
+  directory.mkdir(parents=True)
+  text = " \n = Valkyria = \n \n The game began development in 2010 , carrying over a large <unk> . \n"
+  for split, repeat in (("train", 12), ("valid", 4), ("test", 4)):
+    (directory / f"wiki.{split}.tokens").write_text(text * repeat + (" unseen words here \n" if split != "train" else ""))
+
+
+def write_cifar10(directory, per_batch=12):
+  import pickle
+  directory.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+             b"labels": list(rng.integers(0, 10, per_batch))}
+    with (directory / name).open("wb") as handle:
+      pickle.dump(batch, handle)
+
+
+def small_config(name, tmp_path, **overrides):
+  """Any config at test size, with a tiny sample of its data in the published format under tmp_path."""
+  if name in ("default", "lra_listops"):
+    return tiny_config(name, **overrides)
+  config = __import__(f"configs.{name}", fromlist=["get_config"]).get_config()
+  data = {"wikitext103_lm": (write_wikitext, {"data.max_length": 16}),
+          "vit_cifar10": (write_cifar10, {"data.validation_size": 8})}[name]
+  data[0](tmp_path / "data")
+  config.update_from_flattened_dict(TINY_MODEL_AND_LOOP | data[1] | {"data.directory": str(tmp_path / "data")}
+                                    | {"model.transformer.max_length": 65} | overrides)
   return config
 
 
@@ -59,9 +92,10 @@ def final_params(workdir, config):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_takes_a_training_step(name, tmp_path):
-  final = trainer.train_and_evaluate(tiny_config(name, **{"train.num_steps": 1}), str(tmp_path))
+  final = trainer.train_and_evaluate(small_config(name, tmp_path, **{"train.num_steps": 1}),
+                                     str(tmp_path / "run"))
   assert set(final) == {"validation", "test"}
-  assert np.isfinite(read_metrics(tmp_path)[0]["loss"])
+  assert np.isfinite(read_metrics(tmp_path / "run")[0]["loss"])
 
 
 def test_resume_after_a_crash_gives_identical_parameters_and_losses(tmp_path):

@@ -5,7 +5,9 @@ fills the last evaluation batch). Classification: `inputs` int32 [length] (0 = p
 """
 from __future__ import annotations
 
+import collections
 import pathlib
+import pickle
 from typing import Callable
 
 import ml_collections
@@ -19,7 +21,8 @@ SPLITS = ("train", "validation", "test")
 class ArraySource:
   """A random-access source over equal-length numpy arrays (the interface grain reads)."""
 
-  def __init__(self, **arrays: np.ndarray):
+  def __init__(self, info: dict | None = None, **arrays: np.ndarray):
+    self.info = info or {}
     lengths = {len(a) for a in arrays.values()}
     if len(lengths) != 1:
       raise ValueError(f"arrays of different lengths: { {k: len(a) for k, a in arrays.items()} }")
@@ -46,7 +49,8 @@ def _classification_source(sequences: list[tuple[np.ndarray, int, str]], config)
   inputs = np.stack([fit_length(ids, config.max_length, config.overlength, where)
                      for ids, _, where in sequences])
   labels = np.asarray([label for _, label, _ in sequences], np.int32)
-  return ArraySource(inputs=inputs, label=labels, weight=np.ones(len(labels), np.float32))
+  return ArraySource(dict(vocab_size=len(listops.VOCABULARY), num_classes=listops.NUM_CLASSES),
+                     inputs=inputs, label=labels, weight=np.ones(len(labels), np.float32))
 
 
 def listops_generated(config: ml_collections.ConfigDict, split: str) -> ArraySource:
@@ -82,9 +86,81 @@ def listops_release(config: ml_collections.ConfigDict, split: str) -> ArraySourc
   return _classification_source(sequences, config)
 
 
+def _require_files(directory: pathlib.Path, names: list[str], what: str, where_to_get: str) -> None:
+  missing = [name for name in names if not (directory / name).is_file()]
+  if missing:
+    raise FileNotFoundError(f"{what}: {', '.join(missing)} not found in data.directory={str(directory)!r}; "
+                            f"expected {', '.join(names)} ({where_to_get})")
+
+
+WIKITEXT_SPECIALS = ("<pad>", "<unk>", "<eos>")
+
+
+def wikitext(config: ml_collections.ConfigDict, split: str) -> ArraySource:
+  """WikiText-103/-2 word level from `wiki.{train,valid,test}.tokens`: every line's words then `<eos>`,
+  the vocabulary of the train file (id 0 = padding, unseen words -> `<unk>`), cut into contiguous
+  windows of `max_length` inputs with their next-word targets."""
+  directory = pathlib.Path(config.directory)
+  files = {"train": "wiki.train.tokens", "validation": "wiki.valid.tokens", "test": "wiki.test.tokens"}
+  _require_files(directory, list(files.values()), "WikiText", "the wikitext-103 or wikitext-2 release")
+
+  def words(path: pathlib.Path):
+    with path.open(encoding="utf-8") as lines:
+      for line in lines:
+        yield from line.split()
+        yield "<eos>"
+
+  counts = collections.Counter(words(directory / files["train"]))
+  vocabulary = list(WIKITEXT_SPECIALS) + sorted(set(counts) - set(WIKITEXT_SPECIALS))
+  ids = {word: index for index, word in enumerate(vocabulary)}
+  unk = ids["<unk>"]
+  stream = np.fromiter((ids.get(word, unk) for word in words(directory / files[split])), np.int32)
+  length = config.max_length
+  windows = (len(stream) - 1) // length
+  if windows < 1:
+    raise ValueError(f"{directory / files[split]}: {len(stream)} tokens, fewer than one window of {length}")
+  inputs = stream[: windows * length].reshape(windows, length)
+  targets = stream[1: windows * length + 1].reshape(windows, length)
+  return ArraySource(dict(vocab_size=len(vocabulary)), inputs=inputs, targets=targets,
+                     weight=np.ones(inputs.shape, np.float32))
+
+
+CIFAR_MEAN = np.asarray([0.4914, 0.4822, 0.4465], np.float32)
+CIFAR_STD = np.asarray([0.2470, 0.2435, 0.2616], np.float32)
+
+
+def cifar10(config: ml_collections.ConfigDict, split: str) -> ArraySource:
+  """CIFAR-10 python batches (`data_batch_1..5`, `test_batch`); validation is the last
+  `data.validation_size` training images. Images [32, 32, 3] float32, normalised per channel."""
+  directory = pathlib.Path(config.directory)
+  train_files = [f"data_batch_{i}" for i in range(1, 6)]
+  _require_files(directory, train_files + ["test_batch"], "CIFAR-10",
+                 "the 'CIFAR-10 python version' archive, extracted")
+
+  def load(names):
+    images, labels = [], []
+    for name in names:
+      with (directory / name).open("rb") as handle:
+        batch = pickle.load(handle, encoding="bytes")
+      images.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+      labels.append(np.asarray(batch[b"labels"], np.int32))
+    return np.concatenate(images), np.concatenate(labels)
+
+  images, labels = load(["test_batch"] if split == "test" else train_files)
+  if split != "test":
+    held_out = config.validation_size
+    images, labels = (images[-held_out:], labels[-held_out:]) if split == "validation" else (
+        images[:-held_out], labels[:-held_out])
+  images = (images.astype(np.float32) / 255.0 - CIFAR_MEAN) / CIFAR_STD
+  return ArraySource(dict(num_classes=10), inputs=images, label=labels,
+                     weight=np.ones(len(labels), np.float32))
+
+
 DATASETS: dict[str, Callable[[ml_collections.ConfigDict, str], ArraySource]] = {
     "listops_generated": listops_generated,
     "listops_release": listops_release,
+    "wikitext": wikitext,
+    "cifar10": cifar10,
 }
 
 
