@@ -1,6 +1,5 @@
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-WORKDIR ?= runs/default
 
 .PHONY: demo test benchmark venv clean
 
@@ -11,8 +10,8 @@ $(VENV)/.installed: requirements.lock scripts/make_venv.sh
 
 # The main job: train the embedded default (BSA + GRC on generated ListOps), then evaluate its checkpoint.
 demo: venv
-	$(PYTHON) train.py --config configs/default.py --workdir $(WORKDIR)
-	$(PYTHON) eval.py --config configs/default.py --workdir $(WORKDIR)
+	$(PYTHON) train.py
+	$(PYTHON) eval.py
 
 test: venv
 	$(PYTHON) -m pytest -q -n auto tests

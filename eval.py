@@ -1,6 +1,6 @@
 """Evaluates a checkpoint of --workdir on the config's eval splits; writes DIR/eval/<step>.json.
 
-    python eval.py [--config configs/x.py] --workdir DIR [--step N | --best]
+    python eval.py [--config configs/x.py] [--workdir DIR] [--step N | --best]
 """
 import json
 import pathlib
@@ -16,10 +16,10 @@ flags.DEFINE_bool("best", False, "Evaluate the best checkpoint by the training's
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.set_up()
+  workdir = cli.set_up()
   flags_ = cli.FLAGS
-  step, results = trainer.evaluate_checkpoint(flags_.config, flags_.workdir, flags_.step, flags_.best)
-  out = pathlib.Path(flags_.workdir) / "eval" / f"{step}.json"
+  step, results = trainer.evaluate_checkpoint(flags_.config, workdir, flags_.step, flags_.best)
+  out = pathlib.Path(workdir) / "eval" / f"{step}.json"
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps({"step": step, "best": flags_.best, "results": results}, indent=2))
   names = sorted({name for metrics in results.values() for name in metrics})

@@ -19,14 +19,7 @@ import jax  # noqa: E402
 
 from bilateral_jax import parallel, trainer  # noqa: E402
 from bilateral_jax.data import pipeline  # noqa: E402
-from configs import default  # noqa: E402
-
-VARIANTS = {
-    "standard attention, standard residual": dict(attention="standard", residual="standard"),
-    "BSA, standard residual": dict(attention="bilateral", residual="standard"),
-    "standard attention, GRC": dict(attention="standard", residual="grc"),
-    "BSA, GRC (default)": dict(attention="bilateral", residual="grc"),
-}
+from configs import common, default  # noqa: E402
 
 
 def main():
@@ -37,7 +30,7 @@ def main():
   args = parser.parse_args()
 
   runs = {}
-  for name, overrides in VARIANTS.items():
+  for name, overrides in common.ABLATION.items():
     config = default.get_config()
     config.model.transformer.update(overrides)
     experiment = trainer.Experiment(config)

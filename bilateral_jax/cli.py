@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import pathlib
 
 import jax
 from absl import flags
@@ -9,9 +10,10 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config file (configs/*.py).",
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
+config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "Experiment config file (configs/*.py).",
                                 lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.", required=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics (default: runs/<config name>).")
 flags.DEFINE_string("coordinator_address", None,
                     "host:port of process 0, for a multi-process run started by hand; with neither this "
                     "nor --multihost the run is single-process.")
@@ -21,7 +23,8 @@ flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() with th
                   "(TPU pods, SLURM, ...).")
 
 
-def set_up() -> None:
+def set_up() -> str:
+  """Logging and jax.distributed; -> the work directory."""
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   absl_logging.set_verbosity(absl_logging.WARNING)
   if FLAGS.coordinator_address:
@@ -29,3 +32,6 @@ def set_up() -> None:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   elif FLAGS.multihost:
     jax.distributed.initialize()
+  if FLAGS.workdir:
+    return FLAGS.workdir
+  return str(pathlib.Path("runs") / pathlib.Path(config_flags.get_config_filename(FLAGS["config"])).stem)

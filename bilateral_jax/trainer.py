@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from bilateral_jax import parallel, tasks
 from bilateral_jax.checkpointing import Checkpointer, abstract_with_shardings
@@ -211,18 +212,29 @@ def filter_parameters(params) -> dict[str, list[float]]:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks, so it can save before exiting."""
+  """Whether to save and stop now. One process: SIGTERM sets a flag the loop reads. Several processes:
+  JAX's preemption service (started by jax.distributed) takes the notice on any host and names one
+  step at which every host stops, so they all save the same step."""
 
   def __init__(self):
+    self.multiprocess = jax.process_count() > 1
     self.requested = False
-    self.previous = signal.signal(signal.SIGTERM, self._handle)
+    if not self.multiprocess:
+      self.previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     logging.warning("SIGTERM received: saving a checkpoint and stopping")
     self.requested = True
 
+  def reached(self, step: int) -> bool:
+    """Call once per step, on every process."""
+    if self.multiprocess:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
   def restore(self):
-    signal.signal(signal.SIGTERM, self.previous)
+    if not self.multiprocess:
+      signal.signal(signal.SIGTERM, self.previous)
 
 
 def _check_finite(step: int, metrics: dict, checkpointer: Checkpointer) -> None:
@@ -264,7 +276,7 @@ def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str) -> 
 
   writer = MetricWriter(workdir)
   preemption = _Preemption()
-  bar = _progress_bar(step, tc.num_steps)
+  bar = _ProgressBar(step, tc.num_steps)
   final: dict[str, dict[str, float]] = {}
   last_log, last_time = step, time.perf_counter()
   try:
@@ -272,7 +284,7 @@ def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str) -> 
       state, metrics = experiment.train_step(state, parallel.global_batch(next(batches), experiment.mesh))
       step += 1
       last = step == tc.num_steps
-      stopping = preemption.requested  # read once: a signal may arrive anywhere below
+      stopping = preemption.reached(step)  # read once: a signal may arrive anywhere below
       save_now = last or step % tc.checkpoint_every == 0 or stopping
       if step % tc.log_every == 0 or save_now:
         host = {name: float(value) for name, value in jax.device_get(metrics).items()}
@@ -296,6 +308,8 @@ def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str) -> 
       if stopping:
         logging.warning("pre-empted: checkpoint of step %d saved; rerun the same command to resume", step)
         break
+    if not final and step == tc.num_steps:  # the run was already complete: nothing left to train
+      final = {split: experiment.evaluate(state, split, source) for split, source in eval_sources.items()}
   finally:
     bar.close()
     preemption.restore()
@@ -319,7 +333,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
     checkpointer.close()
 
 
-class _progress_bar:
+class _ProgressBar:
   """tqdm on a terminal (loss, steps/s, examples/s, ETA); one plain line per log step otherwise."""
 
   def __init__(self, start: int, total: int):

@@ -32,9 +32,31 @@ def base() -> ml_collections.ConfigDict:
   return config
 
 
+def lra_classifier(config: ml_collections.ConfigDict, *, vocab_size: int, num_classes: int,
+                   max_length: int, two_tower: bool = False, **transformer_overrides) -> None:
+  """An LRA sequence classifier with BSA + GRC (mean pooling), in LRA's small setting unless overridden."""
+  config.model.name = "classifier"
+  config.model.vocab_size = vocab_size
+  config.model.num_classes = num_classes
+  config.model.pooling = "mean"
+  config.model.two_tower = two_tower
+  config.model.transformer = transformer(**(dict(
+      num_layers=4, num_heads=4, model_dim=256, mlp_dim=1024, max_length=max_length, attention="bilateral",
+      spatial_bandwidth_range=(1.0, max_length / 4), residual="grc", dropout_rate=0.1) | transformer_overrides))
+
+
 def listops_data(**overrides) -> ml_collections.ConfigDict:
   """Generated LRA ListOps (the LRA recipe's defaults: depth <= 10, <= 10 arguments, 500-2000 tokens)."""
   return ml_collections.ConfigDict(dict(
       name="listops_generated", seed=0, directory="", max_depth=10, max_args=10, min_length=500,
       max_length=2000, operator_probability=0.25, train_size=96_000, validation_size=2_000,
       test_size=2_000, overlength="error") | overrides)
+
+
+# The 2 x 2 ablation of the paper's two modifications: stack overrides by name, baseline first.
+ABLATION = {
+    "standard attention + standard residual": dict(attention="standard", residual="standard"),
+    "BSA + standard residual": dict(attention="bilateral", residual="standard"),
+    "standard attention + GRC": dict(attention="standard", residual="grc"),
+    "BSA + GRC": dict(attention="bilateral", residual="grc"),
+}

@@ -14,7 +14,7 @@ import pytest
 
 from bilateral_jax import trainer
 from bilateral_jax.checkpointing import CheckpointMismatch
-from configs import default
+from tests.samples import write_aan, write_aclimdb, write_cifar10, write_wikitext
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem not in ("__init__", "common"))
@@ -34,23 +34,13 @@ def tiny_config(name="default", **overrides):
   return config
 
 
-def write_wikitext(directory):
-  """A tiny sample in the release's format: ' = Title = ' headings, blank lines, <unk> in the text."""
-  directory.mkdir(parents=True)
-  text = " \n = Valkyria = \n \n The game began development in 2010 , carrying over a large <unk> . \n"
-  for split, repeat in (("train", 12), ("valid", 4), ("test", 4)):
-    (directory / f"wiki.{split}.tokens").write_text(text * repeat + (" unseen words here \n" if split != "train" else ""))
-
-
-def write_cifar10(directory, per_batch=12):
-  import pickle
-  directory.mkdir(parents=True)
-  rng = np.random.default_rng(0)
-  for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-    batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-             b"labels": list(rng.integers(0, 10, per_batch))}
-    with (directory / name).open("wb") as handle:
-      pickle.dump(batch, handle)
+SAMPLES = {  # config -> (writes a tiny sample of its data format, data overrides)
+    "wikitext103_lm": (write_wikitext, {"data.max_length": 16}),
+    "vit_cifar10": (write_cifar10, {"data.validation_size": 8}),
+    "lra_image": (write_cifar10, {"data.validation_size": 8}),
+    "lra_text": (write_aclimdb, {"data.validation_size": 4, "data.max_length": 32}),
+    "lra_retrieval": (write_aan, {"data.max_length": 32}),
+}
 
 
 def small_config(name, tmp_path, **overrides):
@@ -58,11 +48,10 @@ def small_config(name, tmp_path, **overrides):
   if name in ("default", "lra_listops"):
     return tiny_config(name, **overrides)
   config = __import__(f"configs.{name}", fromlist=["get_config"]).get_config()
-  data = {"wikitext103_lm": (write_wikitext, {"data.max_length": 16}),
-          "vit_cifar10": (write_cifar10, {"data.validation_size": 8})}[name]
-  data[0](tmp_path / "data")
-  config.update_from_flattened_dict(TINY_MODEL_AND_LOOP | data[1] | {"data.directory": str(tmp_path / "data")}
-                                    | {"model.transformer.max_length": 65} | overrides)
+  write, data_overrides = SAMPLES[name]
+  write(tmp_path / "data")
+  config.update_from_flattened_dict(TINY_MODEL_AND_LOOP | data_overrides | {"data.directory": str(tmp_path / "data")}
+                                    | {"model.transformer.max_length": 1024} | overrides)
   return config
 
 
@@ -132,8 +121,29 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
   assert saved and saved[-1] == read_metrics(tmp_path)[-1]["step"]
   resumed = run_script("train.py", tmp_path, overrides | {"train.num_steps": saved[-1] + 2})
   assert resumed.returncode == 0, resumed.stderr
+  done = run_script("train.py", tmp_path, overrides | {"train.num_steps": saved[-1] + 2})  # nothing left to do
+  assert done.returncode == 0 and "test: accuracy" in done.stdout, done.stderr
   assert f"resumed from step {saved[-1]}" in resumed.stdout
   assert read_metrics(tmp_path)[-1]["step"] == saved[-1] + 2
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_saved_step(tmp_path):
+  overrides = TINY | {"train.num_steps": 100_000, "train.checkpoint_every": 100_000}
+  port = portpicker.pick_unused_port()
+  processes = [run_script("train.py", tmp_path, overrides, devices=4,
+                          extra=[f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                                 f"--process_id={i}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+               for i in range(2)]
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 240
+  while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
+    time.sleep(0.2)
+  processes[1].send_signal(signal.SIGTERM)
+  for process in processes:
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
+  assert saved and saved[-1] == read_metrics(tmp_path)[-1]["step"]
 
 
 def test_one_and_eight_devices_and_two_processes_give_the_same_losses(tmp_path):

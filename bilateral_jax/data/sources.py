@@ -45,12 +45,13 @@ def fit_length(ids: np.ndarray, length: int, overlength: str, where: str) -> np.
   return np.pad(ids, (0, length - len(ids)))
 
 
-def _classification_source(sequences: list[tuple[np.ndarray, int, str]], config) -> ArraySource:
+def _classification_source(sequences: list[tuple[np.ndarray, int, str]], config, vocab_size: int,
+                           num_classes: int) -> ArraySource:
   inputs = np.stack([fit_length(ids, config.max_length, config.overlength, where)
                      for ids, _, where in sequences])
   labels = np.asarray([label for _, label, _ in sequences], np.int32)
-  return ArraySource(dict(vocab_size=len(listops.VOCABULARY), num_classes=listops.NUM_CLASSES),
-                     inputs=inputs, label=labels, weight=np.ones(len(labels), np.float32))
+  return ArraySource(dict(vocab_size=vocab_size, num_classes=num_classes), inputs=inputs, label=labels,
+                     weight=np.ones(len(labels), np.float32))
 
 
 def listops_generated(config: ml_collections.ConfigDict, split: str) -> ArraySource:
@@ -61,7 +62,8 @@ def listops_generated(config: ml_collections.ConfigDict, split: str) -> ArraySou
   count = {"train": config.train_size, "validation": config.validation_size, "test": config.test_size}[split]
   examples = listops.generate(count, spec, seed=config.seed + SPLITS.index(split))
   return _classification_source([(listops.encode(tokens), label, f"generated {split} example {i}")
-                                 for i, (tokens, label) in enumerate(examples)], config)
+                                 for i, (tokens, label) in enumerate(examples)], config,
+                                len(listops.VOCABULARY), listops.NUM_CLASSES)
 
 
 def listops_release(config: ml_collections.ConfigDict, split: str) -> ArraySource:
@@ -83,7 +85,7 @@ def listops_release(config: ml_collections.ConfigDict, split: str) -> ArraySourc
       if len(fields) != 2 or not fields[1].strip().isdigit() or not 0 <= int(fields[1]) < listops.NUM_CLASSES:
         raise ValueError(f"{where}: expected '<expression>\\t<label 0-9>', got {line.rstrip()!r}")
       sequences.append((listops.encode(fields[0].split(), where=where), int(fields[1]), where))
-  return _classification_source(sequences, config)
+  return _classification_source(sequences, config, len(listops.VOCABULARY), listops.NUM_CLASSES)
 
 
 def _require_files(directory: pathlib.Path, names: list[str], what: str, where_to_get: str) -> None:
@@ -129,30 +131,100 @@ CIFAR_MEAN = np.asarray([0.4914, 0.4822, 0.4465], np.float32)
 CIFAR_STD = np.asarray([0.2470, 0.2435, 0.2616], np.float32)
 
 
-def cifar10(config: ml_collections.ConfigDict, split: str) -> ArraySource:
-  """CIFAR-10 python batches (`data_batch_1..5`, `test_batch`); validation is the last
-  `data.validation_size` training images. Images [32, 32, 3] float32, normalised per channel."""
+def _cifar10_arrays(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """uint8 images [n, 32, 32, 3] and labels of a CIFAR-10 split from the python batches; validation is
+  the last `data.validation_size` training images."""
   directory = pathlib.Path(config.directory)
   train_files = [f"data_batch_{i}" for i in range(1, 6)]
   _require_files(directory, train_files + ["test_batch"], "CIFAR-10",
                  "the 'CIFAR-10 python version' archive, extracted")
+  images, labels = [], []
+  for name in ["test_batch"] if split == "test" else train_files:
+    with (directory / name).open("rb") as handle:
+      batch = pickle.load(handle, encoding="bytes")
+    images.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    labels.append(np.asarray(batch[b"labels"], np.int32))
+  images, labels = np.concatenate(images), np.concatenate(labels)
+  if split == "test":
+    return images, labels
+  held_out = config.validation_size
+  return (images[-held_out:], labels[-held_out:]) if split == "validation" else (images[:-held_out],
+                                                                                 labels[:-held_out])
 
-  def load(names):
-    images, labels = [], []
-    for name in names:
-      with (directory / name).open("rb") as handle:
-        batch = pickle.load(handle, encoding="bytes")
-      images.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-      labels.append(np.asarray(batch[b"labels"], np.int32))
-    return np.concatenate(images), np.concatenate(labels)
 
-  images, labels = load(["test_batch"] if split == "test" else train_files)
-  if split != "test":
-    held_out = config.validation_size
-    images, labels = (images[-held_out:], labels[-held_out:]) if split == "validation" else (
-        images[:-held_out], labels[:-held_out])
+def cifar10(config: ml_collections.ConfigDict, split: str) -> ArraySource:
+  """CIFAR-10 images [32, 32, 3] float32, normalised per channel."""
+  images, labels = _cifar10_arrays(config, split)
   images = (images.astype(np.float32) / 255.0 - CIFAR_MEAN) / CIFAR_STD
   return ArraySource(dict(num_classes=10), inputs=images, label=labels,
+                     weight=np.ones(len(labels), np.float32))
+
+
+def _bytes(text: str) -> np.ndarray:
+  """UTF-8 bytes as ids 1..256 (0 is padding)."""
+  return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) + 1
+
+
+BYTE_VOCABULARY = 257
+
+
+def _held_out(items: list, split: str, size: int, seed: int) -> list:
+  """Train/validation from one list: a seeded permutation, the last `size` items held out."""
+  order = np.random.default_rng(seed).permutation(len(items))
+  chosen = order[-size:] if split == "validation" else order[:-size]
+  return [items[i] for i in chosen]
+
+
+def lra_text(config: ml_collections.ConfigDict, split: str) -> ArraySource:
+  """LRA Text: IMDB reviews as bytes, from the aclImdb layout ({train,test}/{pos,neg}/*.txt);
+  validation is `data.validation_size` reviews held out of train."""
+  root = pathlib.Path(config.directory)
+  folders = [root / part / label for part in ("train", "test") for label in ("neg", "pos")]
+  missing = [str(f) for f in folders if not f.is_dir()]
+  if missing:
+    raise FileNotFoundError(f"LRA Text: {', '.join(missing)} not found; data.directory must be the "
+                            "extracted aclImdb folder (train/ and test/, each with pos/ and neg/)")
+  part = "test" if split == "test" else "train"
+  files = [(path, label) for label, name in enumerate(("neg", "pos"))
+           for path in sorted((root / part / name).glob("*.txt"))]
+  if split != "test":
+    files = _held_out(files, split, config.validation_size, config.seed)
+  return _classification_source([(_bytes(path.read_text(encoding="utf-8")), label, str(path))
+                                 for path, label in files], config, BYTE_VOCABULARY, 2)
+
+
+def lra_retrieval(config: ml_collections.ConfigDict, split: str) -> ArraySource:
+  """LRA Retrieval (AAN): `new_aan_pairs.{train,eval,test}.tsv`, lines `label\tid1\tid2\ttext1\ttext2`;
+  inputs [2, max_length] bytes, label 1 if the first paper cites the second."""
+  directory = pathlib.Path(config.directory)
+  names = {"train": "new_aan_pairs.train.tsv", "validation": "new_aan_pairs.eval.tsv",
+           "test": "new_aan_pairs.test.tsv"}
+  _require_files(directory, list(names.values()), "LRA Retrieval", "lra_release/tsv_data of the LRA release")
+  path = directory / names[split]
+  pairs, labels = [], []
+  with path.open(encoding="utf-8") as lines:
+    for number, line in enumerate(lines, start=1):
+      fields = line.rstrip("\n").split("\t")
+      where = f"{path}:{number}"
+      try:
+        label = int(float(fields[0]))
+      except ValueError:
+        label = -1
+      if len(fields) != 5 or label not in (0, 1):
+        raise ValueError(f"{where}: expected 'label(0/1)\\tid1\\tid2\\ttext1\\ttext2', got {line[:80]!r}...")
+      pairs.append(np.stack([fit_length(_bytes(text), config.max_length, config.overlength, where)
+                             for text in fields[3:5]]))
+      labels.append(label)
+  return ArraySource(dict(vocab_size=BYTE_VOCABULARY, num_classes=2), inputs=np.stack(pairs),
+                     label=np.asarray(labels, np.int32), weight=np.ones(len(labels), np.float32))
+
+
+def lra_image(config: ml_collections.ConfigDict, split: str) -> ArraySource:
+  """LRA Image: CIFAR-10 (python batches) as 1024 grayscale pixels, ids 1..256 (0 is padding)."""
+  images, labels = _cifar10_arrays(config, split)
+  gray = np.round(images.astype(np.float32) @ np.asarray([0.2989, 0.5870, 0.1140], np.float32))
+  inputs = gray.reshape(len(gray), -1).astype(np.int32) + 1
+  return ArraySource(dict(vocab_size=BYTE_VOCABULARY, num_classes=10), inputs=inputs, label=labels,
                      weight=np.ones(len(labels), np.float32))
 
 
@@ -161,6 +233,9 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict, str], ArraySource]] = {
     "listops_release": listops_release,
     "wikitext": wikitext,
     "cifar10": cifar10,
+    "lra_text": lra_text,
+    "lra_retrieval": lra_retrieval,
+    "lra_image": lra_image,
 }
 
 

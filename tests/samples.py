@@ -1,0 +1,39 @@
+"""Tiny samples of the published data formats, written by the tests."""
+import pickle
+
+import numpy as np
+
+
+def write_wikitext(directory):
+  """A tiny sample in the release's format: ' = Title = ' headings, blank lines, <unk> in the text."""
+  directory.mkdir(parents=True, exist_ok=True)
+  text = " \n = Valkyria = \n \n The game began development in 2010 , carrying over a large <unk> . \n"
+  for split, repeat in (("train", 12), ("valid", 4), ("test", 4)):
+    (directory / f"wiki.{split}.tokens").write_text(text * repeat + (" unseen words here \n" if split != "train" else ""))
+
+
+def write_cifar10(directory, per_batch=12):
+  directory.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(0)
+  for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+             b"labels": list(rng.integers(0, 10, per_batch))}
+    with (directory / name).open("wb") as handle:
+      pickle.dump(batch, handle)
+
+
+def write_aclimdb(directory, per_folder=6):
+  for part in ("train", "test"):
+    for label in ("neg", "pos"):
+      folder = directory / part / label
+      folder.mkdir(parents=True)
+      for i in range(per_folder):
+        (folder / f"{i}_{7 if label == 'pos' else 2}.txt").write_text(f"A {label} review, number {i}. <br />Fin.")
+
+
+def write_aan(directory, lines=10):
+  directory.mkdir(parents=True, exist_ok=True)
+  for split in ("train", "eval", "test"):
+    rows = [f"{i % 2}\tpaper{i}\tpaper{i + 1}\tAbstract of paper {i}.\tAbstract {i + 1}, cited."
+            for i in range(lines)]
+    (directory / f"new_aan_pairs.{split}.tsv").write_text("\n".join(rows) + "\n")

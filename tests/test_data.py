@@ -1,0 +1,153 @@
+"""Datasets in their published formats (tiny samples written here) and the grain pipelines."""
+import pickle
+
+import ml_collections
+import numpy as np
+import pytest
+
+from bilateral_jax.data import listops, pipeline, sources
+from tests.samples import write_aan, write_aclimdb, write_cifar10, write_wikitext
+
+
+def data_config(**fields):
+  return ml_collections.ConfigDict(fields)
+
+
+def reference_value(tree) -> int:
+  """Evaluates a generated tree directly, without its token form."""
+  if isinstance(tree, int):
+    return tree
+  operator, arguments = tree
+  values = [reference_value(a) for a in arguments]
+  return {"[MIN": min(values), "[MAX": max(values), "[MED": int(np.median(values)),
+          "[SM": sum(values) % 10}[operator]
+
+
+def test_listops_tokens_labels_and_determinism():
+  assert " ".join(listops.to_tokens(("[MAX", [2, 9]))) == "( ( ( [MAX 2 ) 9 ) ] )"
+  assert listops.VOCABULARY[0] == "<pad>" and list(listops.VOCABULARY[1:]) == sorted(listops.VOCABULARY[1:])
+  spec = listops.ListOpsSpec(max_depth=5, max_args=4, min_length=5, max_length=300, operator_probability=0.5)
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    tree = listops._tree(rng, spec, 1)
+    assert listops.evaluate(listops.to_tokens(tree)) == reference_value(tree)
+  first, again = listops.generate(50, spec, seed=3), listops.generate(50, spec, seed=3)
+  assert first == again and first != listops.generate(50, spec, seed=4)
+  assert all(5 <= len(tokens) <= 300 for tokens, _ in first)
+  with pytest.raises(ValueError, match="malformed"):
+    listops.evaluate(["(", "[MAX", "2"])
+
+
+def listops_release_config(directory, **fields):
+  return data_config(**(dict(name="listops_release", directory=str(directory), max_length=32,
+                             overlength="error") | fields))
+
+
+def test_listops_release_files(tmp_path):
+  rows = ["( ( ( [MAX 2 ) 9 ) ] )\t9", "( ( ( [SM 5 ) 7 ) ] )\t2", "4\t4"]
+  for name in ("basic_train.tsv", "basic_val.tsv", "basic_test.tsv"):
+    (tmp_path / name).write_text("Source\tTarget\n" + "\n".join(rows) + "\n")
+  source = sources.load_split(listops_release_config(tmp_path), "validation")
+  assert len(source) == 3 and source.arrays["label"].tolist() == [9, 2, 4]
+  ids = source[0]["inputs"]
+  assert " ".join(listops.VOCABULARY[i] for i in ids if i) == rows[0].split("\t")[0]
+  with pytest.raises(ValueError, match="exceeds max_length 4"):
+    sources.load_split(listops_release_config(tmp_path, max_length=4), "train")
+  truncated = sources.load_split(listops_release_config(tmp_path, max_length=4, overlength="truncate"), "train")
+  assert truncated.arrays["inputs"].shape == (3, 4)
+  (tmp_path / "basic_test.tsv").write_text("Source\tTarget\n" + rows[0] + "\n( [MAX 2 ]\tx\n")
+  with pytest.raises(ValueError, match=r"basic_test.tsv:3: expected"):
+    sources.load_split(listops_release_config(tmp_path), "test")
+  (tmp_path / "basic_test.tsv").write_text("Source\tTarget\n( [MAX 2 ] @\t3\n")
+  with pytest.raises(ValueError, match=r"basic_test.tsv:2: unknown ListOps token '@'"):
+    sources.load_split(listops_release_config(tmp_path), "test")
+  with pytest.raises(FileNotFoundError, match="basic_train.tsv, basic_val.tsv and basic_test.tsv"):
+    sources.load_split(listops_release_config(tmp_path / "nowhere"), "train")
+
+
+def test_wikitext_vocabulary_unk_eos_and_contiguous_windows(tmp_path):
+  write_wikitext(tmp_path)
+  config = data_config(name="wikitext", directory=str(tmp_path), max_length=8)
+  train, test = sources.load_split(config, "train"), sources.load_split(config, "test")
+  assert train.info == test.info and train.info["vocab_size"] == 3 + len(set(
+      (tmp_path / "wiki.train.tokens").read_text().split()) - {"<unk>"})
+  np.testing.assert_array_equal(train.arrays["inputs"][:, 1:], train.arrays["targets"][:, :-1])
+  np.testing.assert_array_equal(train.arrays["inputs"][1:, 0], train.arrays["targets"][:-1, -1])
+  flat = test.arrays["inputs"].ravel()
+  assert (flat == 1).sum() >= 3  # "unseen words here" -> <unk>; the release's own <unk> too
+  assert (flat == 2).sum() >= 1  # <eos> after every line
+  with pytest.raises(FileNotFoundError, match="wiki.train.tokens, wiki.valid.tokens, wiki.test.tokens"):
+    sources.load_split(data_config(name="wikitext", directory=str(tmp_path / "no"), max_length=8), "train")
+
+
+def test_cifar10_python_batches_and_lra_image(tmp_path):
+  write_cifar10(tmp_path, per_batch=4)
+  config = data_config(name="cifar10", directory=str(tmp_path), validation_size=5)
+  counts = {split: len(sources.load_split(config, split)) for split in sources.SPLITS}
+  assert counts == {"train": 15, "validation": 5, "test": 4}
+  with (tmp_path / "test_batch").open("rb") as handle:
+    raw = pickle.load(handle, encoding="bytes")
+  pixel = raw[b"data"][0].reshape(3, 32, 32)[:, 0, 1].astype(np.float64)
+  gray = sources.load_split(data_config(name="lra_image", directory=str(tmp_path), validation_size=5), "test")
+  assert gray[0]["inputs"].shape == (1024,)
+  assert gray[0]["inputs"][1] == round(0.2989 * pixel[0] + 0.5870 * pixel[1] + 0.1140 * pixel[2]) + 1
+  assert gray[0]["label"] == raw[b"labels"][0]
+
+
+def test_aclimdb_and_aan(tmp_path):
+  write_aclimdb(tmp_path / "imdb", per_folder=5)
+  config = data_config(name="lra_text", directory=str(tmp_path / "imdb"), seed=0, max_length=64,
+                       validation_size=4, overlength="truncate")
+  train, validation, test = (sources.load_split(config, s) for s in sources.SPLITS)
+  assert (len(train), len(validation), len(test)) == (6, 4, 10)
+  assert sorted(test.arrays["label"].tolist()) == [0] * 5 + [1] * 5
+  text = bytes(int(i) - 1 for i in test[0]["inputs"] if i).decode()
+  assert text.startswith("A neg review")
+  write_aan(tmp_path / "aan", lines=6)
+  aan = data_config(name="lra_retrieval", directory=str(tmp_path / "aan"), max_length=16, overlength="truncate")
+  pairs = sources.load_split(aan, "validation")
+  assert pairs.arrays["inputs"].shape == (6, 2, 16) and pairs.arrays["label"].tolist() == [0, 1] * 3
+  (tmp_path / "aan" / "new_aan_pairs.test.tsv").write_text("1\tonly\tthree fields\n")
+  with pytest.raises(ValueError, match=r"new_aan_pairs.test.tsv:1: expected"):
+    sources.load_split(aan, "test")
+
+
+def test_unknown_dataset_lists_the_known_ones():
+  with pytest.raises(ValueError, match="known: cifar10, listops_generated, listops_release"):
+    sources.load_split(data_config(name="mnist"), "train")
+
+
+def source_of(n):
+  return sources.ArraySource(inputs=np.arange(n)[:, None], weight=np.ones(n, np.float32))
+
+
+def test_processes_read_disjoint_parts_of_the_same_global_batches():
+  source = source_of(24)
+  single = pipeline.train_batches(source, global_batch=8, seed=1)
+  halves = [pipeline.train_batches(source, global_batch=8, seed=1, process_index=p, process_count=2)
+            for p in range(2)]
+  seen = []
+  for _ in range(6):  # two epochs
+    whole = next(single)["inputs"][:, 0]
+    np.testing.assert_array_equal(np.concatenate([next(h)["inputs"][:, 0] for h in halves]), whole)
+    seen.extend(whole.tolist())
+  assert sorted(seen[:24]) == list(range(24)) and sorted(seen[24:]) == list(range(24))
+  assert seen[:24] != seen[24:]  # reshuffled each epoch
+
+
+def test_train_iterator_state_resumes_exactly():
+  batches = pipeline.train_batches(source_of(10), global_batch=4, seed=0)
+  next(batches)
+  state = batches.get_state()
+  expected = [next(batches)["inputs"].tolist() for _ in range(3)]
+  resumed = pipeline.train_batches(source_of(10), global_batch=4, seed=0)
+  resumed.set_state(state)
+  assert [next(resumed)["inputs"].tolist() for _ in range(3)] == expected
+
+
+def test_eval_batches_cover_the_split_once_with_zero_weight_padding():
+  batches = list(pipeline.eval_batches(source_of(10), global_batch=4))
+  assert len(batches) == 3
+  inputs = np.concatenate([b["inputs"][:, 0] for b in batches])
+  weights = np.concatenate([b["weight"] for b in batches])
+  assert inputs[weights == 1].tolist() == list(range(10)) and weights[10:].tolist() == [0, 0]
