@@ -37,3 +37,30 @@ def write_aan(directory, lines=10):
     rows = [f"{i % 2}\tpaper{i}\tpaper{i + 1}\tAbstract of paper {i}.\tAbstract {i + 1}, cited."
             for i in range(lines)]
     (directory / f"new_aan_pairs.{split}.tsv").write_text("\n".join(rows) + "\n")
+
+
+def write_pathfinder(directory, count=20, side=32):
+  """The LRA release layout: <difficulty>/imgs/0/sample_<i>.png and <difficulty>/metadata/0.npy."""
+  from PIL import Image
+  root = directory / "curv_contour_length_14"
+  (root / "imgs" / "0").mkdir(parents=True, exist_ok=True)
+  (root / "metadata").mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(0)
+  lines = []
+  for i in range(count):
+    Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8)).save(root / "imgs" / "0" / f"sample_{i}.png")
+    lines.append(f"imgs/0 sample_{i}.png {i} {i % 2} 3 3")
+  (root / "metadata" / "0.npy").write_text("\n".join(lines) + "\n")
+
+
+def write_image_folders(directory, classes=("n01440764", "n01443537"), per_class=3):
+  """ImageNet's folder layout with JPEGs of different sizes."""
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for split in ("train", "val"):
+    for name in classes:
+      folder = directory / split / name
+      folder.mkdir(parents=True, exist_ok=True)
+      for i in range(per_class):
+        size = (40 + 7 * i, 30 + 5 * i)
+        Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(folder / f"{name}_{i}.JPEG")

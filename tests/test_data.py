@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from bilateral_jax.data import listops, pipeline, sources
-from tests.samples import write_aan, write_aclimdb, write_cifar10, write_wikitext
+from tests.samples import (write_aan, write_aclimdb, write_cifar10, write_image_folders, write_pathfinder,
+                           write_wikitext)
 
 
 def data_config(**fields):
@@ -113,7 +114,7 @@ def test_aclimdb_and_aan(tmp_path):
 
 
 def test_unknown_dataset_lists_the_known_ones():
-  with pytest.raises(ValueError, match="known: cifar10, listops_generated, listops_release"):
+  with pytest.raises(ValueError, match="known: cifar10, imagenet_folders, listops_generated"):
     sources.load_split(data_config(name="mnist"), "train")
 
 
@@ -151,3 +152,40 @@ def test_eval_batches_cover_the_split_once_with_zero_weight_padding():
   inputs = np.concatenate([b["inputs"][:, 0] for b in batches])
   weights = np.concatenate([b["weight"] for b in batches])
   assert inputs[weights == 1].tolist() == list(range(10)) and weights[10:].tolist() == [0, 0]
+
+
+def test_pathfinder_release_layout_and_image_folders(tmp_path):
+  from PIL import Image
+  write_pathfinder(tmp_path / "pf", count=20)
+  config = data_config(name="lra_pathfinder", directory=str(tmp_path / "pf"), difficulty="hard", seed=0)
+  splits = {s: sources.load_split(config, s) for s in sources.SPLITS}
+  assert [len(splits[s]) for s in sources.SPLITS] == [16, 2, 2]
+  assert sorted(np.concatenate([splits[s].arrays["label"] for s in sources.SPLITS]).tolist()) == [0] * 10 + [1] * 10
+  first = splits["test"][0]["inputs"]
+  assert first.shape == (1024,) and first.min() >= 1 and first.max() <= 256
+  metadata = tmp_path / "pf" / "curv_contour_length_14" / "metadata" / "0.npy"
+  metadata.write_text(metadata.read_text() + "imgs/0 sample_0.png 20\n")
+  with pytest.raises(ValueError, match=r"0.npy:21: expected"):
+    sources.load_split(config, "train")
+  with pytest.raises(FileNotFoundError, match="curv_baseline/curv_contour_length_9/curv_contour_length_14"):
+    sources.load_split(data_config(name="lra_pathfinder", directory=str(tmp_path), difficulty="hard", seed=0),
+                       "train")
+
+  write_image_folders(tmp_path / "imagenet", per_class=3)
+  images = data_config(name="imagenet_folders", directory=str(tmp_path / "imagenet"), image_size=24,
+                       crop_fraction=0.875)
+  val = sources.load_split(images, "validation")
+  assert len(val) == 6 and val.info == {"num_classes": 2}
+  example = val[5]
+  assert example["inputs"].shape == (24, 24, 3) and example["label"] == 1
+  # centre crop of the resized image, normalised with ImageNet's mean and std
+  path, _ = val.files[5]
+  with Image.open(path) as image:
+    scale = 24 / 0.875 / min(image.size)
+    resized = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+  left, top = (resized.width - 24) // 2, (resized.height - 24) // 2
+  want = np.asarray(resized, np.float32)[top:top + 24, left:left + 24] / 255.0
+  np.testing.assert_allclose(example["inputs"], (want - sources.IMAGENET_MEAN) / sources.IMAGENET_STD, atol=1e-6)
+  with pytest.raises(FileNotFoundError, match="one folder per class"):
+    sources.load_split(data_config(name="imagenet_folders", directory=str(tmp_path), image_size=24,
+                                   crop_fraction=0.875), "train")

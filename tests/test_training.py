@@ -14,7 +14,8 @@ import pytest
 
 from bilateral_jax import trainer
 from bilateral_jax.checkpointing import CheckpointMismatch
-from tests.samples import write_aan, write_aclimdb, write_cifar10, write_wikitext
+from tests.samples import (write_aan, write_aclimdb, write_cifar10, write_image_folders, write_pathfinder,
+                           write_wikitext)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem not in ("__init__", "common"))
@@ -40,6 +41,9 @@ SAMPLES = {  # config -> (writes a tiny sample of its data format, data override
     "lra_image": (write_cifar10, {"data.validation_size": 8}),
     "lra_text": (write_aclimdb, {"data.validation_size": 4, "data.max_length": 32}),
     "lra_retrieval": (write_aan, {"data.max_length": 32}),
+    "lra_pathfinder": (write_pathfinder, {}),
+    "deit_tiny_imagenet": (write_image_folders, {"data.image_size": 32, "model.patch_size": 16,
+                                                 "model.num_classes": 0}),
 }
 
 
@@ -83,7 +87,7 @@ def final_params(workdir, config):
 def test_every_config_takes_a_training_step(name, tmp_path):
   final = trainer.train_and_evaluate(small_config(name, tmp_path, **{"train.num_steps": 1}),
                                      str(tmp_path / "run"))
-  assert set(final) == {"validation", "test"}
+  assert set(final) == set(small_config(name, tmp_path).eval.splits)
   assert np.isfinite(read_metrics(tmp_path / "run")[0]["loss"])
 
 
@@ -243,3 +247,25 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
                              [m["loss"] for m in read_metrics(tmp_path / "whole")], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                final_params(tmp_path / "accumulated", accumulated), final_params(tmp_path / "whole", whole))
+
+
+def test_fsdp_mesh_and_bfloat16_train_and_restore_onto_another_mesh(tmp_path):
+  data_only = tiny_config()
+  fsdp = tiny_config(**{"mesh.data": 4, "mesh.fsdp": 2})
+  trainer.train_and_evaluate(data_only, str(tmp_path / "data_only"))
+  trainer.train_and_evaluate(fsdp, str(tmp_path / "fsdp"))
+  experiment = trainer.Experiment(fsdp)
+  sharded = [s for s in jax.tree.leaves(experiment.state_sharding) if "fsdp" in str(s.spec)]
+  assert sharded, "no parameter is sharded over the fsdp axis"
+  np.testing.assert_allclose([m["loss"] for m in read_metrics(tmp_path / "fsdp")],
+                             [m["loss"] for m in read_metrics(tmp_path / "data_only")], rtol=2e-5)
+  _, results = trainer.evaluate_checkpoint(data_only, str(tmp_path / "fsdp"))
+  np.testing.assert_allclose(results["test"]["loss"], read_metrics(tmp_path / "fsdp", "test")[-1]["loss"],
+                             rtol=1e-5)
+  bf16 = tiny_config(**{"model.transformer.dtype": "bfloat16"})
+  final = trainer.train_and_evaluate(bf16, str(tmp_path / "bf16"))
+  params = final_params(tmp_path / "bf16", bf16)
+  assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(params))
+  bf16_losses = [m["loss"] for m in read_metrics(tmp_path / "bf16")]
+  np.testing.assert_allclose(bf16_losses, [m["loss"] for m in read_metrics(tmp_path / "data_only")], rtol=0.05)
+  assert bf16_losses != [m["loss"] for m in read_metrics(tmp_path / "data_only")]

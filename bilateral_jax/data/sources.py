@@ -8,7 +8,7 @@ from __future__ import annotations
 import collections
 import pathlib
 import pickle
-from typing import Callable
+from typing import Any, Callable
 
 import ml_collections
 import numpy as np
@@ -228,7 +228,84 @@ def lra_image(config: ml_collections.ConfigDict, split: str) -> ArraySource:
                      weight=np.ones(len(labels), np.float32))
 
 
-DATASETS: dict[str, Callable[[ml_collections.ConfigDict, str], ArraySource]] = {
+PATHFINDER_DIFFICULTIES = {"easy": "curv_baseline", "medium": "curv_contour_length_9",
+                           "hard": "curv_contour_length_14"}
+
+
+def lra_pathfinder(config: ml_collections.ConfigDict, split: str) -> ArraySource:
+  """LRA Pathfinder from the release layout `<directory>/<difficulty dir>/{imgs,metadata}`: each metadata
+  file has one line per image, `<imgs subdir> <file name> <index> <label> ...`. Images (grayscale PNG,
+  side x side) become side^2 pixel ids 1..256; the examples are split 80/10/10 by a seeded permutation."""
+  from PIL import Image  # only this reader decodes images
+
+  root = pathlib.Path(config.directory) / PATHFINDER_DIFFICULTIES[config.difficulty]
+  metadata = sorted((root / "metadata").glob("*.npy")) if (root / "metadata").is_dir() else []
+  if not metadata:
+    raise FileNotFoundError(f"LRA Pathfinder: no metadata/*.npy under {root}; data.directory must hold "
+                            f"{'/'.join(PATHFINDER_DIFFICULTIES.values())} from lra_release/pathfinder{{32,64,128}}")
+  examples = []
+  for path in metadata:
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+      fields = line.split()
+      if len(fields) < 4 or fields[3] not in ("0", "1"):
+        raise ValueError(f"{path}:{number}: expected '<imgs dir> <file> <index> <label 0/1> ...', got {line!r}")
+      examples.append((root / fields[0] / fields[1], int(fields[3])))
+  order = np.random.default_rng(config.seed).permutation(len(examples))
+  cut = [int(0.8 * len(order)), int(0.9 * len(order))]
+  chosen = {"train": order[:cut[0]], "validation": order[cut[0]:cut[1]], "test": order[cut[1]:]}[split]
+  inputs = np.stack([np.asarray(Image.open(examples[i][0]).convert("L"), np.int32).ravel() + 1 for i in chosen])
+  labels = np.asarray([examples[i][1] for i in chosen], np.int32)
+  return ArraySource(dict(vocab_size=BYTE_VOCABULARY, num_classes=2), inputs=inputs, label=labels,
+                     weight=np.ones(len(labels), np.float32))
+
+
+IMAGENET_MEAN = np.asarray([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32)
+
+
+class ImageFolderSource:
+  """Images decoded on demand from a class-per-folder layout (`<split dir>/<class>/<image>`): resized so
+  the shorter side is image_size / crop_fraction, centre-cropped to image_size, normalised (ImageNet
+  mean/std). Classes are the sorted folder names of the train directory."""
+
+  def __init__(self, files: list[tuple[pathlib.Path, int]], num_classes: int, image_size: int,
+               crop_fraction: float):
+    self.files, self.image_size, self.crop_fraction = files, image_size, crop_fraction
+    self.info = dict(num_classes=num_classes)
+
+  def __len__(self) -> int:
+    return len(self.files)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    from PIL import Image
+
+    path, label = self.files[index]
+    with Image.open(path) as image:
+      image = image.convert("RGB")
+      scale = self.image_size / self.crop_fraction / min(image.size)
+      image = image.resize((max(self.image_size, round(image.width * scale)),
+                            max(self.image_size, round(image.height * scale))), Image.BICUBIC)
+      left, top = (image.width - self.image_size) // 2, (image.height - self.image_size) // 2
+      image = image.crop((left, top, left + self.image_size, top + self.image_size))
+      pixels = (np.asarray(image, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return {"inputs": pixels, "label": np.int32(label), "weight": np.float32(1.0)}
+
+
+def imagenet_folders(config: ml_collections.ConfigDict, split: str) -> ImageFolderSource:
+  """ImageNet-1k in the train/val folder layout (`train/<wnid>/*.JPEG`, `val/<wnid>/*.JPEG`); the
+  validation and test splits are both `val/`, as ImageNet's labelled evaluation set."""
+  root = pathlib.Path(config.directory)
+  folder = root / ("train" if split == "train" else "val")
+  if not (root / "train").is_dir() or not folder.is_dir():
+    raise FileNotFoundError(f"ImageNet: {root / 'train'} and {root / 'val'} (one folder per class) not found "
+                            "in data.directory; extract ILSVRC2012 train and val into class folders")
+  classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+  files = [(path, label) for label, name in enumerate(classes)
+           for path in sorted((folder / name).glob("*")) if path.is_file()]
+  return ImageFolderSource(files, len(classes), config.image_size, config.crop_fraction)
+
+
+DATASETS: dict[str, Callable[[ml_collections.ConfigDict, str], Any]] = {
     "listops_generated": listops_generated,
     "listops_release": listops_release,
     "wikitext": wikitext,
@@ -236,6 +313,8 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict, str], ArraySource]] = {
     "lra_text": lra_text,
     "lra_retrieval": lra_retrieval,
     "lra_image": lra_image,
+    "lra_pathfinder": lra_pathfinder,
+    "imagenet_folders": imagenet_folders,
 }
 
 
