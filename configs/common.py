@@ -46,9 +46,10 @@ def lra_classifier(config: ml_collections.ConfigDict, *, vocab_size: int, num_cl
 
 
 def listops_data(**overrides) -> ml_collections.ConfigDict:
-  """Generated LRA ListOps (the LRA recipe's defaults: depth <= 10, <= 10 arguments, 500-2000 tokens)."""
+  """Generated LRA ListOps (the LRA recipe's defaults: depth <= 10, <= 10 arguments, 500-2000 tokens),
+  built once into `tfds_dir` (empty: TFDS's default, $TFDS_DATA_DIR or ~/tensorflow_datasets)."""
   return ml_collections.ConfigDict(dict(
-      name="listops_generated", seed=0, directory="", max_depth=10, max_args=10, min_length=500,
+      name="listops_generated", seed=0, directory="", tfds_dir="", max_depth=10, max_args=10, min_length=500,
       max_length=2000, operator_probability=0.25, train_size=96_000, validation_size=2_000,
       test_size=2_000, overlength="error") | overrides)
 

@@ -40,8 +40,8 @@ def test_listops_tokens_labels_and_determinism():
 
 
 def listops_release_config(directory, **fields):
-  return data_config(**(dict(name="listops_release", directory=str(directory), max_length=32,
-                             overlength="error") | fields))
+  return data_config(**(dict(name="listops_release", directory=str(directory), tfds_dir=str(directory / "tfds"),
+                             max_length=32, overlength="error") | fields))
 
 
 def test_listops_release_files(tmp_path):
@@ -49,13 +49,13 @@ def test_listops_release_files(tmp_path):
   for name in ("basic_train.tsv", "basic_val.tsv", "basic_test.tsv"):
     (tmp_path / name).write_text("Source\tTarget\n" + "\n".join(rows) + "\n")
   source = sources.load_split(listops_release_config(tmp_path), "validation")
-  assert len(source) == 3 and source.arrays["label"].tolist() == [9, 2, 4]
+  assert len(source) == 3 and [source[i]["label"] for i in range(3)] == [9, 2, 4]
   ids = source[0]["inputs"]
   assert " ".join(listops.VOCABULARY[i] for i in ids if i) == rows[0].split("\t")[0]
-  with pytest.raises(ValueError, match="exceeds max_length 4"):
+  with pytest.raises(ValueError, match="up to 10 tokens, more than data.max_length 4"):
     sources.load_split(listops_release_config(tmp_path, max_length=4), "train")
   truncated = sources.load_split(listops_release_config(tmp_path, max_length=4, overlength="truncate"), "train")
-  assert truncated.arrays["inputs"].shape == (3, 4)
+  assert truncated[0]["inputs"].tolist() == [listops.TOKEN_IDS[t] for t in "( ( ( [MAX".split()]
   (tmp_path / "basic_test.tsv").write_text("Source\tTarget\n" + rows[0] + "\n( [MAX 2 ]\tx\n")
   with pytest.raises(ValueError, match=r"basic_test.tsv:3: expected"):
     sources.load_split(listops_release_config(tmp_path), "test")
@@ -189,3 +189,21 @@ def test_pathfinder_release_layout_and_image_folders(tmp_path):
   with pytest.raises(FileNotFoundError, match="one folder per class"):
     sources.load_split(data_config(name="imagenet_folders", directory=str(tmp_path), image_size=24,
                                    crop_fraction=0.875), "train")
+
+
+def test_generated_listops_is_a_tfds_dataset_built_once(tmp_path):
+  config = data_config(name="listops_generated", seed=5, directory="", tfds_dir=str(tmp_path), max_depth=4,
+                       max_args=4, min_length=5, max_length=40, operator_probability=0.5, train_size=30,
+                       validation_size=6, test_size=6, overlength="error")
+  spec = listops.ListOpsSpec(max_depth=4, max_args=4, min_length=5, max_length=40, operator_probability=0.5)
+  test = sources.load_split(config, "test")
+  expected = listops.generate(6, spec, seed=5 + 2)
+  assert len(test) == 6
+  for i, (tokens, label) in enumerate(expected):
+    np.testing.assert_array_equal(test[i]["inputs"], sources.fit_length(listops.encode(tokens), 40, "error", ""))
+    assert test[i]["label"] == label == listops.evaluate(tokens)
+  built = list(tmp_path.glob("list_ops/generated_*/1.0.0/*.array_record*"))
+  assert len(built) == 3
+  stamps = {p: p.stat().st_mtime_ns for p in built}
+  assert len(sources.load_split(config, "train")) == 30
+  assert {p: p.stat().st_mtime_ns for p in built} == stamps  # read back, not rebuilt

@@ -1,0 +1,110 @@
+"""TFDS builders (array_record, no TensorFlow) for the datasets the project generates or converts.
+
+Built once into `data.tfds_dir` (TFDS's default directory when empty) and read back through
+`tfds.data_source` + grain, so a run starts in seconds after the first.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
+
+from bilateral_jax.data import listops
+
+SPLIT_FILES = {"train": "basic_train.tsv", "validation": "basic_val.tsv", "test": "basic_test.tsv"}
+
+
+@dataclasses.dataclass
+class ListOpsConfig(tfds.core.BuilderConfig):
+  """Generated (spec, sizes, seed) or read from the LRA release (release_dir). The name is a digest of
+  these fields (and of the release files' sizes and times), so a change builds a new dataset."""
+  spec: listops.ListOpsSpec | None = None
+  sizes: tuple[int, int, int] = (96_000, 2_000, 2_000)
+  seed: int = 0
+  release_dir: str = ""
+
+  @classmethod
+  def make(cls, **fields) -> ListOpsConfig:
+    identity = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in fields.items()}
+    if fields.get("release_dir"):
+      directory = pathlib.Path(fields["release_dir"]).absolute()
+      identity["release_dir"] = str(directory)
+      identity["files"] = [[p.name, p.stat().st_size, p.stat().st_mtime_ns]
+                           for p in (directory / name for name in SPLIT_FILES.values()) if p.is_file()]
+    digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    kind = "release" if fields.get("release_dir") else "generated"
+    return cls(name=f"{kind}_{digest}", description=json.dumps(identity), **fields)
+
+
+class ListOps(tfds.core.GeneratorBasedBuilder):
+  """LRA ListOps: `inputs` (token ids of `listops.VOCABULARY`, variable length), `label` (0-9)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="LRA ListOps (Nangia & Bowman 2018; Tay et al. 2021): nested MIN/MAX/MED/SM expressions.",
+        features=tfds.features.FeaturesDict({
+            "inputs": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
+            "label": tfds.features.ClassLabel(num_classes=listops.NUM_CLASSES)}),
+        metadata=tfds.core.MetadataDict(),
+        disable_shuffling=True,
+        homepage="https://github.com/google-research/long-range-arena")
+
+  def _split_generators(self, dl_manager):
+    return {split: self._generate_examples(split) for split in SPLIT_FILES}
+
+  def _generate_examples(self, split: str):
+    longest = 0
+    for key, (ids, label) in enumerate(self._examples(split)):
+      longest = max(longest, len(ids))
+      yield key, {"inputs": ids.astype(np.uint8), "label": label}
+    self.info.metadata[f"{split}_max_length"] = longest
+
+  def _examples(self, split: str):
+    cfg = self.builder_config
+    if not cfg.release_dir:
+      count = dict(zip(SPLIT_FILES, cfg.sizes))[split]
+      seed = cfg.seed + list(SPLIT_FILES).index(split)
+      for tokens, label in listops.generate(count, cfg.spec, seed=seed):
+        yield listops.encode(tokens), label
+      return
+    yield from read_release_file(pathlib.Path(cfg.release_dir), split)
+
+
+def read_release_file(directory: pathlib.Path, split: str):
+  """(ids, label) of an LRA release TSV: a header `Source\\tTarget`, then `expression\\tlabel` lines."""
+  path = directory / SPLIT_FILES[split]
+  if not all((directory / name).is_file() for name in SPLIT_FILES.values()):
+    raise FileNotFoundError(
+        f"ListOps release file {path} not found; data.directory must hold basic_train.tsv, basic_val.tsv "
+        "and basic_test.tsv from the LRA release (lra_release/listops-1000)")
+  with path.open() as lines:
+    header = next(lines, "").rstrip("\n")
+    if header.split("\t") != ["Source", "Target"]:
+      raise ValueError(f"{path}:1: expected the header 'Source\\tTarget', got {header!r}")
+    for number, line in enumerate(lines, start=2):
+      fields = line.rstrip("\n").split("\t")
+      where = f"{path}:{number}"
+      if len(fields) != 2 or not fields[1].strip().isdigit() or not 0 <= int(fields[1]) < listops.NUM_CLASSES:
+        raise ValueError(f"{where}: expected '<expression>\\t<label 0-9>', got {line.rstrip()!r}")
+      yield listops.encode(fields[0].split(), where=where), int(fields[1])
+
+
+def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
+  """Builds the dataset unless it is already there (a finished build is never redone). With several
+  processes, process 0 builds and the others wait for it."""
+  download_config = tfds.download.DownloadConfig(try_download_gcs=False)
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      builder.download_and_prepare(download_config=download_config)
+    multihost_utils.sync_global_devices(f"tfds build {builder.info.full_name}")
+  builder.download_and_prepare(download_config=download_config)
+  return builder
