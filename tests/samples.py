@@ -26,7 +26,7 @@ def write_aclimdb(directory, per_folder=6):
   for part in ("train", "test"):
     for label in ("neg", "pos"):
       folder = directory / part / label
-      folder.mkdir(parents=True)
+      folder.mkdir(parents=True, exist_ok=True)
       for i in range(per_folder):
         (folder / f"{i}_{7 if label == 'pos' else 2}.txt").write_text(f"A {label} review, number {i}. <br />Fin.")
 

@@ -85,9 +85,9 @@ def final_params(workdir, config):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_takes_a_training_step(name, tmp_path):
-  final = trainer.train_and_evaluate(small_config(name, tmp_path, **{"train.num_steps": 1}),
-                                     str(tmp_path / "run"))
-  assert set(final) == set(small_config(name, tmp_path).eval.splits)
+  config = small_config(name, tmp_path, **{"train.num_steps": 1})
+  final = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert set(final) == set(config.eval.splits)
   assert np.isfinite(read_metrics(tmp_path / "run")[0]["loss"])
 
 
