@@ -207,3 +207,26 @@ def test_generated_listops_is_a_tfds_dataset_built_once(tmp_path):
   stamps = {p: p.stat().st_mtime_ns for p in built}
   assert len(sources.load_split(config, "train")) == 30
   assert {p: p.stat().st_mtime_ns for p in built} == stamps  # read back, not rebuilt
+
+
+def test_pathfinder_generator_labels_markers_and_tfds_build(tmp_path):
+  from bilateral_jax.data import pathfinder
+  spec = pathfinder.PathfinderSpec(side=32, contour_length=9, distractors=1)
+  examples = pathfinder.generate(40, spec, seed=3)
+  assert [e.label for e in examples] == [e.label for e in pathfinder.generate(40, spec, seed=3)]
+  assert sum(e.label for e in examples) == 20
+  for example in examples:
+    first, second = example.contours[0], example.contours[1]
+    assert np.allclose(example.markers[0], first[0])
+    assert np.allclose(example.markers[1], first[-1] if example.label else second[-1])
+    assert len(example.contours) == 3 and all(len(c) == 10 for c in example.contours)
+    assert np.all((np.concatenate(example.contours) >= 0) & (np.concatenate(example.contours) <= 31))
+    for marker in example.markers:
+      assert example.image[tuple(np.rint(marker).astype(int))] == 255
+  config = data_config(name="pathfinder_generated", side=32, contour_length=9, distractors=1, train_size=8,
+                       validation_size=4, test_size=40, seed=1, tfds_dir=str(tmp_path))
+  test = sources.load_split(config, "test")  # the test split is seeded seed + 2 = 3, as above
+  assert len(test) == 40 and test.info == {"vocab_size": 257, "num_classes": 2}
+  for i in (0, 7, 39):
+    np.testing.assert_array_equal(test[i]["inputs"], examples[i].image.ravel().astype(np.int32) + 1)
+    assert test[i]["label"] == examples[i].label

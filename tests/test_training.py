@@ -19,6 +19,7 @@ from tests.samples import (write_aan, write_aclimdb, write_cifar10, write_image_
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem not in ("__init__", "common"))
+CONFIGS.append("lra_pathfinder_generated")  # lra_pathfinder's default data; the plain name reads the release
 TINY = {
     "model.transformer.num_layers": 1, "model.transformer.num_heads": 2, "model.transformer.model_dim": 16,
     "model.transformer.mlp_dim": 32, "model.transformer.max_length": 32,
@@ -41,7 +42,7 @@ SAMPLES = {  # config -> (writes a tiny sample of its data format, data override
     "lra_image": (write_cifar10, {"data.validation_size": 8}),
     "lra_text": (write_aclimdb, {"data.validation_size": 4, "data.max_length": 32}),
     "lra_retrieval": (write_aan, {"data.max_length": 32}),
-    "lra_pathfinder": (write_pathfinder, {}),
+    "lra_pathfinder": (write_pathfinder, {"data.name": "lra_pathfinder"}),
     "deit_tiny_imagenet": (write_image_folders, {"data.image_size": 32, "model.patch_size": 16,
                                                  "model.num_classes": 0}),
 }
@@ -51,6 +52,12 @@ def small_config(name, tmp_path, **overrides):
   """Any config at test size, with a tiny sample of its data in the published format under tmp_path."""
   if name in ("default", "lra_listops"):
     return tiny_config(name, **overrides)
+  if name == "lra_pathfinder_generated":
+    config = __import__("configs.lra_pathfinder", fromlist=["get_config"]).get_config()
+    config.update_from_flattened_dict(TINY_MODEL_AND_LOOP | {"model.transformer.max_length": 1024,
+                                      "data.train_size": 16, "data.validation_size": 8, "data.test_size": 8}
+                                      | overrides)
+    return config
   config = __import__(f"configs.{name}", fromlist=["get_config"]).get_config()
   write, data_overrides = SAMPLES[name]
   write(tmp_path / "data")

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
-from bilateral_jax.data import listops
+from bilateral_jax.data import listops, pathfinder
 
 SPLIT_FILES = {"train": "basic_train.tsv", "validation": "basic_val.tsv", "test": "basic_test.tsv"}
 
@@ -31,15 +31,20 @@ class ListOpsConfig(tfds.core.BuilderConfig):
 
   @classmethod
   def make(cls, **fields) -> ListOpsConfig:
-    identity = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in fields.items()}
+    identity = dict(fields)
     if fields.get("release_dir"):
       directory = pathlib.Path(fields["release_dir"]).absolute()
       identity["release_dir"] = str(directory)
       identity["files"] = [[p.name, p.stat().st_size, p.stat().st_mtime_ns]
                            for p in (directory / name for name in SPLIT_FILES.values()) if p.is_file()]
-    digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-    kind = "release" if fields.get("release_dir") else "generated"
-    return cls(name=f"{kind}_{digest}", description=json.dumps(identity), **fields)
+    return cls(**_named("release" if fields.get("release_dir") else "generated", identity), **fields)
+
+
+def _named(kind: str, identity: dict) -> dict:
+  """A builder config's name and description from the fields that define its data."""
+  plain = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in identity.items()}
+  text = json.dumps(plain, sort_keys=True)
+  return dict(name=f"{kind}_{hashlib.sha1(text.encode()).hexdigest()[:12]}", description=text)
 
 
 class ListOps(tfds.core.GeneratorBasedBuilder):
@@ -77,6 +82,42 @@ class ListOps(tfds.core.GeneratorBasedBuilder):
         yield listops.encode(tokens), label
       return
     yield from read_release_file(pathlib.Path(cfg.release_dir), split)
+
+
+@dataclasses.dataclass
+class PathfinderConfig(tfds.core.BuilderConfig):
+  spec: pathfinder.PathfinderSpec | None = None
+  sizes: tuple[int, int, int] = (160_000, 20_000, 20_000)
+  seed: int = 0
+
+  @classmethod
+  def make(cls, **fields) -> PathfinderConfig:
+    return cls(**_named("generated", fields), **fields)
+
+
+class Pathfinder(tfds.core.GeneratorBasedBuilder):
+  """Generated Pathfinder: `image` uint8 [side, side, 1], `label` (1 = the markers are connected)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    side = self.builder_config.spec.side
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="Pathfinder (Linsley et al. 2018) as in LRA: are the two markers on one dashed contour?",
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Tensor(shape=(side, side), dtype=np.uint8),
+            "label": tfds.features.ClassLabel(num_classes=2)}),
+        disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    return {split: self._generate_examples(split) for split in SPLIT_FILES}
+
+  def _generate_examples(self, split: str):
+    cfg = self.builder_config
+    count = dict(zip(SPLIT_FILES, cfg.sizes))[split]
+    for key, example in enumerate(pathfinder.generate(count, cfg.spec, cfg.seed + list(SPLIT_FILES).index(split))):
+      yield key, {"image": example.image, "label": example.label}
 
 
 def read_release_file(directory: pathlib.Path, split: str):
