@@ -23,7 +23,7 @@ def get_config():
       num_layers=16, num_heads=10, model_dim=410, mlp_dim=2100, max_length=256, attention="bilateral",
       content="dot", spatial="laplacian", spatial_bandwidth_range=(1.0, 256.0), residual="grc",
       dropout_rate=0.1)
-  config.data = ml_collections.ConfigDict(dict(name="wikitext", directory="", max_length=256))
+  config.data = ml_collections.ConfigDict(dict(name="wikitext", directory="", tfds_dir="", max_length=256))
   config.train.batch_size = 96
   config.train.num_steps = 125_000
   config.train.eval_every = 5_000

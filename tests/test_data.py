@@ -7,7 +7,7 @@ import pytest
 
 from bilateral_jax.data import listops, pipeline, sources
 from tests.samples import (write_aan, write_aclimdb, write_cifar10, write_image_folders, write_pathfinder,
-                           write_wikitext)
+                           write_text_corpus, write_wikitext)
 
 
 def data_config(**fields):
@@ -68,7 +68,7 @@ def test_listops_release_files(tmp_path):
 
 def test_wikitext_vocabulary_unk_eos_and_contiguous_windows(tmp_path):
   write_wikitext(tmp_path)
-  config = data_config(name="wikitext", directory=str(tmp_path), max_length=8)
+  config = data_config(name="wikitext", directory=str(tmp_path), tfds_dir=str(tmp_path / "tfds"), max_length=8)
   train, test = sources.load_split(config, "train"), sources.load_split(config, "test")
   assert train.info == test.info and train.info["vocab_size"] == 3 + len(set(
       (tmp_path / "wiki.train.tokens").read_text().split()) - {"<unk>"})
@@ -78,7 +78,8 @@ def test_wikitext_vocabulary_unk_eos_and_contiguous_windows(tmp_path):
   assert (flat == 1).sum() >= 3  # "unseen words here" -> <unk>; the release's own <unk> too
   assert (flat == 2).sum() >= 1  # <eos> after every line
   with pytest.raises(FileNotFoundError, match="wiki.train.tokens, wiki.valid.tokens, wiki.test.tokens"):
-    sources.load_split(data_config(name="wikitext", directory=str(tmp_path / "no"), max_length=8), "train")
+    sources.load_split(data_config(name="wikitext", directory=str(tmp_path / "no"), tfds_dir="", max_length=8),
+                       "train")
 
 
 def test_cifar10_python_batches_and_lra_image(tmp_path):
@@ -230,3 +231,23 @@ def test_pathfinder_generator_labels_markers_and_tfds_build(tmp_path):
   for i in (0, 7, 39):
     np.testing.assert_array_equal(test[i]["inputs"], examples[i].image.ravel().astype(np.int32) + 1)
     assert test[i]["label"] == examples[i].label
+
+
+def test_text_corpus_chars_and_bytes(tmp_path):
+  write_text_corpus(tmp_path / "plays")
+  texts = [p.read_text() for p in sorted((tmp_path / "plays").glob("**/*.md"))]
+  for tokenizer in ("chars", "bytes"):
+    config = data_config(name="text_corpus", directory=str(tmp_path / "plays"), glob="**/*.md",
+                         tokenizer=tokenizer, tfds_dir=str(tmp_path / "tfds"), max_length=8)
+    train, test = sources.load_split(config, "train"), sources.load_split(config, "test")
+    stream = np.concatenate([train.arrays["inputs"].ravel(), train.arrays["targets"][-1, -1:]])
+    expected = "".join(t[: int(0.9 * len(t))] for t in texts)
+    if tokenizer == "bytes":
+      assert train.info["vocab_size"] == 257
+      assert bytes(int(i) - 1 for i in stream).decode() == expected[: len(stream)]
+    else:
+      assert train.info["vocab_size"] == 2 + len(set(expected))
+      assert len(test) == (len("".join(t[int(0.95 * len(t)):] for t in texts)) - 1) // 8
+  with pytest.raises(FileNotFoundError, match="no files match"):
+    sources.load_split(data_config(name="text_corpus", directory=str(tmp_path), glob="*.txt", tokenizer="chars",
+                                   tfds_dir="", max_length=8), "train")

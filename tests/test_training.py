@@ -15,7 +15,7 @@ import pytest
 from bilateral_jax import trainer
 from bilateral_jax.checkpointing import CheckpointMismatch
 from tests.samples import (write_aan, write_aclimdb, write_cifar10, write_image_folders, write_pathfinder,
-                           write_wikitext)
+                           write_text_corpus, write_wikitext)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem not in ("__init__", "common"))
@@ -38,6 +38,7 @@ def tiny_config(name="default", **overrides):
 
 SAMPLES = {  # config -> (writes a tiny sample of its data format, data overrides)
     "wikitext103_lm": (write_wikitext, {"data.max_length": 16}),
+    "shakespeare_char_lm": (write_text_corpus, {"data.max_length": 16}),
     "vit_cifar10": (write_cifar10, {"data.validation_size": 8}),
     "lra_image": (write_cifar10, {"data.validation_size": 8}),
     "lra_text": (write_aclimdb, {"data.validation_size": 4, "data.max_length": 32}),

@@ -120,6 +120,81 @@ class Pathfinder(tfds.core.GeneratorBasedBuilder):
       yield key, {"image": example.image, "label": example.label}
 
 
+STREAM_CHUNK = 65_536  # tokens per record: a split loads as a few large reads
+
+
+@dataclasses.dataclass
+class TokenStreamConfig(tfds.core.BuilderConfig):
+  """A language-model corpus as token streams: `tokenizer` (`words`, `bytes` or `chars`) turns the texts
+  of `files[split]` into ids; the vocabulary comes from the train texts."""
+  files: dict | None = None  # split -> [(path, first fraction, last fraction)] of each file's text
+  tokenizer: str = "words"
+
+  @classmethod
+  def make(cls, files: dict, tokenizer: str) -> TokenStreamConfig:
+    stamps = {split: [[str(pathlib.Path(p).absolute()), lo, hi, pathlib.Path(p).stat().st_size,
+                       pathlib.Path(p).stat().st_mtime_ns] for p, lo, hi in parts] for split, parts in files.items()}
+    return cls(**_named(tokenizer, dict(files=stamps)), files=files, tokenizer=tokenizer)
+
+
+TOKENIZERS = ("words", "bytes", "chars")
+WORD_SPECIALS = ("<pad>", "<unk>", "<eos>")
+
+
+def split_text(config: TokenStreamConfig, split: str) -> str:
+  pieces = []
+  for path, low, high in config.files[split]:
+    text = pathlib.Path(path).read_text(encoding="utf-8")
+    pieces.append(text[int(low * len(text)): int(high * len(text))])
+  return "".join(pieces)
+
+
+def tokens(text: str, tokenizer: str):
+  """Words with `<eos>` after every line (WikiText's convention), UTF-8 bytes, or characters."""
+  if tokenizer == "words":
+    return [word for line in text.splitlines() for word in line.split() + ["<eos>"]]
+  if tokenizer == "bytes":
+    return list(text.encode("utf-8"))
+  return list(text)
+
+
+def vocabulary(config: TokenStreamConfig) -> list:
+  """id -> token; id 0 is padding, 1 unknown (bytes: id = byte + 1)."""
+  if config.tokenizer == "bytes":
+    return ["<pad>"] + list(range(256))
+  train = set(tokens(split_text(config, "train"), config.tokenizer))
+  specials = WORD_SPECIALS if config.tokenizer == "words" else ("<pad>", "<unk>")
+  return list(specials) + sorted(train - set(specials))
+
+
+class TokenStream(tfds.core.GeneratorBasedBuilder):
+  """Token ids of each split in chunks of `STREAM_CHUNK` (`ids`), in text order; the vocabulary is in
+  the dataset's metadata."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, description="A text corpus as token id streams for language modelling.",
+        features=tfds.features.FeaturesDict({"ids": tfds.features.Tensor(shape=(None,), dtype=np.int32)}),
+        metadata=tfds.core.MetadataDict(), disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    vocab = vocabulary(self.builder_config)
+    self.info.metadata["vocabulary"] = vocab
+    return {split: self._generate_examples(split, vocab) for split in SPLIT_FILES}
+
+  def _generate_examples(self, split: str, vocab: list):
+    cfg = self.builder_config
+    if cfg.tokenizer == "bytes":
+      ids = np.asarray(tokens(split_text(cfg, split), "bytes"), np.int32) + 1
+    else:
+      index = {token: i for i, token in enumerate(vocab)}
+      ids = np.fromiter((index.get(t, 1) for t in tokens(split_text(cfg, split), cfg.tokenizer)), np.int32)
+    for key, start in enumerate(range(0, len(ids), STREAM_CHUNK)):
+      yield key, {"ids": ids[start: start + STREAM_CHUNK]}
+
+
 def read_release_file(directory: pathlib.Path, split: str):
   """(ids, label) of an LRA release TSV: a header `Source\\tTarget`, then `expression\\tlabel` lines."""
   path = directory / SPLIT_FILES[split]

@@ -5,7 +5,6 @@ fills the last evaluation batch). Classification: `inputs` int32 [length] (0 = p
 """
 from __future__ import annotations
 
-import collections
 import pathlib
 import pickle
 from typing import Any, Callable
@@ -107,36 +106,45 @@ def _require_files(directory: pathlib.Path, names: list[str], what: str, where_t
                             f"expected {', '.join(names)} ({where_to_get})")
 
 
-WIKITEXT_SPECIALS = ("<pad>", "<unk>", "<eos>")
+def _language_model_windows(builder_config, config: ml_collections.ConfigDict, split: str) -> ArraySource:
+  """A TokenStream split cut into contiguous windows of `max_length` inputs with next-token targets."""
+  builder = builders.prepare(builders.TokenStream(config=builder_config, data_dir=config.tfds_dir or None,
+                                                  file_format="array_record"))
+  chunks = builder.as_data_source(split=split)
+  stream = np.concatenate([chunks[i]["ids"] for i in range(len(chunks))]) if len(chunks) else np.zeros(0, np.int32)
+  length = config.max_length
+  windows = (len(stream) - 1) // length
+  if windows < 1:
+    raise ValueError(f"{config.name} {split}: {len(stream)} tokens, fewer than one window of {length}")
+  inputs = stream[: windows * length].reshape(windows, length)
+  targets = stream[1: windows * length + 1].reshape(windows, length)
+  return ArraySource(dict(vocab_size=len(builder.info.metadata["vocabulary"])), inputs=inputs,
+                     targets=targets, weight=np.ones(inputs.shape, np.float32))
 
 
 def wikitext(config: ml_collections.ConfigDict, split: str) -> ArraySource:
   """WikiText-103/-2 word level from `wiki.{train,valid,test}.tokens`: every line's words then `<eos>`,
-  the vocabulary of the train file (id 0 = padding, unseen words -> `<unk>`), cut into contiguous
-  windows of `max_length` inputs with their next-word targets."""
+  the vocabulary of the train file (id 0 = padding, unseen words -> `<unk>`), built once as a TFDS
+  dataset, cut into contiguous windows of `max_length` inputs with their next-word targets."""
   directory = pathlib.Path(config.directory)
   files = {"train": "wiki.train.tokens", "validation": "wiki.valid.tokens", "test": "wiki.test.tokens"}
   _require_files(directory, list(files.values()), "WikiText", "the wikitext-103 or wikitext-2 release")
+  parts = {s: [(str(directory / name), 0.0, 1.0)] for s, name in files.items()}
+  return _language_model_windows(builders.TokenStreamConfig.make(parts, "words"), config, split)
 
-  def words(path: pathlib.Path):
-    with path.open(encoding="utf-8") as lines:
-      for line in lines:
-        yield from line.split()
-        yield "<eos>"
 
-  counts = collections.Counter(words(directory / files["train"]))
-  vocabulary = list(WIKITEXT_SPECIALS) + sorted(set(counts) - set(WIKITEXT_SPECIALS))
-  ids = {word: index for index, word in enumerate(vocabulary)}
-  unk = ids["<unk>"]
-  stream = np.fromiter((ids.get(word, unk) for word in words(directory / files[split])), np.int32)
-  length = config.max_length
-  windows = (len(stream) - 1) // length
-  if windows < 1:
-    raise ValueError(f"{directory / files[split]}: {len(stream)} tokens, fewer than one window of {length}")
-  inputs = stream[: windows * length].reshape(windows, length)
-  targets = stream[1: windows * length + 1].reshape(windows, length)
-  return ArraySource(dict(vocab_size=len(vocabulary)), inputs=inputs, targets=targets,
-                     weight=np.ones(inputs.shape, np.float32))
+def text_corpus(config: ml_collections.ConfigDict, split: str) -> ArraySource:
+  """Any plain-text corpus: the files matching `data.glob` under `data.directory`, each split by
+  position (first 90% train, next 5% validation, last 5% test), as `bytes` or `chars` tokens."""
+  directory = pathlib.Path(config.directory)
+  paths = sorted(p for p in directory.glob(config.glob) if p.is_file()) if directory.is_dir() else []
+  if not paths:
+    raise FileNotFoundError(f"text corpus: no files match {config.glob!r} under data.directory={str(directory)!r}")
+  if config.tokenizer not in ("bytes", "chars"):
+    raise ValueError(f"data.tokenizer={config.tokenizer!r} is not one of: bytes, chars")
+  bounds = {"train": (0.0, 0.9), "validation": (0.9, 0.95), "test": (0.95, 1.0)}
+  parts = {s: [(str(p), lo, hi) for p in paths] for s, (lo, hi) in bounds.items()}
+  return _language_model_windows(builders.TokenStreamConfig.make(parts, config.tokenizer), config, split)
 
 
 CIFAR_MEAN = np.asarray([0.4914, 0.4822, 0.4465], np.float32)
@@ -347,6 +355,7 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict, str], Any]] = {
     "listops_generated": listops_generated,
     "listops_release": listops_release,
     "wikitext": wikitext,
+    "text_corpus": text_corpus,
     "cifar10": cifar10,
     "lra_text": lra_text,
     "lra_retrieval": lra_retrieval,
