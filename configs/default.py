@@ -12,14 +12,8 @@ from configs import common
 
 def get_config():
   config = common.base()
-  config.model.name = "classifier"
-  config.model.vocab_size = 18
-  config.model.num_classes = 10
-  config.model.pooling = "mean"
-  config.model.two_tower = False
-  config.model.transformer = common.transformer(
-      num_layers=2, num_heads=4, model_dim=64, mlp_dim=128, max_length=64, attention="bilateral",
-      content="gaussian", spatial="gaussian", spatial_bandwidth_range=(1.0, 32.0), residual="grc")
+  common.lra_classifier(config, vocab_size=18, num_classes=10, max_length=64, num_layers=2, num_heads=4,
+                        model_dim=64, mlp_dim=128, spatial_bandwidth_range=(1.0, 32.0), dropout_rate=0.0)
   config.data = common.listops_data(max_depth=4, max_args=5, min_length=10, max_length=64,
                                     operator_probability=0.4, train_size=20_000, validation_size=1_000,
                                     test_size=1_000)

@@ -11,14 +11,8 @@ from configs import common
 
 def get_config():
   config = common.base()
-  config.model.name = "classifier"
-  config.model.vocab_size = 18
-  config.model.num_classes = 10
-  config.model.pooling = "mean"
-  config.model.two_tower = False
-  config.model.transformer = common.transformer(
-      num_layers=4, num_heads=8, model_dim=512, mlp_dim=1024, max_length=2000, attention="bilateral",
-      spatial_bandwidth_range=(1.0, 512.0), residual="grc", dropout_rate=0.1)
+  common.lra_classifier(config, vocab_size=18, num_classes=10, max_length=2000, num_heads=8, model_dim=512,
+                        spatial_bandwidth_range=(1.0, 512.0))
   config.data = common.listops_data()
   config.train.num_steps = 5_000
   config.train.eval_every = 1_000
