@@ -16,7 +16,8 @@ def get_config():
   config = common.base()
   common.lra_classifier(config, vocab_size=257, num_classes=10, max_length=1024, num_layers=2,
                         model_dim=64, mlp_dim=128)
-  config.data = ml_collections.ConfigDict(dict(name="lra_image", directory="", validation_size=5_000))
+  config.data = ml_collections.ConfigDict(dict(name="lra_image", directory="", tfds_dir="", seed=0,
+                                               validation_size=5_000))
   config.train.batch_size = 256
   config.train.num_steps = 6_000
   config.train.eval_every = 1_000

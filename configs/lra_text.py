@@ -14,7 +14,7 @@ from configs import common
 def get_config():
   config = common.base()
   common.lra_classifier(config, vocab_size=257, num_classes=2, max_length=4000)
-  config.data = ml_collections.ConfigDict(dict(name="lra_text", directory="", seed=0, max_length=4000,
+  config.data = ml_collections.ConfigDict(dict(name="lra_text", directory="", tfds_dir="", seed=0, max_length=4000,
                                                validation_size=2_500, overlength="truncate"))
   config.train.num_steps = 20_000
   config.train.eval_every = 2_000

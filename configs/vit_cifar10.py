@@ -21,7 +21,8 @@ def get_config():
   config.model.transformer = common.transformer(
       num_layers=6, num_heads=4, model_dim=256, mlp_dim=512, max_length=65, attention="bilateral",
       spatial_bandwidth_range=(0.5, 8.0), residual="grc", dropout_rate=0.1)
-  config.data = ml_collections.ConfigDict(dict(name="cifar10", directory="", validation_size=5_000))
+  config.data = ml_collections.ConfigDict(dict(name="cifar10", directory="", tfds_dir="", seed=0,
+                                               validation_size=5_000))
   config.train.batch_size = 128
   config.train.num_steps = 20_000
   config.train.eval_every = 2_000

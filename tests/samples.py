@@ -13,11 +13,20 @@ def write_wikitext(directory):
 
 
 def write_cifar10(directory, per_batch=12):
+  _write_cifar(directory, [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], b"labels", 10, per_batch)
+
+
+def write_cifar100(directory, per_file=12):
+  _write_cifar(directory, ["train", "test"], b"fine_labels", 100, per_file)
+
+
+def _write_cifar(directory, names, label_key, classes, count):
+  """CIFAR's python format: pickled dicts of b'data' [n, 3072] uint8 (R, G, B planes) and labels."""
   directory.mkdir(parents=True, exist_ok=True)
   rng = np.random.default_rng(0)
-  for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-    batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-             b"labels": list(rng.integers(0, 10, per_batch))}
+  for name in names:
+    batch = {b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+             label_key: list(rng.integers(0, classes, count))}
     with (directory / name).open("wb") as handle:
       pickle.dump(batch, handle)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from bilateral_jax.data import listops, pipeline, sources
-from tests.samples import (write_aan, write_aclimdb, write_cifar10, write_image_folders, write_pathfinder,
-                           write_text_corpus, write_wikitext)
+from tests.samples import (write_aan, write_aclimdb, write_cifar10, write_cifar100, write_image_folders,
+                           write_pathfinder, write_text_corpus, write_wikitext)
 
 
 def data_config(**fields):
@@ -115,7 +115,7 @@ def test_aclimdb_and_aan(tmp_path):
 
 
 def test_unknown_dataset_lists_the_known_ones():
-  with pytest.raises(ValueError, match="known: cifar10, imagenet_folders, listops_generated"):
+  with pytest.raises(ValueError, match="known: cifar10, cifar100, imagenet_folders, listops_generated"):
     sources.load_split(data_config(name="mnist"), "train")
 
 
@@ -251,3 +251,35 @@ def test_text_corpus_chars_and_bytes(tmp_path):
   with pytest.raises(FileNotFoundError, match="no files match"):
     sources.load_split(data_config(name="text_corpus", directory=str(tmp_path), glob="*.txt", tokenizer="chars",
                                    tfds_dir="", max_length=8), "train")
+
+
+def test_catalog_datasets_through_tfds_data_sources(tmp_path):
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+    text = data_config(name="lra_text", directory="", tfds_dir="", seed=0, max_length=64, validation_size=3,
+                       overlength="truncate")
+    sizes = {split: len(sources.load_split(text, split)) for split in sources.SPLITS}
+    assert sizes == {"train": 9, "validation": 3, "test": 12}
+    first = sources.load_split(text, "test")[0]
+    assert first["inputs"].shape == (64,) and first["inputs"].max() <= 256 and first["label"] in (0, 1)
+    images = data_config(name="cifar10", directory="", tfds_dir="", seed=0, validation_size=2)
+    train = sources.load_split(images, "train")
+    assert len(train) == 10 and train[0]["inputs"].shape == (32, 32, 3) and train[0]["inputs"].dtype == np.float32
+    gray = sources.load_split(data_config(name="lra_image", directory="", tfds_dir="", seed=0,
+                                          validation_size=2), "validation")
+    assert len(gray) == 2 and gray[0]["inputs"].shape == (1024,)
+  with pytest.raises(FileNotFoundError, match="tfds build imdb_reviews --file_format=array_record"):
+    sources.load_split(data_config(name="lra_text", directory="", tfds_dir=str(tmp_path), seed=0,
+                                   max_length=64, validation_size=3, overlength="truncate"), "train")
+
+
+def test_cifar100_python_files(tmp_path):
+  write_cifar100(tmp_path, per_file=10)
+  config = data_config(name="cifar100", directory=str(tmp_path), tfds_dir="", seed=0, validation_size=4)
+  train, test = sources.load_split(config, "train"), sources.load_split(config, "test")
+  assert (len(train), len(test)) == (6, 10) and train.info == {"num_classes": 100}
+  with (tmp_path / "test").open("rb") as handle:
+    raw = pickle.load(handle, encoding="bytes")
+  assert test.arrays["label"].tolist() == list(raw[b"fine_labels"])
+  red = raw[b"data"][3, 5 * 32 + 7] / 255.0
+  np.testing.assert_allclose(test[3]["inputs"][5, 7, 0], (red - 0.5071) / 0.2673, rtol=1e-5)

@@ -147,23 +147,54 @@ def text_corpus(config: ml_collections.ConfigDict, split: str) -> ArraySource:
   return _language_model_windows(builders.TokenStreamConfig.make(parts, config.tokenizer), config, split)
 
 
-CIFAR_MEAN = np.asarray([0.4914, 0.4822, 0.4465], np.float32)
-CIFAR_STD = np.asarray([0.2470, 0.2435, 0.2616], np.float32)
+def catalog_split(name: str, config: ml_collections.ConfigDict, split: str, validation_size: int):
+  """A split of a TFDS catalog dataset prepared in `data.tfds_dir` (array_record) as (source, indices);
+  validation is `validation_size` train examples held out by a seeded permutation (data.seed)."""
+  import tensorflow_datasets as tfds
+
+  tfds_split = "test" if split == "test" else "train"
+  try:
+    source = tfds.data_source(name, split=tfds_split, data_dir=config.tfds_dir or None, download=False)
+  except Exception as error:  # TFDS raises several kinds; all mean the data is not there in a readable form
+    raise FileNotFoundError(
+        f"TFDS dataset {name!r} is not prepared as array_record in data.tfds_dir={config.tfds_dir!r} ({error}). "
+        f"Prepare it where it can be downloaded (`tfds build {name} --file_format=array_record`) and copy "
+        f"the data dir here, or set data.directory to the raw files.") from error
+  indices = list(range(len(source)))
+  if split != "test":
+    indices = _held_out(indices, split, validation_size, config.seed)
+  return source, indices
 
 
-def _cifar10_arrays(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """uint8 images [n, 32, 32, 3] and labels of a CIFAR-10 split from the python batches; validation is
-  the last `data.validation_size` training images."""
+CIFAR_STATS = {  # per-channel mean and std of the training images
+    "cifar10": (np.asarray([0.4914, 0.4822, 0.4465], np.float32), np.asarray([0.2470, 0.2435, 0.2616], np.float32)),
+    "cifar100": (np.asarray([0.5071, 0.4865, 0.4409], np.float32), np.asarray([0.2673, 0.2564, 0.2762], np.float32)),
+}
+CIFAR = {  # name -> (train files, test files, label key, classes)
+    "cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10),
+    "cifar100": (["train"], ["test"], b"fine_labels", 100),
+}
+
+
+def _cifar_arrays(name: str, config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """uint8 images [n, 32, 32, 3] and labels of a CIFAR-10/100 split: from the python batches in
+  `data.directory` (validation: the last `data.validation_size` training images), or, with no directory,
+  from TFDS `cifar10`/`cifar100` in `data.tfds_dir` (validation held out by a seeded permutation)."""
+  if not config.directory:
+    source, indices = catalog_split(name, config, split, config.validation_size)
+    examples = [source[i] for i in indices]
+    return (np.stack([e["image"] for e in examples]).astype(np.uint8),
+            np.asarray([e["label"] for e in examples], np.int32))
   directory = pathlib.Path(config.directory)
-  train_files = [f"data_batch_{i}" for i in range(1, 6)]
-  _require_files(directory, train_files + ["test_batch"], "CIFAR-10",
-                 "the 'CIFAR-10 python version' archive, extracted")
+  train_files, test_files, label_key, _ = CIFAR[name]
+  _require_files(directory, train_files + test_files, name.upper(),
+                 f"the '{name.upper()} python version' archive, extracted")
   images, labels = [], []
-  for name in ["test_batch"] if split == "test" else train_files:
-    with (directory / name).open("rb") as handle:
+  for file in test_files if split == "test" else train_files:
+    with (directory / file).open("rb") as handle:
       batch = pickle.load(handle, encoding="bytes")
     images.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-    labels.append(np.asarray(batch[b"labels"], np.int32))
+    labels.append(np.asarray(batch[label_key], np.int32))
   images, labels = np.concatenate(images), np.concatenate(labels)
   if split == "test":
     return images, labels
@@ -172,12 +203,15 @@ def _cifar10_arrays(config: ml_collections.ConfigDict, split: str) -> tuple[np.n
                                                                                  labels[:-held_out])
 
 
-def cifar10(config: ml_collections.ConfigDict, split: str) -> ArraySource:
-  """CIFAR-10 images [32, 32, 3] float32, normalised per channel."""
-  images, labels = _cifar10_arrays(config, split)
-  images = (images.astype(np.float32) / 255.0 - CIFAR_MEAN) / CIFAR_STD
-  return ArraySource(dict(num_classes=10), inputs=images, label=labels,
-                     weight=np.ones(len(labels), np.float32))
+def _cifar(name: str):
+  def load(config: ml_collections.ConfigDict, split: str) -> ArraySource:
+    images, labels = _cifar_arrays(name, config, split)
+    mean, std = CIFAR_STATS[name]
+    return ArraySource(dict(num_classes=CIFAR[name][3]), inputs=(images.astype(np.float32) / 255.0 - mean) / std,
+                       label=labels, weight=np.ones(len(labels), np.float32))
+
+  load.__doc__ = f"{name.upper()} images [32, 32, 3] float32, normalised per channel (see _cifar_arrays)."
+  return load
 
 
 def _bytes(text: str) -> np.ndarray:
@@ -196,8 +230,13 @@ def _held_out(items: list, split: str, size: int, seed: int) -> list:
 
 
 def lra_text(config: ml_collections.ConfigDict, split: str) -> ArraySource:
-  """LRA Text: IMDB reviews as bytes, from the aclImdb layout ({train,test}/{pos,neg}/*.txt);
-  validation is `data.validation_size` reviews held out of train."""
+  """LRA Text: IMDB reviews as bytes, from the aclImdb layout ({train,test}/{pos,neg}/*.txt) in
+  `data.directory`, or, with no directory, from TFDS `imdb_reviews` in `data.tfds_dir`; validation is
+  `data.validation_size` reviews held out of train (seeded)."""
+  if not config.directory:
+    source, indices = catalog_split("imdb_reviews", config, split, config.validation_size)
+    return _classification_source([(_bytes(source[i]["text"]), int(source[i]["label"]), f"imdb_reviews {i}")
+                                   for i in indices], config, BYTE_VOCABULARY, 2)
   root = pathlib.Path(config.directory)
   folders = [root / part / label for part in ("train", "test") for label in ("neg", "pos")]
   missing = [str(f) for f in folders if not f.is_dir()]
@@ -241,7 +280,7 @@ def lra_retrieval(config: ml_collections.ConfigDict, split: str) -> ArraySource:
 
 def lra_image(config: ml_collections.ConfigDict, split: str) -> ArraySource:
   """LRA Image: CIFAR-10 (python batches) as 1024 grayscale pixels, ids 1..256 (0 is padding)."""
-  images, labels = _cifar10_arrays(config, split)
+  images, labels = _cifar_arrays("cifar10", config, split)
   gray = np.round(images.astype(np.float32) @ np.asarray([0.2989, 0.5870, 0.1140], np.float32))
   inputs = gray.reshape(len(gray), -1).astype(np.int32) + 1
   return ArraySource(dict(vocab_size=BYTE_VOCABULARY, num_classes=10), inputs=inputs, label=labels,
@@ -356,7 +395,8 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict, str], Any]] = {
     "listops_release": listops_release,
     "wikitext": wikitext,
     "text_corpus": text_corpus,
-    "cifar10": cifar10,
+    "cifar10": _cifar("cifar10"),
+    "cifar100": _cifar("cifar100"),
     "lra_text": lra_text,
     "lra_retrieval": lra_retrieval,
     "lra_image": lra_image,
