@@ -134,6 +134,7 @@ class Experiment:
     if config.eval.batch_size % self.mesh.size:
       raise ValueError(f"eval.batch_size {config.eval.batch_size} must be divisible by devices ({self.mesh.size})")
     inputs = example_batch(self.train_source, 1)["inputs"]
+    self.tokens_per_example = inputs.shape[-1] if config.model.name == "lm" else None
     init = lambda rng: self._initial_state(rng, inputs)
     abstract = jax.eval_shape(init, jax.random.key(0))
     self.state_sharding = parallel.fsdp_sharding(self.mesh, abstract)
@@ -291,6 +292,8 @@ def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str) -> 
         _check_finite(step, host, checkpointer)
         steps_per_s = (step - last_log) / max(time.perf_counter() - last_time, 1e-9)
         host |= {"steps_per_s": steps_per_s, "examples_per_s": steps_per_s * tc.batch_size}
+        if experiment.tokens_per_example:
+          host["tokens_per_s"] = host["examples_per_s"] * experiment.tokens_per_example
         writer.write(step, "train", host | filter_parameters(state.params))
         bar.update(step, host)
         last_log, last_time = step, time.perf_counter()
@@ -346,13 +349,16 @@ class _ProgressBar:
 
   def update(self, step: int, metrics: dict) -> None:
     if self.interactive:
+      throughput = ({"tokens_s": f"{metrics['tokens_per_s']:.0f}"} if "tokens_per_s" in metrics
+                    else {"examples_s": f"{metrics['examples_per_s']:.0f}"})
       self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{metrics['steps_per_s']:.1f}",
-                           examples_s=f"{metrics['examples_per_s']:.0f}", refresh=False)
+                           **throughput, refresh=False)
       self.bar.update(step - self.position)
     elif self.active:
       remaining = (self.total - step) / max(metrics["steps_per_s"], 1e-9)
       print(f"step {step}/{self.total} loss {metrics['loss']:.4f} accuracy {metrics['accuracy']:.4f} "
             f"{metrics['steps_per_s']:.1f} steps/s {metrics['examples_per_s']:.0f} examples/s "
+            + (f"{metrics['tokens_per_s']:.0f} tokens/s " if "tokens_per_s" in metrics else "") +
             f"ETA {remaining:.0f}s", flush=True)
     self.position = step
 
