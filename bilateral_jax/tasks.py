@@ -12,10 +12,17 @@ import optax
 
 
 def classification(logits, batch) -> dict[str, jnp.ndarray]:
-  """logits [b, classes], batch label [b], weight [b] -> sums of loss, correct, weight."""
+  """logits [b, classes], batch label [b] (or soft `label_probs` [b, classes] from mixup/cutmix/label
+  smoothing, whose argmax is then the label for accuracy), weight [b] -> sums of loss, correct, weight."""
   weight = batch["weight"]
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["label"])
-  correct = jnp.argmax(logits, axis=-1) == batch["label"]
+  logits = logits.astype(jnp.float32)
+  if "label_probs" in batch:
+    loss = optax.softmax_cross_entropy(logits, batch["label_probs"])
+    label = jnp.argmax(batch["label_probs"], axis=-1)
+  else:
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    label = batch["label"]
+  correct = jnp.argmax(logits, axis=-1) == label
   return {"loss": jnp.sum(loss * weight), "accuracy": jnp.sum(correct * weight), "weight": jnp.sum(weight)}
 
 

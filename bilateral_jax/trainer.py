@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 
 from bilateral_jax import parallel, tasks
 from bilateral_jax.checkpointing import Checkpointer, abstract_with_shardings
-from bilateral_jax.data import pipeline, sources
+from bilateral_jax.data import augment, pipeline, sources
 from bilateral_jax.metric_writer import MetricWriter
 from bilateral_jax.models import build_model
 
@@ -109,8 +109,22 @@ def _check_loop_settings(config: ml_collections.ConfigDict) -> None:
       raise ValueError(message)
 
 
-def example_batch(source, batch_size: int) -> dict[str, np.ndarray]:
-  example = source[0]
+def _image_transforms(config: ml_collections.ConfigDict, info: dict):
+  """(train, eval) per-example transforms for image datasets (normalisation and `config.augment`)."""
+  if "image_stats" not in info:
+    image_switches = ("random_resized_crop", "hflip", "rand_augment_ops", "random_erasing", "cutmix_alpha")
+    used = [name for name in image_switches if config.augment[name]]
+    if used:
+      raise ValueError(f"augment.{', augment.'.join(used)} apply to image datasets, not {config.data.name!r}")
+    return None, None
+  mean, std = info["image_stats"]
+  size = dict(size=info["image_size"], crop_fraction=info["crop_fraction"])
+  return (augment.image_transform(config.augment, mean, std, train=True, **size),
+          augment.image_transform(config.augment, mean, std, train=False, **size))
+
+
+def example_batch(source, batch_size: int, transform=None) -> dict[str, np.ndarray]:
+  example = source[0] if transform is None else transform(source[0], None)
   return {name: np.zeros((batch_size,) + np.shape(value), np.asarray(value).dtype)
           for name, value in example.items()}
 
@@ -124,6 +138,10 @@ class Experiment:
     self.train_source = sources.load_split(self.config.data, "train")
     self.config = config = resolve_from_data(self.config, self.train_source.info)
     _check_loop_settings(config)
+    self.train_transform, self.eval_transform = _image_transforms(config, self.train_source.info)
+    self.mixes = bool(config.augment.mixup_alpha or config.augment.cutmix_alpha or config.augment.label_smoothing)
+    if self.mixes and config.model.name == "lm":
+      raise ValueError("augment.mixup_alpha, cutmix_alpha and label_smoothing apply to classifiers, not 'lm'")
     self.model = make_model(config)
     self.task = tasks.TASKS[config.model.name]
     self.tx, self.schedule = make_optimizer(config)
@@ -133,7 +151,7 @@ class Experiment:
                        f"({self.mesh.size}) x grad_accum_steps ({config.train.grad_accum_steps})")
     if config.eval.batch_size % self.mesh.size:
       raise ValueError(f"eval.batch_size {config.eval.batch_size} must be divisible by devices ({self.mesh.size})")
-    inputs = example_batch(self.train_source, 1)["inputs"]
+    inputs = example_batch(self.train_source, 1, self.eval_transform)["inputs"]
     self.tokens_per_example = inputs.shape[-1] if config.model.name == "lm" else None
     init = lambda rng: self._initial_state(rng, inputs)
     abstract = jax.eval_shape(init, jax.random.key(0))
@@ -158,6 +176,12 @@ class Experiment:
 
   def _train_step(self, state: TrainState, batch):
     rng = jax.random.fold_in(jax.random.key(self.config.seed), state.step)
+    if self.mixes:
+      aug = self.config.augment
+      rng, mix_rng = jax.random.split(rng)
+      batch = augment.mix(batch, mix_rng, num_classes=self.config.model.num_classes,
+                          mixup_alpha=aug.mixup_alpha, cutmix_alpha=aug.cutmix_alpha,
+                          switch_probability=aug.mix_switch_probability, label_smoothing=aug.label_smoothing)
     accum = self.config.train.grad_accum_steps
     grad_fn = jax.grad(lambda p, b, r: (lambda s: (s["loss"], s))(self._sums(p, b, r)), has_aux=True)
     if accum == 1:
@@ -189,7 +213,8 @@ class Experiment:
     """Metrics of `split` (the whole split, once, in order) under the current parameters."""
     source = sources.load_split(self.config.data, split) if source is None else source
     batches = pipeline.eval_batches(source, global_batch=self.config.eval.batch_size,
-                                    process_index=jax.process_index(), process_count=jax.process_count())
+                                    process_index=jax.process_index(), process_count=jax.process_count(),
+                                    transform=self.eval_transform)
     totals: dict[str, float] = {}
     for local in batches:
       sums = jax.device_get(self.eval_step(state, parallel.global_batch(local, self.mesh)))
@@ -264,7 +289,8 @@ def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str) -> 
   config = experiment.config
   tc = config.train
   batches = pipeline.train_batches(experiment.train_source, global_batch=tc.batch_size, seed=config.seed,
-                                   process_index=jax.process_index(), process_count=jax.process_count())
+                                   process_index=jax.process_index(), process_count=jax.process_count(),
+                                   transform=experiment.train_transform)
   eval_sources = {split: sources.load_split(config.data, split) for split in config.eval.splits}
   progress = {"best": None}
   step = checkpointer.latest_step()

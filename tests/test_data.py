@@ -176,8 +176,12 @@ def test_pathfinder_release_layout_and_image_folders(tmp_path):
   images = data_config(name="imagenet_folders", directory=str(tmp_path / "imagenet"), image_size=24,
                        crop_fraction=0.875)
   val = sources.load_split(images, "validation")
-  assert len(val) == 6 and val.info == {"num_classes": 2}
-  example = val[5]
+  assert len(val) == 6 and val.info["num_classes"] == 2
+  from bilateral_jax.data import augment
+  eval_transform = augment.image_transform(data_config(random_resized_crop=False, hflip=False, rand_augment_ops=0,
+                                                       random_erasing=0.0), augment.IMAGENET_MEAN,
+                                           augment.IMAGENET_STD, size=24, crop_fraction=0.875, train=False)
+  example = eval_transform(val[5], None)
   assert example["inputs"].shape == (24, 24, 3) and example["label"] == 1
   # centre crop of the resized image, normalised with ImageNet's mean and std
   path, _ = val.files[5]
@@ -186,7 +190,7 @@ def test_pathfinder_release_layout_and_image_folders(tmp_path):
     resized = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
   left, top = (resized.width - 24) // 2, (resized.height - 24) // 2
   want = np.asarray(resized, np.float32)[top:top + 24, left:left + 24] / 255.0
-  np.testing.assert_allclose(example["inputs"], (want - sources.IMAGENET_MEAN) / sources.IMAGENET_STD, atol=1e-6)
+  np.testing.assert_allclose(example["inputs"], (want - augment.IMAGENET_MEAN) / augment.IMAGENET_STD, atol=1e-6)
   with pytest.raises(FileNotFoundError, match="one folder per class"):
     sources.load_split(data_config(name="imagenet_folders", directory=str(tmp_path), image_size=24,
                                    crop_fraction=0.875), "train")
@@ -264,7 +268,7 @@ def test_catalog_datasets_through_tfds_data_sources(tmp_path):
     assert first["inputs"].shape == (64,) and first["inputs"].max() <= 256 and first["label"] in (0, 1)
     images = data_config(name="cifar10", directory="", tfds_dir="", seed=0, validation_size=2)
     train = sources.load_split(images, "train")
-    assert len(train) == 10 and train[0]["inputs"].shape == (32, 32, 3) and train[0]["inputs"].dtype == np.float32
+    assert len(train) == 10 and train[0]["inputs"].shape == (32, 32, 3) and train[0]["inputs"].dtype == np.uint8
     gray = sources.load_split(data_config(name="lra_image", directory="", tfds_dir="", seed=0,
                                           validation_size=2), "validation")
     assert len(gray) == 2 and gray[0]["inputs"].shape == (1024,)
@@ -277,9 +281,9 @@ def test_cifar100_python_files(tmp_path):
   write_cifar100(tmp_path, per_file=10)
   config = data_config(name="cifar100", directory=str(tmp_path), tfds_dir="", seed=0, validation_size=4)
   train, test = sources.load_split(config, "train"), sources.load_split(config, "test")
-  assert (len(train), len(test)) == (6, 10) and train.info == {"num_classes": 100}
+  assert (len(train), len(test)) == (6, 10) and train.info["num_classes"] == 100
+  np.testing.assert_allclose(train.info["image_stats"][0], [0.5071, 0.4865, 0.4409])
   with (tmp_path / "test").open("rb") as handle:
     raw = pickle.load(handle, encoding="bytes")
   assert test.arrays["label"].tolist() == list(raw[b"fine_labels"])
-  red = raw[b"data"][3, 5 * 32 + 7] / 255.0
-  np.testing.assert_allclose(test[3]["inputs"][5, 7, 0], (red - 0.5071) / 0.2673, rtol=1e-5)
+  assert test[3]["inputs"][5, 7].tolist() == [raw[b"data"][3, c * 1024 + 5 * 32 + 7] for c in range(3)]

@@ -22,17 +22,22 @@ def _local_rows(examples: grain.MapDataset, global_batch: int, process_index: in
   return grain.MapDataset.range(num_rows).map(lambda i: examples[global_row(i)]).batch(local)
 
 
-def train_batches(source, *, global_batch: int, seed: int, process_index: int = 0,
-                  process_count: int = 1) -> grain.DatasetIterator:
-  """An endless iterator of local batches, reshuffled each epoch; `get_state`/`set_state` resume it."""
+def train_batches(source, *, global_batch: int, seed: int, process_index: int = 0, process_count: int = 1,
+                  transform=None) -> grain.DatasetIterator:
+  """An endless iterator of local batches, reshuffled each epoch; `get_state`/`set_state` resume it.
+  transform(example, rng) -> example runs per example with a Generator derived from its position in the
+  global order, so augmentation does not depend on the number of processes."""
   examples = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  if transform is not None:
+    examples = examples.random_map(transform, seed=seed)
   rows = 2**62 // global_batch * (global_batch // process_count)
   return iter(_local_rows(examples, global_batch, process_index, process_count, rows).to_iter_dataset())
 
 
-def eval_batches(source, *, global_batch: int, process_index: int = 0, process_count: int = 1):
+def eval_batches(source, *, global_batch: int, process_index: int = 0, process_count: int = 1,
+                 transform=None):
   """Local batches covering the source once in order; the last global batch is filled with weight-0
-  copies of the first example, so every batch has the same shape."""
+  copies of the first example, so every batch has the same shape. transform(example, None) -> example."""
   num_batches = -(-len(source) // global_batch)
   base = grain.MapDataset.source(source)
 
@@ -44,5 +49,7 @@ def eval_batches(source, *, global_batch: int, process_index: int = 0, process_c
     return example
 
   examples = grain.MapDataset.range(num_batches * global_batch).map(padded)
+  if transform is not None:
+    examples = examples.map(lambda example: transform(example, None))
   local = global_batch // process_count
   return _local_rows(examples, global_batch, process_index, process_count, num_batches * local)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from bilateral_jax.data import builders, listops, pathfinder
+from bilateral_jax.data import augment, builders, listops, pathfinder
 
 SPLITS = ("train", "validation", "test")
 
@@ -206,11 +206,10 @@ def _cifar_arrays(name: str, config: ml_collections.ConfigDict, split: str) -> t
 def _cifar(name: str):
   def load(config: ml_collections.ConfigDict, split: str) -> ArraySource:
     images, labels = _cifar_arrays(name, config, split)
-    mean, std = CIFAR_STATS[name]
-    return ArraySource(dict(num_classes=CIFAR[name][3]), inputs=(images.astype(np.float32) / 255.0 - mean) / std,
-                       label=labels, weight=np.ones(len(labels), np.float32))
+    info = dict(num_classes=CIFAR[name][3], image_stats=CIFAR_STATS[name], image_size=32, crop_fraction=None)
+    return ArraySource(info, inputs=images, label=labels, weight=np.ones(len(labels), np.float32))
 
-  load.__doc__ = f"{name.upper()} images [32, 32, 3] float32, normalised per channel (see _cifar_arrays)."
+  load.__doc__ = f"{name.upper()} uint8 images [32, 32, 3] (see _cifar_arrays); the pipeline normalises them."
   return load
 
 
@@ -344,19 +343,13 @@ def pathfinder_generated(config: ml_collections.ConfigDict, split: str) -> Pixel
   return PixelSource(builder.as_data_source(split=split), num_classes=2)
 
 
-IMAGENET_MEAN = np.asarray([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32)
-
-
 class ImageFolderSource:
-  """Images decoded on demand from a class-per-folder layout (`<split dir>/<class>/<image>`): resized so
-  the shorter side is image_size / crop_fraction, centre-cropped to image_size, normalised (ImageNet
-  mean/std). Classes are the sorted folder names of the train directory."""
+  """Images decoded on demand from a class-per-folder layout (`<split dir>/<class>/<image>`) as uint8
+  RGB arrays of their own size; the pipeline crops them to `image_size` (see `augment.image_transform`).
+  Classes are the sorted folder names of the train directory."""
 
-  def __init__(self, files: list[tuple[pathlib.Path, int]], num_classes: int, image_size: int,
-               crop_fraction: float):
-    self.files, self.image_size, self.crop_fraction = files, image_size, crop_fraction
-    self.info = dict(num_classes=num_classes)
+  def __init__(self, files: list[tuple[pathlib.Path, int]], info: dict):
+    self.files, self.info = files, info
 
   def __len__(self) -> int:
     return len(self.files)
@@ -366,13 +359,7 @@ class ImageFolderSource:
 
     path, label = self.files[index]
     with Image.open(path) as image:
-      image = image.convert("RGB")
-      scale = self.image_size / self.crop_fraction / min(image.size)
-      image = image.resize((max(self.image_size, round(image.width * scale)),
-                            max(self.image_size, round(image.height * scale))), Image.BICUBIC)
-      left, top = (image.width - self.image_size) // 2, (image.height - self.image_size) // 2
-      image = image.crop((left, top, left + self.image_size, top + self.image_size))
-      pixels = (np.asarray(image, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+      pixels = np.asarray(image.convert("RGB"))
     return {"inputs": pixels, "label": np.int32(label), "weight": np.float32(1.0)}
 
 
@@ -387,7 +374,9 @@ def imagenet_folders(config: ml_collections.ConfigDict, split: str) -> ImageFold
   classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
   files = [(path, label) for label, name in enumerate(classes)
            for path in sorted((folder / name).glob("*")) if path.is_file()]
-  return ImageFolderSource(files, len(classes), config.image_size, config.crop_fraction)
+  info = dict(num_classes=len(classes), image_stats=(augment.IMAGENET_MEAN, augment.IMAGENET_STD),
+              image_size=config.image_size, crop_fraction=config.crop_fraction)
+  return ImageFolderSource(files, info)
 
 
 DATASETS: dict[str, Callable[[ml_collections.ConfigDict, str], Any]] = {

@@ -1,0 +1,98 @@
+"""DeiT augmentation: each per-example op, mixup/cutmix/label smoothing, and their place in the pipeline."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from bilateral_jax.data import augment, pipeline, sources
+
+
+def image(seed=0, shape=(20, 28, 3)):
+  return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def test_random_resized_crop_is_seeded_and_bounded():
+  x = image()
+  a = augment.random_resized_crop(x, np.random.default_rng(1), 16)
+  b = augment.random_resized_crop(x, np.random.default_rng(1), 16)
+  assert a.shape == (16, 16, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+  square = image(shape=(16, 16, 3))
+  whole = augment.random_resized_crop(square, np.random.default_rng(2), 16, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+  np.testing.assert_array_equal(whole, square)  # the whole image, resized to its own size
+
+
+def test_flip_rand_augment_and_erasing():
+  x = image()
+  flips = [augment.horizontal_flip(x, np.random.default_rng(s)) for s in range(20)]
+  assert any(np.array_equal(f, x[:, ::-1]) for f in flips) and any(np.array_equal(f, x) for f in flips)
+  from PIL import Image
+  pil = Image.fromarray(x)
+  for name, op in augment.RAND_AUGMENT_OPS.items():
+    out = np.asarray(op(pil, 0.9, np.random.default_rng(0)))
+    assert out.shape == x.shape and out.dtype == np.uint8, name
+  for name in ("identity", "color", "contrast", "brightness", "sharpness", "rotate", "translate_x"):
+    np.testing.assert_array_equal(np.asarray(augment.RAND_AUGMENT_OPS[name](pil, 0.0, np.random.default_rng(0))),
+                                  x, err_msg=name)  # magnitude 0 changes nothing
+  assert augment.rand_augment(x, np.random.default_rng(3), 2, 9).shape == x.shape
+  pixels = np.zeros((20, 28, 3), np.float32)
+  assert np.array_equal(augment.random_erasing(pixels, np.random.default_rng(0), 0.0), pixels)
+  erased = augment.random_erasing(pixels, np.random.default_rng(0), 1.0)
+  changed = np.any(erased != 0, axis=-1)
+  rows, cols = np.nonzero(changed)
+  assert changed.sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)  # one rectangle
+
+
+def batch(n=6, classes=5):
+  rng = np.random.default_rng(0)
+  return {"inputs": jnp.asarray(rng.normal(size=(n, 8, 8, 3)), jnp.float32),
+          "label": jnp.asarray(rng.integers(0, classes, n)), "weight": jnp.ones(n)}
+
+
+def test_mixup_cutmix_and_label_smoothing():
+  b, classes = batch(), 5
+  onehot = np.eye(classes)[np.asarray(b["label"])]
+  smooth = augment.mix(b, jax.random.key(0), num_classes=classes, mixup_alpha=0.0, cutmix_alpha=0.0,
+                       switch_probability=0.5, label_smoothing=0.1)
+  np.testing.assert_allclose(smooth["label_probs"], onehot * 0.9 + 0.02, rtol=1e-6)
+  np.testing.assert_array_equal(smooth["inputs"], b["inputs"])
+  for seed in range(4):
+    up = augment.mix(b, jax.random.key(seed), num_classes=classes, mixup_alpha=0.8, cutmix_alpha=0.0,
+                     switch_probability=0.5, label_smoothing=0.0)
+    probs = np.asarray(up["label_probs"])
+    lam = probs[0, int(b["label"][0])] if b["label"][0] != b["label"][-1] else None
+    if lam is not None:
+      np.testing.assert_allclose(up["inputs"][0], lam * b["inputs"][0] + (1 - lam) * b["inputs"][-1], rtol=1e-5,
+                                 atol=1e-6)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-6)
+    cut = augment.mix(b, jax.random.key(seed), num_classes=classes, mixup_alpha=0.0, cutmix_alpha=1.0,
+                      switch_probability=0.5, label_smoothing=0.0)
+    own = np.all(np.asarray(cut["inputs"]) == np.asarray(b["inputs"]), axis=-1)  # [n, 8, 8]
+    other = np.all(np.asarray(cut["inputs"]) == np.asarray(b["inputs"])[::-1], axis=-1)
+    assert np.all(own | other)
+    share = own[0].mean()
+    np.testing.assert_allclose(np.asarray(cut["label_probs"])[0] @ onehot[0] if b["label"][0] != b["label"][-1]
+                               else share, share, rtol=1e-5)
+
+
+def test_augmented_batches_do_not_depend_on_the_process_layout():
+  source = sources.ArraySource(dict(), inputs=np.stack([image(i, (12, 12, 3)) for i in range(16)]),
+                               label=np.arange(16) % 3, weight=np.ones(16, np.float32))
+  switches = ml_collections.ConfigDict(dict(random_resized_crop=True, hflip=True, rand_augment_ops=2,
+                                            rand_augment_magnitude=9.0, random_erasing=0.5))
+  transform = augment.image_transform(switches, np.float32(0.5), np.float32(0.25), size=8, crop_fraction=None,
+                                      train=True)
+  single = pipeline.train_batches(source, global_batch=8, seed=3, transform=transform)
+  halves = [pipeline.train_batches(source, global_batch=8, seed=3, process_index=p, process_count=2,
+                                   transform=transform) for p in range(2)]
+  for _ in range(3):
+    whole = next(single)["inputs"]
+    assert whole.shape == (8, 8, 8, 3) and whole.dtype == np.float32
+    np.testing.assert_array_equal(np.concatenate([next(h)["inputs"] for h in halves]), whole)
+
+
+def test_image_switches_on_text_data_are_refused(tmp_path):
+  from bilateral_jax import trainer
+  from tests.test_training import tiny_config
+  with pytest.raises(ValueError, match="augment.hflip apply to image datasets"):
+    trainer.Experiment(tiny_config(**{"augment.hflip": True}))
