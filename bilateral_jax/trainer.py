@@ -43,12 +43,15 @@ class TrainState:
 
 
 def model_settings(config: ml_collections.ConfigDict) -> dict:
-  """The model part of the config, as plain data: what a checkpoint must match."""
-  return config.model.to_dict()
+  """The model part of the config, as plain data: what a checkpoint must match (how attention is
+  computed is not part of it)."""
+  settings = config.model.to_dict()
+  settings["transformer"].pop("attention_implementation", None)
+  return settings
 
 
 def make_model(config: ml_collections.ConfigDict) -> nn.Module:
-  settings = model_settings(config)
+  settings = config.model.to_dict()
   return build_model(settings.pop("name"), settings.pop("transformer"), **settings)
 
 

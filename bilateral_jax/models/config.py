@@ -14,6 +14,7 @@ GRC_FORMS = ("convex", "boost")
 SUBLAYERS = ("attention", "mlp")
 NORMS = ("pre", "post")
 DTYPES = ("float32", "bfloat16", "float16")
+IMPLEMENTATIONS = ("auto", "xla", "folded")
 
 
 def _choose(field: str, value, known) -> None:
@@ -36,6 +37,10 @@ class TransformerConfig:
     Connection (method.md section 3); `boost` applies to the attention sublayer only, the MLP always
     uses `convex`.
   norm: `pre` or `post` LayerNorm.
+  attention_implementation: how BSA is computed (the same numbers either way): `xla` (explicit logits),
+    `folded` (spatial features appended to q and k, one `jax.nn.dot_product_attention`; only for the
+    kernels `ops.folded.foldable` accepts), `auto` (folded where it applies). Not part of a checkpoint's
+    identity.
   """
   num_layers: int = 2
   num_heads: int = 4
@@ -55,6 +60,7 @@ class TransformerConfig:
   norm: str = "pre"
   dropout_rate: float = 0.0
   dtype: str = "float32"
+  attention_implementation: str = "auto"
 
   def __post_init__(self):
     _choose("attention", self.attention, ATTENTIONS)
@@ -65,6 +71,7 @@ class TransformerConfig:
     _choose("grc_form", self.grc_form, GRC_FORMS)
     _choose("norm", self.norm, NORMS)
     _choose("dtype", self.dtype, DTYPES)
+    _choose("attention_implementation", self.attention_implementation, IMPLEMENTATIONS)
     object.__setattr__(self, "grc_sublayers", tuple(self.grc_sublayers))
     object.__setattr__(self, "spatial_bandwidth_range", tuple(self.spatial_bandwidth_range))
     for sublayer in self.grc_sublayers:

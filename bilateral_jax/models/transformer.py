@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from bilateral_jax import ops
 from bilateral_jax.models.config import TransformerConfig
+from bilateral_jax.ops import folded
 
 
 class MultiHeadAttention(nn.Module):
@@ -39,9 +40,19 @@ class MultiHeadAttention(nn.Module):
       x0, t = boost
       v = ops.boosted_values(v, value(x0), t)
 
+    out_projection = nn.DenseGeneral(x.shape[-1], axis=(-2, -1), dtype=dtype, name="out")
     if cfg.attention == "bilateral":
       h_y = jnp.exp(self.param("log_h_y", nn.initializers.constant(cfg.initial_log_h_y), (heads,)))
       q_pos, k_pos, h_p = self._spatial_features(coords, pos_embed)
+      spatial = None if q_pos is None else cfg.spatial
+      can_fold = folded.foldable(spatial, is_causal, q_pos, k_pos)
+      if cfg.attention_implementation == "folded" and not can_fold:
+        raise ValueError(f"attention_implementation='folded' does not apply to spatial={cfg.spatial!r} "
+                         f"(causal={is_causal}); use 'auto' or 'xla'")
+      if can_fold and cfg.attention_implementation != "xla" and not self.is_mutable_collection("intermediates"):
+        return out_projection(folded.folded_bilateral_attention(
+            q, k, v, q_pos, k_pos, h_y=h_y, h_p=h_p, content=cfg.content, spatial=spatial, mask=mask,
+            is_causal=is_causal))
       logits = ops.bilateral_logits(q, k, q_pos, k_pos, h_y=h_y, h_p=h_p, content=cfg.content,
                                     spatial=cfg.spatial)
     elif cfg.attention == "alibi":
@@ -53,8 +64,7 @@ class MultiHeadAttention(nn.Module):
 
     weights = ops.attention_weights(logits, mask=mask, is_causal=is_causal)
     self.sow("intermediates", "attention_weights", weights)
-    out = ops.filter_values(weights, v)
-    return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), dtype=dtype, name="out")(out)
+    return out_projection(ops.filter_values(weights, v))
 
   def _spatial_features(self, coords, pos_embed):
     """(q_pos, k_pos, h_p) for the BSA spatial kernel; (None, None, None) for spatial `none`."""

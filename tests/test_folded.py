@@ -1,0 +1,85 @@
+"""The folded BSA path equals the explicit ops, forward and backward, wherever it applies."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bilateral_jax import ops
+from bilateral_jax.ops.folded import foldable, folded_bilateral_attention
+from tests.test_ops import B, D, H, H_P, H_Y, N, assert_close, positions, qkv
+
+CASES = [(content, spatial, layout, causal)
+         for content in ("dot", "gaussian")
+         for spatial, layout, causal in (("none", None, False), ("none", None, True), ("dot", 2, False),
+                                         ("dot", "per_head", True), ("laplacian", 1, True))]
+
+
+def case_inputs(spatial, layout):
+  if spatial == "none":
+    return None, None
+  if spatial == "laplacian":
+    coords = ops.sequence_coordinates(N) * 1.5 + 2.0  # increasing, not unit-spaced
+    return coords, coords
+  pos = positions("dot", layout, N)  # with a place-less first row
+  return pos, pos
+
+
+@pytest.mark.parametrize("content,spatial,layout,causal", CASES)
+def test_folded_equals_explicit_forward_and_gradients(content, spatial, layout, causal):
+  q, k, v = qkv(seed=7)
+  q_pos, k_pos = case_inputs(spatial, layout)
+  padding = np.ones((B, N), bool)
+  padding[1, -2:] = False
+  mask = jnp.asarray(padding)[:, None, None, :]
+  spatial_arg = None if spatial == "none" else spatial
+  assert foldable(spatial_arg, causal, q_pos, k_pos)
+  cotangent = jax.random.normal(jax.random.key(3), (B, N, H, D))
+
+  def loss(attention, q, k, v, h_y, h_p):
+    out = attention(q, k, v, q_pos, k_pos, h_y=h_y, h_p=h_p, content=content, spatial=spatial_arg, mask=mask,
+                    is_causal=causal)
+    return jnp.sum(out * cotangent), out
+
+  args = (q, k, v, H_Y, H_P)
+  (_, folded), folded_grads = jax.value_and_grad(lambda *a: loss(folded_bilateral_attention, *a), argnums=range(5),
+                                                 has_aux=True)(*args)
+  (_, explicit), explicit_grads = jax.value_and_grad(lambda *a: loss(ops.bilateral_attention, *a),
+                                                     argnums=range(5), has_aux=True)(*args)
+  assert_close(folded, explicit)
+  for name, got, want in zip(("q", "k", "v", "h_y", "h_p"), folded_grads, explicit_grads):
+    if spatial == "none" and name == "h_p":
+      continue
+    assert_close(got, want, rtol=1e-4)
+
+
+def test_unfoldable_cases_are_refused():
+  coords = ops.sequence_coordinates(N)
+  assert not foldable("gaussian", True, coords, coords)
+  assert not foldable("laplacian", False, coords, coords)
+  assert not foldable("laplacian", True, coords[::-1], coords[::-1])
+  assert not foldable("laplacian", True, ops.grid_coordinates(2, 3), ops.grid_coordinates(2, 3))
+  q, k, v = qkv()
+  with pytest.raises(ValueError, match="cannot be folded"):
+    folded_bilateral_attention(q, k, v, coords, coords, h_y=H_Y, h_p=H_P, spatial="gaussian")
+
+
+def test_models_give_the_same_outputs_and_gradients_on_every_implementation():
+  from bilateral_jax.models import TransformerConfig, build_model
+  tokens = np.arange(2 * 8).reshape(2, 8) % 11
+  for settings in (dict(content="dot", spatial="laplacian"), dict(content="gaussian", spatial="none"),
+                   dict(spatial="dot", position_table="sinusoidal")):
+    outputs = {}
+    for implementation in ("xla", "folded"):
+      config = TransformerConfig(num_layers=2, num_heads=2, model_dim=16, mlp_dim=32, max_length=16,
+                                 attention_implementation=implementation, **settings)
+      model = build_model("lm", config, vocab_size=11)
+      params = model.init(jax.random.key(0), tokens)
+      loss = lambda p: jnp.mean(model.apply(p, tokens) ** 2)
+      outputs[implementation] = (model.apply(params, tokens), jax.grad(loss)(params))
+    assert_close(outputs["folded"][0], outputs["xla"][0])
+    flat = lambda grads: np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads)])
+    assert_close(flat(outputs["folded"][1]), flat(outputs["xla"][1]), rtol=1e-4)  # relative to the largest
+  vit = build_model("vit", TransformerConfig(num_layers=1, num_heads=2, model_dim=16, mlp_dim=32, max_length=16,
+                                            attention_implementation="folded"), num_classes=3)
+  with pytest.raises(ValueError, match="'folded' does not apply to spatial='gaussian'"):
+    vit.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))
