@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bilateral_jax.ops.kernels import _features_per_head, _split_placed
 
@@ -27,9 +28,11 @@ def foldable(spatial: str | None, is_causal: bool, q_pos=None, k_pos=None) -> bo
     return True
   if spatial != "laplacian" or not is_causal or q_pos is None or q_pos.shape[-1] != 1:
     return False
-  if isinstance(q_pos, jax.core.Tracer) or isinstance(k_pos, jax.core.Tracer):
+  try:
+    q_pos, k_pos = np.asarray(q_pos), np.asarray(k_pos)
+  except jax.errors.TracerArrayConversionError:
     return True
-  return bool(q_pos.shape == k_pos.shape and jnp.all(q_pos == k_pos) and jnp.all(jnp.diff(q_pos[:, 0]) > 0))
+  return q_pos.shape == k_pos.shape and np.array_equal(q_pos, k_pos) and bool(np.all(np.diff(q_pos[:, 0]) > 0))
 
 
 def _head_scale(x) -> jnp.ndarray:
