@@ -63,6 +63,10 @@ def test_unfoldable_cases_are_refused():
     folded_bilateral_attention(q, k, v, coords, coords, h_y=H_Y, h_p=H_P, spatial="gaussian")
 
 
+def flat(grads):
+  return np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads)])
+
+
 def test_models_give_the_same_outputs_and_gradients_on_every_implementation():
   from bilateral_jax.models import TransformerConfig, build_model
   tokens = np.arange(2 * 8).reshape(2, 8) % 11
@@ -77,8 +81,18 @@ def test_models_give_the_same_outputs_and_gradients_on_every_implementation():
       loss = lambda p: jnp.mean(model.apply(p, tokens) ** 2)
       outputs[implementation] = (model.apply(params, tokens), jax.grad(loss)(params))
     assert_close(outputs["folded"][0], outputs["xla"][0])
-    flat = lambda grads: np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads)])
     assert_close(flat(outputs["folded"][1]), flat(outputs["xla"][1]), rtol=1e-4)  # relative to the largest
+  images = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3))
+  cls_outputs = []
+  for implementation in ("xla", "folded"):  # TUPE features with a place-less CLS token
+    model = build_model("vit", TransformerConfig(num_layers=1, num_heads=2, model_dim=16, mlp_dim=32, max_length=16,
+                                                 spatial="dot", attention_implementation=implementation),
+                        num_classes=3)
+    params = model.init(jax.random.key(0), images)
+    cls_outputs.append((model.apply(params, images),
+                        jax.grad(lambda p: jnp.sum(model.apply(p, images) ** 2))(params)))
+  assert_close(cls_outputs[1][0], cls_outputs[0][0])
+  assert_close(flat(cls_outputs[1][1]), flat(cls_outputs[0][1]), rtol=1e-4)
   vit = build_model("vit", TransformerConfig(num_layers=1, num_heads=2, model_dim=16, mlp_dim=32, max_length=16,
                                             attention_implementation="folded"), num_classes=3)
   with pytest.raises(ValueError, match="'folded' does not apply to spatial='gaussian'"):

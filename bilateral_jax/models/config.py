@@ -39,8 +39,8 @@ class TransformerConfig:
   norm: `pre` or `post` LayerNorm.
   attention_implementation: how BSA is computed (the same numbers either way): `xla` (explicit logits),
     `folded` (spatial features appended to q and k, one `jax.nn.dot_product_attention`; only for the
-    kernels `ops.folded.foldable` accepts), `auto` (folded where it applies). Not part of a checkpoint's
-    identity.
+    kernels `ops.folded.foldable` accepts), `auto` (folded where it applies on GPU/TPU, `xla` on CPU, where the explicit
+    logits are faster). Not part of a checkpoint's identity.
   """
   num_layers: int = 2
   num_heads: int = 4

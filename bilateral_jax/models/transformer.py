@@ -49,7 +49,11 @@ class MultiHeadAttention(nn.Module):
       if cfg.attention_implementation == "folded" and not can_fold:
         raise ValueError(f"attention_implementation='folded' does not apply to spatial={cfg.spatial!r} "
                          f"(causal={is_causal}); use 'auto' or 'xla'")
-      if can_fold and cfg.attention_implementation != "xla" and not self.is_mutable_collection("intermediates"):
+      # `auto` folds on accelerators only: on CPU the explicit logits beat XLA's dot_product_attention
+      # (benchmarks/attention.py).
+      fold = cfg.attention_implementation == "folded" or (
+          cfg.attention_implementation == "auto" and jax.default_backend() != "cpu")
+      if can_fold and fold and not self.is_mutable_collection("intermediates"):
         return out_projection(folded.folded_bilateral_attention(
             q, k, v, q_pos, k_pos, h_y=h_y, h_p=h_p, content=cfg.content, spatial=spatial, mask=mask,
             is_causal=is_causal))
