@@ -11,27 +11,29 @@ import jax.numpy as jnp
 import optax
 
 
+def _weighted_sums(logits, labels, weight, label_probs=None) -> dict[str, jnp.ndarray]:
+  """Cross-entropy (against `label_probs` when given, else the integer `labels`) and accuracy against
+  `labels`, each summed with `weight`; the shapes of labels and weight are the logits' minus the last."""
+  logits = logits.astype(jnp.float32)
+  if label_probs is None:
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  else:
+    loss = optax.softmax_cross_entropy(logits, label_probs)
+  correct = jnp.argmax(logits, axis=-1) == labels
+  return {"loss": jnp.sum(loss * weight), "accuracy": jnp.sum(correct * weight), "weight": jnp.sum(weight)}
+
+
 def classification(logits, batch) -> dict[str, jnp.ndarray]:
   """logits [b, classes], batch label [b] (or soft `label_probs` [b, classes] from mixup/cutmix/label
   smoothing, whose argmax is then the label for accuracy), weight [b] -> sums of loss, correct, weight."""
-  weight = batch["weight"]
-  logits = logits.astype(jnp.float32)
-  if "label_probs" in batch:
-    loss = optax.softmax_cross_entropy(logits, batch["label_probs"])
-    label = jnp.argmax(batch["label_probs"], axis=-1)
-  else:
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    label = batch["label"]
-  correct = jnp.argmax(logits, axis=-1) == label
-  return {"loss": jnp.sum(loss * weight), "accuracy": jnp.sum(correct * weight), "weight": jnp.sum(weight)}
+  probs = batch.get("label_probs")
+  labels = batch["label"] if probs is None else jnp.argmax(probs, axis=-1)
+  return _weighted_sums(logits, labels, batch["weight"], probs)
 
 
 def language_modeling(logits, batch) -> dict[str, jnp.ndarray]:
   """logits [b, n, vocab], batch targets [b, n], weight [b, n] (0 = padding) -> per-token sums."""
-  weight = batch["weight"]
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["targets"])
-  correct = jnp.argmax(logits, axis=-1) == batch["targets"]
-  return {"loss": jnp.sum(loss * weight), "accuracy": jnp.sum(correct * weight), "weight": jnp.sum(weight)}
+  return _weighted_sums(logits, batch["targets"], batch["weight"])
 
 
 TASKS: dict[str, Callable] = {"classifier": classification, "vit": classification, "lm": language_modeling}

@@ -149,12 +149,20 @@ def split_text(config: TokenStreamConfig, split: str) -> str:
   return "".join(pieces)
 
 
+BYTE_VOCABULARY = 257  # padding + 256 byte values
+
+
+def byte_ids(values) -> np.ndarray:
+  """uint8 values (pixels, or a str's UTF-8 bytes) -> int32 ids 1..256; id 0 stays padding."""
+  if isinstance(values, str):
+    values = np.frombuffer(values.encode("utf-8"), np.uint8)
+  return np.asarray(values, np.uint8).astype(np.int32) + 1
+
+
 def tokens(text: str, tokenizer: str):
-  """Words with `<eos>` after every line (WikiText's convention), UTF-8 bytes, or characters."""
+  """Words with `<eos>` after every line (WikiText's convention), or characters."""
   if tokenizer == "words":
     return [word for line in text.splitlines() for word in line.split() + ["<eos>"]]
-  if tokenizer == "bytes":
-    return list(text.encode("utf-8"))
   return list(text)
 
 
@@ -187,7 +195,7 @@ class TokenStream(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, vocab: list):
     cfg = self.builder_config
     if cfg.tokenizer == "bytes":
-      ids = np.asarray(tokens(split_text(cfg, split), "bytes"), np.int32) + 1
+      ids = byte_ids(split_text(cfg, split))
     else:
       index = {token: i for i, token in enumerate(vocab)}
       ids = np.fromiter((index.get(t, 1) for t in tokens(split_text(cfg, split), cfg.tokenizer)), np.int32)

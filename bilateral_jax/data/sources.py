@@ -213,14 +213,6 @@ def _cifar(name: str):
   return load
 
 
-def _bytes(text: str) -> np.ndarray:
-  """UTF-8 bytes as ids 1..256 (0 is padding)."""
-  return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) + 1
-
-
-BYTE_VOCABULARY = 257
-
-
 def _held_out(items: list, split: str, size: int, seed: int) -> list:
   """Train/validation from one list: a seeded permutation, the last `size` items held out."""
   order = np.random.default_rng(seed).permutation(len(items))
@@ -234,8 +226,8 @@ def lra_text(config: ml_collections.ConfigDict, split: str) -> ArraySource:
   `data.validation_size` reviews held out of train (seeded)."""
   if not config.directory:
     source, indices = catalog_split("imdb_reviews", config, split, config.validation_size)
-    return _classification_source([(_bytes(source[i]["text"]), int(source[i]["label"]), f"imdb_reviews {i}")
-                                   for i in indices], config, BYTE_VOCABULARY, 2)
+    return _classification_source([(builders.byte_ids(source[i]["text"]), int(source[i]["label"]), f"imdb_reviews {i}")
+                                   for i in indices], config, builders.BYTE_VOCABULARY, 2)
   root = pathlib.Path(config.directory)
   folders = [root / part / label for part in ("train", "test") for label in ("neg", "pos")]
   missing = [str(f) for f in folders if not f.is_dir()]
@@ -247,8 +239,8 @@ def lra_text(config: ml_collections.ConfigDict, split: str) -> ArraySource:
            for path in sorted((root / part / name).glob("*.txt"))]
   if split != "test":
     files = _held_out(files, split, config.validation_size, config.seed)
-  return _classification_source([(_bytes(path.read_text(encoding="utf-8")), label, str(path))
-                                 for path, label in files], config, BYTE_VOCABULARY, 2)
+  return _classification_source([(builders.byte_ids(path.read_text(encoding="utf-8")), label, str(path))
+                                 for path, label in files], config, builders.BYTE_VOCABULARY, 2)
 
 
 def lra_retrieval(config: ml_collections.ConfigDict, split: str) -> ArraySource:
@@ -270,10 +262,10 @@ def lra_retrieval(config: ml_collections.ConfigDict, split: str) -> ArraySource:
         label = -1
       if len(fields) != 5 or label not in (0, 1):
         raise ValueError(f"{where}: expected 'label(0/1)\\tid1\\tid2\\ttext1\\ttext2', got {line[:80]!r}...")
-      pairs.append(np.stack([fit_length(_bytes(text), config.max_length, config.overlength, where)
+      pairs.append(np.stack([fit_length(builders.byte_ids(text), config.max_length, config.overlength, where)
                              for text in fields[3:5]]))
       labels.append(label)
-  return ArraySource(dict(vocab_size=BYTE_VOCABULARY, num_classes=2), inputs=np.stack(pairs),
+  return ArraySource(dict(vocab_size=builders.BYTE_VOCABULARY, num_classes=2), inputs=np.stack(pairs),
                      label=np.asarray(labels, np.int32), weight=np.ones(len(labels), np.float32))
 
 
@@ -281,8 +273,8 @@ def lra_image(config: ml_collections.ConfigDict, split: str) -> ArraySource:
   """LRA Image: CIFAR-10 (python batches) as 1024 grayscale pixels, ids 1..256 (0 is padding)."""
   images, labels = _cifar_arrays("cifar10", config, split)
   gray = np.round(images.astype(np.float32) @ np.asarray([0.2989, 0.5870, 0.1140], np.float32))
-  inputs = gray.reshape(len(gray), -1).astype(np.int32) + 1
-  return ArraySource(dict(vocab_size=BYTE_VOCABULARY, num_classes=10), inputs=inputs, label=labels,
+  inputs = builders.byte_ids(gray.reshape(len(gray), -1))
+  return ArraySource(dict(vocab_size=builders.BYTE_VOCABULARY, num_classes=10), inputs=inputs, label=labels,
                      weight=np.ones(len(labels), np.float32))
 
 
@@ -311,9 +303,9 @@ def lra_pathfinder(config: ml_collections.ConfigDict, split: str) -> ArraySource
   order = np.random.default_rng(config.seed).permutation(len(examples))
   cut = [int(0.8 * len(order)), int(0.9 * len(order))]
   chosen = {"train": order[:cut[0]], "validation": order[cut[0]:cut[1]], "test": order[cut[1]:]}[split]
-  inputs = np.stack([np.asarray(Image.open(examples[i][0]).convert("L"), np.int32).ravel() + 1 for i in chosen])
+  inputs = np.stack([builders.byte_ids(Image.open(examples[i][0]).convert("L")).ravel() for i in chosen])
   labels = np.asarray([examples[i][1] for i in chosen], np.int32)
-  return ArraySource(dict(vocab_size=BYTE_VOCABULARY, num_classes=2), inputs=inputs, label=labels,
+  return ArraySource(dict(vocab_size=builders.BYTE_VOCABULARY, num_classes=2), inputs=inputs, label=labels,
                      weight=np.ones(len(labels), np.float32))
 
 
@@ -321,14 +313,14 @@ class PixelSource:
   """A TFDS data source of uint8 images as sequences of pixel ids 1..256 (0 is padding)."""
 
   def __init__(self, source, num_classes: int):
-    self.source, self.info = source, dict(vocab_size=BYTE_VOCABULARY, num_classes=num_classes)
+    self.source, self.info = source, dict(vocab_size=builders.BYTE_VOCABULARY, num_classes=num_classes)
 
   def __len__(self) -> int:
     return len(self.source)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     example = self.source[index]
-    return {"inputs": np.asarray(example["image"], np.int32).ravel() + 1,
+    return {"inputs": builders.byte_ids(example["image"]).ravel(),
             "label": np.int32(example["label"]), "weight": np.float32(1.0)}
 
 
