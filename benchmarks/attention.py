@@ -1,14 +1,16 @@
 """Forward + backward time and temporary memory of attention: standard (`jax.nn.dot_product_attention`)
 vs BSA on each path, measured side by side in one run.
 
-    python benchmarks/attention.py [--lengths 512 1024 2048] [--batch 2] [--heads 8] [--head-dim 64]
+    python benchmarks/attention.py [--lengths N ...] [--batch 2] [--heads 8] [--head-dim 64]
                                    [--rounds 5] [--out runs/benchmark_attention.json]
 
-Paths: `xla` is the explicit logits of `bilateral_attention` (Gaussian content and spatial kernels, the
-default); `folded` is `folded_bilateral_attention` for the foldable kernels (dot content + causal
-Laplacian spatial, i.e. learned-bandwidth ALiBi; Gaussian content without spatial term). Every variant is
-causal. Times are medians of interleaved rounds; memory is XLA's temporary buffer size for the compiled
-forward + backward. float32 on CPU; bfloat16 on GPU.
+Paths (`bilateral_jax.ops.dispatch`): `xla` is the explicit logits of `bilateral_attention`; `folded` is
+`folded_bilateral_attention` for the foldable kernels (dot content + causal Laplacian spatial, i.e.
+learned-bandwidth ALiBi; Gaussian content without spatial term); `pallas` is the flash kernel
+(`flash_bilateral_attention`, interpreted on CPU). Every variant is causal. Times are medians of
+interleaved rounds; memory is XLA's temporary buffer size for the compiled forward + backward (a Pallas
+kernel's own tiles are not in it). float32 on CPU, lengths 512-2048; bfloat16 on GPU, lengths 512-16K.
+A variant that does not fit in memory is reported as such.
 """
 import argparse
 import json
@@ -23,6 +25,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from bilateral_jax import ops  # noqa: E402
+from bilateral_jax.ops.flash import flash_bilateral_attention  # noqa: E402
 from bilateral_jax.ops.folded import folded_bilateral_attention  # noqa: E402
 
 
@@ -39,31 +42,45 @@ def variants(length, heads):
           q, k, v, coords, coords, h_y=h_y, h_p=h_p, content="dot", spatial="laplacian", is_causal=True),
       "BSA gaussian/none, folded": lambda q, k, v: folded_bilateral_attention(
           q, k, v, None, None, h_y=h_y, h_p=None, content="gaussian", spatial=None, is_causal=True),
+      "BSA gaussian/gaussian, pallas": lambda q, k, v: flash_bilateral_attention(
+          q, k, v, coords, coords, h_y=h_y, h_p=h_p, is_causal=True),
+      "BSA dot/laplacian, pallas": lambda q, k, v: flash_bilateral_attention(
+          q, k, v, coords, coords, h_y=h_y, h_p=h_p, content="dot", spatial="laplacian", is_causal=True),
   }
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])
+  parser.add_argument("--lengths", type=int, nargs="+")
   parser.add_argument("--batch", type=int, default=2)
   parser.add_argument("--heads", type=int, default=8)
   parser.add_argument("--head-dim", type=int, default=64)
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--out", default="runs/benchmark_attention.json")
   args = parser.parse_args()
-  dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  on_cpu = jax.default_backend() == "cpu"
+  dtype = jnp.float32 if on_cpu else jnp.bfloat16
+  lengths = args.lengths or ([512, 1024, 2048] if on_cpu else [512, 1024, 2048, 4096, 8192, 16384])
   rows = []
   print(f"{jax.devices()[0].device_kind}, {jnp.dtype(dtype).name}, batch {args.batch}, heads {args.heads}, "
         f"head_dim {args.head_dim}, causal, forward + backward")
-  for length in args.lengths:
+  for length in lengths:
     shape = (args.batch, length, args.heads, args.head_dim)
     q, k, v = (jax.random.normal(key, shape, dtype) for key in jax.random.split(jax.random.key(0), 3))
     compiled, times = {}, {}
     for name, attention in variants(length, args.heads).items():
       step = jax.jit(jax.grad(lambda q, k, v, f=attention: jnp.sum(f(q, k, v).astype(jnp.float32) ** 2),
                               argnums=(0, 1, 2)))
-      compiled[name] = step.lower(q, k, v).compile()
-      jax.block_until_ready(compiled[name](q, k, v))
+      try:
+        compiled[name] = step.lower(q, k, v).compile()
+        jax.block_until_ready(compiled[name](q, k, v))
+      except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" not in str(error):
+          raise
+        compiled.pop(name, None)
+        rows.append(dict(length=length, variant=name, out_of_memory=True))
+        print(f"N={length:<6} {name:<30} out of memory")
+        continue
       times[name] = []
     for _ in range(args.rounds):
       for name, fn in compiled.items():

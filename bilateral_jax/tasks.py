@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -36,12 +37,35 @@ def language_modeling(logits, batch) -> dict[str, jnp.ndarray]:
   return _weighted_sums(logits, batch["targets"], batch["weight"])
 
 
-TASKS: dict[str, Callable] = {"classifier": classification, "vit": classification, "lm": language_modeling}
+def segmentation(logits, batch) -> dict[str, jnp.ndarray]:
+  """logits [b, h, w, classes], batch label [b, h, w] (-1 = ignored pixel), weight [b] -> per-pixel sums
+  of loss and correct over the counted pixels, and per-class `intersection` and `union` [classes] of the
+  predicted and true masks (for the mean IoU)."""
+  labels = batch["label"]
+  pixel_weight = batch["weight"][:, None, None] * (labels >= 0)
+  labels = jnp.maximum(labels, 0)
+  sums = _weighted_sums(logits, labels, pixel_weight)
+  classes = logits.shape[-1]
+  predicted = jnp.argmax(logits, axis=-1)
+  count = lambda index, weight: jnp.zeros(classes, jnp.float32).at[index.ravel()].add(weight.ravel())
+  intersection = count(labels, pixel_weight * (predicted == labels))
+  union = count(labels, pixel_weight) + count(predicted, pixel_weight) - intersection
+  return sums | {"intersection": intersection, "union": union}
 
 
-def finalize(sums: dict[str, float]) -> dict[str, float]:
-  """Sums -> means over the weight (loss, accuracy); `examples` is the weight itself."""
+TASKS: dict[str, Callable] = {"classifier": classification, "vit": classification, "lm": language_modeling,
+                              "segmenter": segmentation}
+
+
+def finalize(sums: dict) -> dict[str, float]:
+  """Sums -> means over the weight (loss, accuracy); `examples` is the weight itself; per-class
+  intersection and union -> `mean_iou` over the classes that occur (in the labels or the predictions)."""
   weight = max(float(sums["weight"]), 1e-12)
-  metrics = {name: float(value) / weight for name, value in sums.items() if name != "weight"}
+  metrics = {name: float(value) / weight for name, value in sums.items()
+             if name not in ("weight", "intersection", "union")}
   metrics["examples"] = float(sums["weight"])
+  if "union" in sums:
+    union = np.asarray(sums["union"], np.float64)
+    occurring = union > 0
+    metrics["mean_iou"] = float(np.mean(np.asarray(sums["intersection"])[occurring] / union[occurring]))
   return metrics

@@ -97,9 +97,10 @@ def resolve_from_data(config: ml_collections.ConfigDict, info: dict) -> ml_colle
 
 def _check_loop_settings(config: ml_collections.ConfigDict) -> None:
   tc = config.train
+  metrics = ("loss", "accuracy") + (("mean_iou",) if config.model.name == "segmenter" else ())
   checks = [
       (tc.best_mode in ("max", "min"), f"train.best_mode={tc.best_mode!r} is not one of: max, min"),
-      (tc.best_metric in ("loss", "accuracy"), f"train.best_metric={tc.best_metric!r} is not one of: loss, accuracy"),
+      (tc.best_metric in metrics, f"train.best_metric={tc.best_metric!r} is not one of: {', '.join(metrics)}"),
       (bool(config.eval.splits) and set(config.eval.splits) <= set(sources.SPLITS),
        f"eval.splits={tuple(config.eval.splits)} must be a non-empty subset of {sources.SPLITS}"),
       (min(tc.num_steps, tc.log_every, tc.eval_every, tc.checkpoint_every, tc.keep_checkpoints,
@@ -116,11 +117,19 @@ def _image_transforms(config: ml_collections.ConfigDict, info: dict):
   """(train, eval) per-example transforms for image datasets (normalisation and `config.augment`)."""
   if "image_stats" not in info:
     image_switches = ("random_resized_crop", "hflip", "rand_augment_ops", "random_erasing", "cutmix_alpha")
-    used = [name for name in image_switches if config.augment[name]]
+    used = [name for name in image_switches if config.augment[name]] + ["repeats"] * (config.augment.repeats > 1)
     if used:
       raise ValueError(f"augment.{', augment.'.join(used)} apply to image datasets, not {config.data.name!r}")
     return None, None
   mean, std = info["image_stats"]
+  if "scale_range" in info:  # semantic segmentation: its own crop-and-flip recipe, on image and mask
+    image_switches = ("random_resized_crop", "hflip", "rand_augment_ops", "random_erasing")
+    used = [name for name in image_switches if config.augment[name]]
+    if used:
+      raise ValueError(f"augment.{', augment.'.join(used)} apply to image classification, not segmentation "
+                       f"({config.data.name!r} crops, scales and flips image and mask together)")
+    return tuple(augment.segmentation_transform(mean, std, size=info["image_size"], scale_range=info["scale_range"],
+                                                train=train) for train in (True, False))
   size = dict(size=info["image_size"], crop_fraction=info["crop_fraction"])
   return (augment.image_transform(config.augment, mean, std, train=True, **size),
           augment.image_transform(config.augment, mean, std, train=False, **size))
@@ -143,8 +152,9 @@ class Experiment:
     _check_loop_settings(config)
     self.train_transform, self.eval_transform = _image_transforms(config, self.train_source.info)
     self.mixes = bool(config.augment.mixup_alpha or config.augment.cutmix_alpha or config.augment.label_smoothing)
-    if self.mixes and config.model.name == "lm":
-      raise ValueError("augment.mixup_alpha, cutmix_alpha and label_smoothing apply to classifiers, not 'lm'")
+    if self.mixes and config.model.name not in ("classifier", "vit"):
+      raise ValueError("augment.mixup_alpha, cutmix_alpha and label_smoothing apply to classifiers, not "
+                       f"{config.model.name!r}")
     self.model = make_model(config)
     self.task = tasks.TASKS[config.model.name]
     self.tx, self.schedule = make_optimizer(config)
@@ -204,7 +214,7 @@ class Experiment:
     grads = jax.tree.map(lambda g: g / weight, grads)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {name: value / weight for name, value in sums.items() if name != "weight"}
+    metrics = {name: value / weight for name, value in sums.items() if name != "weight" and value.ndim == 0}
     metrics |= {"grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
                 "learning_rate": self.schedule(state.step)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -222,7 +232,7 @@ class Experiment:
     for local in batches:
       sums = jax.device_get(self.eval_step(state, parallel.global_batch(local, self.mesh)))
       for name, value in sums.items():
-        totals[name] = totals.get(name, 0.0) + float(value)
+        totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64)
     return tasks.finalize(totals)
 
 
@@ -293,7 +303,7 @@ def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str) -> 
   tc = config.train
   batches = pipeline.train_batches(experiment.train_source, global_batch=tc.batch_size, seed=config.seed,
                                    process_index=jax.process_index(), process_count=jax.process_count(),
-                                   transform=experiment.train_transform)
+                                   transform=experiment.train_transform, repeats=config.augment.repeats)
   eval_sources = {split: sources.load_split(config.data, split) for split in config.eval.splits}
   progress = {"best": None}
   step = checkpointer.latest_step()

@@ -30,11 +30,11 @@ def base() -> ml_collections.ConfigDict:
       weight_decay=0.01, clip_norm=1.0, b1=0.9, b2=0.98))
   config.eval = ml_collections.ConfigDict(dict(splits=("validation", "test"), batch_size=64))
   # Image augmentation (bilateral_jax/data/augment.py), all off; the mixing and smoothing happen in the
-  # train step, over the global batch.
+  # train step, over the global batch. repeats > 1: repeated augmentation (data/pipeline.train_batches).
   config.augment = ml_collections.ConfigDict(dict(
       random_resized_crop=False, hflip=False, rand_augment_ops=0, rand_augment_magnitude=9.0,
       random_erasing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, mix_switch_probability=0.5,
-      label_smoothing=0.0))
+      label_smoothing=0.0, repeats=1))
   return config
 
 

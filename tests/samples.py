@@ -81,3 +81,23 @@ def write_text_corpus(directory):
                              ("tragedies", "b.md", "ACT V. Exit, pursued by a bear.\n")):
     (directory / folder).mkdir(parents=True, exist_ok=True)
     (directory / folder / name).write_text(text * 40)
+
+
+def write_ade20k(directory, per_split=3):
+  """ADEChallengeData2016's layout: JPEG images of different sizes and PNG annotations (0 = unlabelled,
+  1..150 = classes). Returns {split folder: [annotation arrays]}."""
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  written = {}
+  for folder in ("training", "validation"):
+    (directory / "images" / folder).mkdir(parents=True, exist_ok=True)
+    (directory / "annotations" / folder).mkdir(parents=True, exist_ok=True)
+    written[folder] = []
+    for i in range(per_split):
+      size = (24 + 8 * i, 40 - 4 * i)  # height, width
+      name = f"ADE_{folder[:5]}_{i:08d}"
+      Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(directory / "images" / folder / f"{name}.jpg")
+      annotation = rng.integers(0, 151, size, dtype=np.uint8)
+      Image.fromarray(annotation).save(directory / "annotations" / folder / f"{name}.png")
+      written[folder].append(annotation)
+  return written

@@ -75,6 +75,26 @@ def test_mixup_cutmix_and_label_smoothing():
                                else share, share, rtol=1e-5)
 
 
+def test_repeated_augmentation_shows_each_example_repeats_times_differently_augmented():
+  source = sources.ArraySource(dict(), inputs=np.stack([image(i, (12, 12, 3)) for i in range(12)]),
+                               label=np.arange(12), weight=np.ones(12, np.float32))
+  switches = ml_collections.ConfigDict(dict(random_resized_crop=True, hflip=True, rand_augment_ops=0,
+                                            rand_augment_magnitude=9.0, random_erasing=0.0))
+  transform = augment.image_transform(switches, np.float32(0.5), np.float32(0.25), size=8, crop_fraction=None,
+                                      train=True)
+  batches = pipeline.train_batches(source, global_batch=6, seed=2, transform=transform, repeats=3)
+  epochs = [[next(batches) for _ in range(2)] for _ in range(2)]  # an epoch is 12 examples
+  for epoch in epochs:
+    labels = np.concatenate([b["label"] for b in epoch])
+    inputs = np.concatenate([b["inputs"] for b in epoch])
+    assert len(set(labels)) == 4 and np.all(labels.reshape(4, 3) == labels[::3, None])
+    for group in inputs.reshape(4, 3, -1):
+      assert len({copy.tobytes() for copy in group}) == 3  # three different augmentations
+  assert set(np.concatenate([b["label"] for b in epochs[0]])) != set(np.concatenate([b["label"] for b in epochs[1]]))
+  with pytest.raises(ValueError, match="repeats must be a positive integer"):
+    pipeline.train_batches(source, global_batch=6, seed=2, repeats=0)
+
+
 def test_augmented_batches_do_not_depend_on_the_process_layout():
   source = sources.ArraySource(dict(), inputs=np.stack([image(i, (12, 12, 3)) for i in range(16)]),
                                label=np.arange(16) % 3, weight=np.ones(16, np.float32))
@@ -82,9 +102,9 @@ def test_augmented_batches_do_not_depend_on_the_process_layout():
                                             rand_augment_magnitude=9.0, random_erasing=0.5))
   transform = augment.image_transform(switches, np.float32(0.5), np.float32(0.25), size=8, crop_fraction=None,
                                       train=True)
-  single = pipeline.train_batches(source, global_batch=8, seed=3, transform=transform)
+  single = pipeline.train_batches(source, global_batch=8, seed=3, transform=transform, repeats=2)
   halves = [pipeline.train_batches(source, global_batch=8, seed=3, process_index=p, process_count=2,
-                                   transform=transform) for p in range(2)]
+                                   transform=transform, repeats=2) for p in range(2)]
   for _ in range(3):
     whole = next(single)["inputs"]
     assert whole.shape == (8, 8, 8, 3) and whole.dtype == np.float32

@@ -5,8 +5,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bilateral_jax.data import listops, pipeline, sources
-from tests.samples import (write_aan, write_aclimdb, write_cifar10, write_cifar100, write_image_folders,
+from bilateral_jax.data import augment, listops, pipeline, sources
+from tests.samples import (write_aan, write_aclimdb, write_ade20k, write_cifar10, write_cifar100, write_image_folders,
                            write_pathfinder, write_text_corpus, write_wikitext)
 
 
@@ -115,7 +115,7 @@ def test_aclimdb_and_aan(tmp_path):
 
 
 def test_unknown_dataset_lists_the_known_ones():
-  with pytest.raises(ValueError, match="known: cifar10, cifar100, imagenet_folders, listops_generated"):
+  with pytest.raises(ValueError, match="known: ade20k, cifar10, cifar100, imagenet_folders, listops_generated"):
     sources.load_split(data_config(name="mnist"), "train")
 
 
@@ -287,3 +287,38 @@ def test_cifar100_python_files(tmp_path):
     raw = pickle.load(handle, encoding="bytes")
   assert test.arrays["label"].tolist() == list(raw[b"fine_labels"])
   assert test[3]["inputs"][5, 7].tolist() == [raw[b"data"][3, c * 1024 + 5 * 32 + 7] for c in range(3)]
+
+
+def test_ade20k_release_layout_and_its_crops(tmp_path):
+  written = write_ade20k(tmp_path)
+  config = data_config(name="ade20k", directory=str(tmp_path), tfds_dir="", image_size=16, scale_range=(0.5, 2.0))
+  train, validation = sources.load_split(config, "train"), sources.load_split(config, "validation")
+  assert (len(train), len(validation), len(sources.load_split(config, "test"))) == (3, 3, 3)
+  assert train.info["num_classes"] == 150
+  for i, annotation in enumerate(written["validation"]):  # PNG annotations round-trip exactly
+    np.testing.assert_array_equal(validation[i]["label"], annotation)
+    assert validation[i]["inputs"].shape == annotation.shape + (3,)
+  mean, std = train.info["image_stats"]
+  evaluate = augment.segmentation_transform(mean, std, size=16, scale_range=(0.5, 2.0), train=False)
+  example = evaluate(validation[0], None)  # 24 x 40 -> 16 x 27 -> centre 16 x 16
+  assert example["inputs"].shape == (16, 16, 3) and example["label"].shape == (16, 16)
+  assert example["label"].min() >= -1 and example["label"].max() <= 149
+  shrink = augment.segmentation_transform(mean, std, size=16, scale_range=(0.25, 0.25), train=True)
+  small = shrink(train[0], np.random.default_rng(0))  # 24 x 40 -> 4 x 7, padded with uncounted pixels
+  assert small["label"].shape == (16, 16) and np.sum(small["label"] >= 0) <= 4 * 7
+  np.testing.assert_allclose(small["inputs"][4:, 7:], np.broadcast_to(-mean / std, (12, 9, 3)), rtol=1e-6)
+  (tmp_path / "annotations" / "training" / "ADE_train_00000001.png").unlink()
+  with pytest.raises(FileNotFoundError, match="ADE_train_00000001.jpg has no annotation"):
+    sources.load_split(config, "train")
+  with pytest.raises(FileNotFoundError, match="ADEChallengeData2016"):
+    sources.load_split(data_config(**{**config, "directory": str(tmp_path / "missing")}), "train")
+
+
+def test_ade20k_through_tfds_scene_parse150():
+  import tensorflow_datasets as tfds
+  config = data_config(name="ade20k", directory="", tfds_dir="", image_size=16, scale_range=(0.5, 2.0))
+  with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
+    validation = sources.load_split(config, "validation")
+    example = validation[0]
+  assert len(validation) == 4  # mock images and annotations have unrelated random sizes
+  assert example["label"].ndim == 2 and example["label"].dtype == np.uint8 and example["inputs"].shape[-1] == 3

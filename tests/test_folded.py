@@ -95,5 +95,5 @@ def test_models_give_the_same_outputs_and_gradients_on_every_implementation():
   assert_close(flat(cls_outputs[1][1]), flat(cls_outputs[0][1]), rtol=1e-4)
   vit = build_model("vit", TransformerConfig(num_layers=1, num_heads=2, model_dim=16, mlp_dim=32, max_length=16,
                                             attention_implementation="folded"), num_classes=3)
-  with pytest.raises(ValueError, match="'folded' does not apply to spatial='gaussian'"):
+  with pytest.raises(ValueError, match="attention_implementation='folded' does not apply to spatial='gaussian'"):
     vit.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))

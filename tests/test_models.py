@@ -24,6 +24,7 @@ BACKBONES = {
     "classifier": (dict(vocab_size=13, num_classes=3, pooling="cls"), np.arange(2 * 8).reshape(2, 8) % 13),
     "retrieval": (dict(vocab_size=13, num_classes=2, two_tower=True), np.arange(2 * 16).reshape(2, 2, 8) % 13),
     "vit": (dict(num_classes=3, patch_size=4), np.linspace(0, 1, 2 * 8 * 8 * 3).reshape(2, 8, 8, 3)),
+    "segmenter": (dict(num_classes=3, patch_size=4), np.linspace(0, 1, 2 * 8 * 8 * 3).reshape(2, 8, 8, 3)),
 }
 
 
@@ -57,9 +58,17 @@ def test_every_attention_and_residual_inits_jits_and_differentiates(backbone, at
     assert any(float(jnp.max(jnp.abs(g))) > 0 for g in leaves)
 
 
+def test_segmenter_gives_logits_per_pixel_from_the_patch_grid():
+  kwargs, images = BACKBONES["segmenter"]
+  model = build_model("segmenter", tiny(), **kwargs)
+  logits = model.apply(model.init(jax.random.key(0), images), images)
+  assert logits.shape == (2, 8, 8, 3)
+  assert not np.allclose(logits[:, 0, 0], logits[:, -1, -1])  # upsampled, not one value per image
+
+
 def test_registry_and_config_errors_name_the_choices():
-  assert sorted(MODELS) == ["classifier", "lm", "vit"]
-  with pytest.raises(ValueError, match="known: classifier, lm, vit"):
+  assert sorted(MODELS) == ["classifier", "lm", "segmenter", "vit"]
+  with pytest.raises(ValueError, match="known: classifier, lm, segmenter, vit"):
     build_model("resnet", tiny())
   with pytest.raises(ValueError, match="attention='linear' is not one of: standard, alibi, rope, bilateral"):
     tiny(attention="linear")

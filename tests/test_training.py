@@ -14,8 +14,8 @@ import pytest
 
 from bilateral_jax import trainer
 from bilateral_jax.checkpointing import CheckpointMismatch
-from tests.samples import (write_aan, write_aclimdb, write_cifar10, write_image_folders, write_pathfinder,
-                           write_text_corpus, write_wikitext)
+from tests.samples import (write_aan, write_aclimdb, write_ade20k, write_cifar10, write_image_folders,
+                           write_pathfinder, write_text_corpus, write_wikitext)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem not in ("__init__", "common"))
@@ -46,6 +46,7 @@ SAMPLES = {  # config -> (writes a tiny sample of its data format, data override
     "lra_pathfinder": (write_pathfinder, {"data.name": "lra_pathfinder"}),
     "deit_tiny_imagenet": (write_image_folders, {"data.image_size": 32, "model.patch_size": 16,
                                                  "model.num_classes": 0}),
+    "segmenter_ade20k": (write_ade20k, {"data.image_size": 32, "model.patch_size": 8}),
 }
 
 
@@ -98,6 +99,8 @@ def test_every_config_takes_a_training_step(name, tmp_path):
   assert set(final) == set(config.eval.splits)
   logged = read_metrics(tmp_path / "run")[0]
   assert np.isfinite(logged["loss"]) and ("tokens_per_s" in logged) == (config.model.name == "lm")
+  if config.model.name == "segmenter":
+    assert 0.0 <= final["validation"]["mean_iou"] <= 1.0
 
 
 def test_resume_after_a_crash_gives_identical_parameters_and_losses(tmp_path):

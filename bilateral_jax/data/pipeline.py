@@ -23,11 +23,26 @@ def _local_rows(examples: grain.MapDataset, global_batch: int, process_index: in
 
 
 def train_batches(source, *, global_batch: int, seed: int, process_index: int = 0, process_count: int = 1,
-                  transform=None) -> grain.DatasetIterator:
+                  transform=None, repeats: int = 1) -> grain.DatasetIterator:
   """An endless iterator of local batches, reshuffled each epoch; `get_state`/`set_state` resume it.
   transform(example, rng) -> example runs per example with a Generator derived from its position in the
-  global order, so augmentation does not depend on the number of processes."""
-  examples = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  global order, so augmentation does not depend on the number of processes.
+
+  repeats > 1 is repeated augmentation (DeiT, after Hoffer et al.): each epoch of len(source) examples
+  takes every example of its shuffled order `repeats` times in a row (differently augmented), so it covers
+  the first len(source) / repeats of that order.
+  """
+  if repeats < 1:
+    raise ValueError(f"repeats must be a positive integer, got {repeats}")
+  size = len(source)
+  order = grain.MapDataset.range(size).shuffle(seed=seed).repeat()
+  base = grain.MapDataset.source(source)
+
+  def example(position: int):
+    epoch, offset = divmod(position, size)
+    return base[order[epoch * size + offset // repeats]]
+
+  examples = grain.MapDataset.range(2**62).map(example)
   if transform is not None:
     examples = examples.random_map(transform, seed=seed)
   rows = 2**62 // global_batch * (global_batch // process_count)

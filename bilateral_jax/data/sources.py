@@ -147,19 +147,23 @@ def text_corpus(config: ml_collections.ConfigDict, split: str) -> ArraySource:
   return _language_model_windows(builders.TokenStreamConfig.make(parts, config.tokenizer), config, split)
 
 
-def catalog_split(name: str, config: ml_collections.ConfigDict, split: str, validation_size: int):
-  """A split of a TFDS catalog dataset prepared in `data.tfds_dir` (array_record) as (source, indices);
-  validation is `validation_size` train examples held out by a seeded permutation (data.seed)."""
+def catalog_source(name: str, config: ml_collections.ConfigDict, tfds_split: str):
+  """The TFDS data source of a catalog dataset prepared in `data.tfds_dir` (array_record); never downloads."""
   import tensorflow_datasets as tfds
 
-  tfds_split = "test" if split == "test" else "train"
   try:
-    source = tfds.data_source(name, split=tfds_split, data_dir=config.tfds_dir or None, download=False)
+    return tfds.data_source(name, split=tfds_split, data_dir=config.tfds_dir or None, download=False)
   except Exception as error:  # TFDS raises several kinds; all mean the data is not there in a readable form
     raise FileNotFoundError(
         f"TFDS dataset {name!r} is not prepared as array_record in data.tfds_dir={config.tfds_dir!r} ({error}). "
         f"Prepare it where it can be downloaded (`tfds build {name} --file_format=array_record`) and copy "
         f"the data dir here, or set data.directory to the raw files.") from error
+
+
+def catalog_split(name: str, config: ml_collections.ConfigDict, split: str, validation_size: int):
+  """A split of a TFDS catalog dataset prepared in `data.tfds_dir` (array_record) as (source, indices);
+  validation is `validation_size` train examples held out by a seeded permutation (data.seed)."""
+  source = catalog_source(name, config, "test" if split == "test" else "train")
   indices = list(range(len(source)))
   if split != "test":
     indices = _held_out(indices, split, validation_size, config.seed)
@@ -371,6 +375,60 @@ def imagenet_folders(config: ml_collections.ConfigDict, split: str) -> ImageFold
   return ImageFolderSource(files, info)
 
 
+class SegmentationSource:
+  """ADE20K scene parsing (150 classes) as uint8 images [h, w, 3] and annotations `label` [h, w] (0 =
+  unlabelled, c = class c - 1), from (image, annotation) file pairs or a TFDS `scene_parse150` source."""
+
+  def __init__(self, examples, info: dict):
+    self.examples, self.info = examples, info
+
+  def __len__(self) -> int:
+    return len(self.examples)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    example = self.examples[index]
+    if isinstance(example, dict):  # TFDS: the annotation PNG decodes to 3 equal channels
+      image, annotation = example["image"], example["annotation"][..., 0]
+    else:
+      from PIL import Image
+
+      with Image.open(example[0]) as file:
+        image = np.asarray(file.convert("RGB"))
+      with Image.open(example[1]) as file:
+        annotation = np.asarray(file)
+      if annotation.shape != image.shape[:2]:
+        raise ValueError(f"{example[1]}: annotation of shape {annotation.shape} for an image of {image.shape[:2]}")
+    return {"inputs": np.asarray(image, np.uint8), "label": np.asarray(annotation, np.uint8),
+            "weight": np.float32(1.0)}
+
+
+def ade20k(config: ml_collections.ConfigDict, split: str) -> SegmentationSource:
+  """ADE20K (SceneParsing, 150 classes) from the release layout in `data.directory`
+  (ADEChallengeData2016: images/{training,validation}/*.jpg, annotations/{training,validation}/*.png), or,
+  with no directory, from TFDS `scene_parse150` in `data.tfds_dir`. The validation and test splits are
+  both ADE20K's validation set (its test labels are not public)."""
+  info = dict(num_classes=150, image_stats=(augment.IMAGENET_MEAN, augment.IMAGENET_STD),
+              image_size=config.image_size, scale_range=tuple(config.scale_range))
+  if not config.directory:
+    source = catalog_source("scene_parse150", config, "train" if split == "train" else "test")
+    return SegmentationSource(source, info)
+  root = pathlib.Path(config.directory)
+  folder = "training" if split == "train" else "validation"
+  images, annotations = root / "images" / folder, root / "annotations" / folder
+  if not images.is_dir() or not annotations.is_dir():
+    raise FileNotFoundError(f"ADE20K: {images} and {annotations} not found; set data.directory to the extracted "
+                            "ADEChallengeData2016 (the MIT Scene Parsing benchmark's ADEChallengeData2016.zip)")
+  pairs = []
+  for image in sorted(images.glob("*.jpg")):
+    annotation = annotations / f"{image.stem}.png"
+    if not annotation.is_file():
+      raise FileNotFoundError(f"ADE20K: {image} has no annotation {annotation}")
+    pairs.append((image, annotation))
+  if not pairs:
+    raise FileNotFoundError(f"ADE20K: no *.jpg images in {images}")
+  return SegmentationSource(pairs, info)
+
+
 DATASETS: dict[str, Callable[[ml_collections.ConfigDict, str], Any]] = {
     "listops_generated": listops_generated,
     "listops_release": listops_release,
@@ -384,6 +442,7 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict, str], Any]] = {
     "lra_pathfinder": lra_pathfinder,
     "pathfinder_generated": pathfinder_generated,
     "imagenet_folders": imagenet_folders,
+    "ade20k": ade20k,
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from bilateral_jax import ops
@@ -82,6 +83,22 @@ class SequenceClassifier(nn.Module):
     return self.head(nn.gelu(self.tower_mlp(features)))
 
 
+class PatchEmbedding(nn.Module):
+  """images [batch, height, width, channels] -> patch tokens [batch, rows * cols, dim] and their (row, col)
+  coordinates [rows * cols, 2] on the patch grid."""
+  dim: int
+  patch_size: int
+
+  @nn.compact
+  def __call__(self, images):
+    p = self.patch_size
+    if images.shape[1] % p or images.shape[2] % p:
+      raise ValueError(f"image size {images.shape[1:3]} is not divisible by patch_size {p}")
+    patches = nn.Conv(self.dim, (p, p), strides=(p, p), padding="VALID", name="patch_embed")(images)
+    rows, cols = patches.shape[1:3]
+    return patches.reshape(patches.shape[0], rows * cols, -1), ops.grid_coordinates(rows, cols)
+
+
 class VisionTransformer(nn.Module):
   """ViT/DeiT classifier: images [batch, height, width, channels] -> logits [batch, classes].
 
@@ -96,14 +113,7 @@ class VisionTransformer(nn.Module):
   def __call__(self, images, *, deterministic=True):
     if self.pooling not in POOLINGS:
       raise ValueError(f"pooling={self.pooling!r} is not one of: {', '.join(POOLINGS)}")
-    p = self.patch_size
-    if images.shape[1] % p or images.shape[2] % p:
-      raise ValueError(f"image size {images.shape[1:3]} is not divisible by patch_size {p}")
-    patches = nn.Conv(self.config.model_dim, (p, p), strides=(p, p), padding="VALID",
-                      name="patch_embed")(images)
-    rows, cols = patches.shape[1:3]
-    x = patches.reshape(patches.shape[0], rows * cols, -1)
-    coords = ops.grid_coordinates(rows, cols)
+    x, coords = PatchEmbedding(self.config.model_dim, self.patch_size, name="patches")(images)
     if self.pooling == "cls":
       cls = self.param("cls_token", nn.initializers.zeros, (1, 1, x.shape[-1]))
       x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x], axis=1)
@@ -113,10 +123,31 @@ class VisionTransformer(nn.Module):
     return nn.Dense(self.num_classes, name="head")(pooled.astype(jnp.float32))
 
 
+class Segmenter(nn.Module):
+  """Semantic segmentation with a ViT encoder and a linear head (Segmenter's linear decoder):
+  images [batch, height, width, channels] -> per-pixel logits [batch, height, width, classes].
+
+  Each patch token is classified, and the patch-grid logits are resized bilinearly to the image size.
+  """
+  config: TransformerConfig
+  num_classes: int
+  patch_size: int = 16
+
+  @nn.compact
+  def __call__(self, images, *, deterministic=True):
+    x, coords = PatchEmbedding(self.config.model_dim, self.patch_size, name="patches")(images)
+    y = Transformer(self.config, name="transformer")(x, coords=coords, deterministic=deterministic)
+    logits = nn.Dense(self.num_classes, name="head")(y.astype(jnp.float32))
+    batch, height, width = images.shape[:3]
+    grid = logits.reshape(batch, height // self.patch_size, width // self.patch_size, self.num_classes)
+    return jax.image.resize(grid, (batch, height, width, self.num_classes), method="bilinear")
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lm": CausalLM,
     "classifier": SequenceClassifier,
     "vit": VisionTransformer,
+    "segmenter": Segmenter,
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from bilateral_jax.ops.dispatch import IMPLEMENTATIONS
 from bilateral_jax.ops.kernels import CONTENT_KERNELS, SPATIAL_KERNELS
 
 ATTENTIONS = ("standard", "alibi", "rope", "bilateral")
@@ -14,7 +15,6 @@ GRC_FORMS = ("convex", "boost")
 SUBLAYERS = ("attention", "mlp")
 NORMS = ("pre", "post")
 DTYPES = ("float32", "bfloat16", "float16")
-IMPLEMENTATIONS = ("auto", "xla", "folded")
 
 
 def _choose(field: str, value, known) -> None:
@@ -37,10 +37,11 @@ class TransformerConfig:
     Connection (method.md section 3); `boost` applies to the attention sublayer only, the MLP always
     uses `convex`.
   norm: `pre` or `post` LayerNorm.
-  attention_implementation: how BSA is computed (the same numbers either way): `xla` (explicit logits),
-    `folded` (spatial features appended to q and k, one `jax.nn.dot_product_attention`; only for the
-    kernels `ops.folded.foldable` accepts), `auto` (folded where it applies on GPU/TPU, `xla` on CPU, where the explicit
-    logits are faster). Not part of a checkpoint's identity.
+  attention_implementation: how BSA is computed (the same numbers either way; `ops.dispatch`): `xla`
+    (explicit logits), `folded` (spatial features appended to q and k, one `jax.nn.dot_product_attention`;
+    kernels `ops.folded.foldable` accepts), `pallas` (flash kernel, Gaussian/Laplacian/no spatial term,
+    memory linear in the length; interpreted on CPU), `auto` (the fastest measured path for the backend).
+    Not part of a checkpoint's identity.
   """
   num_layers: int = 2
   num_heads: int = 4

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from bilateral_jax import ops
 from bilateral_jax.models.config import TransformerConfig
-from bilateral_jax.ops import folded
+from bilateral_jax.ops import dispatch
 
 
 class MultiHeadAttention(nn.Module):
@@ -45,18 +45,11 @@ class MultiHeadAttention(nn.Module):
       h_y = jnp.exp(self.param("log_h_y", nn.initializers.constant(cfg.initial_log_h_y), (heads,)))
       q_pos, k_pos, h_p = self._spatial_features(coords, pos_embed)
       spatial = None if q_pos is None else cfg.spatial
-      can_fold = folded.foldable(spatial, is_causal, q_pos, k_pos)
-      if cfg.attention_implementation == "folded" and not can_fold:
-        raise ValueError(f"attention_implementation='folded' does not apply to spatial={cfg.spatial!r} "
-                         f"(causal={is_causal}); use 'auto' or 'xla'")
-      # `auto` folds on accelerators only: on CPU the explicit logits beat XLA's dot_product_attention
-      # (benchmarks/attention.py).
-      fold = cfg.attention_implementation == "folded" or (
-          cfg.attention_implementation == "auto" and jax.default_backend() != "cpu")
-      if can_fold and fold and not self.is_mutable_collection("intermediates"):
-        return out_projection(folded.folded_bilateral_attention(
-            q, k, v, q_pos, k_pos, h_y=h_y, h_p=h_p, content=cfg.content, spatial=spatial, mask=mask,
-            is_causal=is_causal))
+      path = dispatch.choose_path(cfg.attention_implementation, jax.default_backend(), spatial=spatial,
+                                  q_pos=q_pos, k_pos=k_pos, mask=mask, is_causal=is_causal)
+      if path != "xla" and not self.is_mutable_collection("intermediates"):  # weights to sow: explicit path
+        return out_projection(dispatch.PATHS[path](q, k, v, q_pos, k_pos, h_y=h_y, h_p=h_p, content=cfg.content,
+                                                   spatial=spatial, mask=mask, is_causal=is_causal))
       logits = ops.bilateral_logits(q, k, q_pos, k_pos, h_y=h_y, h_p=h_p, content=cfg.content,
                                     spatial=cfg.spatial)
     elif cfg.attention == "alibi":

@@ -1,0 +1,41 @@
+"""Which exact BSA path computes a call: `xla` (explicit logits, `bilateral_attention`), `folded` (one
+`jax.nn.dot_product_attention` on q and k extended by low-rank spatial features) or `pallas` (the flash
+kernel with in-tile Gaussian/Laplacian spatial terms). All three give the same numbers within dtype
+tolerance; they differ in speed and memory.
+"""
+from __future__ import annotations
+
+from bilateral_jax.ops.attention import bilateral_attention
+from bilateral_jax.ops.flash import flash_applies, flash_bilateral_attention
+from bilateral_jax.ops.folded import foldable, folded_bilateral_attention
+
+PATHS = {"xla": bilateral_attention, "folded": folded_bilateral_attention, "pallas": flash_bilateral_attention}
+IMPLEMENTATIONS = ("auto",) + tuple(PATHS)
+
+
+def applies(path: str, *, spatial, q_pos, k_pos, mask, is_causal) -> bool:
+  if path == "folded":
+    return foldable(spatial, is_causal, q_pos, k_pos)
+  if path == "pallas":
+    return flash_applies(spatial, q_pos, mask)
+  return True
+
+
+def choose_path(requested: str, backend: str, *, spatial, q_pos, k_pos, mask, is_causal) -> str:
+  """The path for `requested` (one of IMPLEMENTATIONS) on `backend` ('cpu', 'gpu', 'tpu').
+
+  `auto` takes the path measured fastest (benchmarks/attention.py): on CPU the explicit logits; on GPU and
+  TPU the folded path where it applies, else the explicit logits. `pallas` is taken only on request until
+  it has been measured on a GPU. A requested path that does not apply is an error, never a silent switch.
+  """
+  if requested not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown attention implementation {requested!r}; known: {', '.join(IMPLEMENTATIONS)}")
+  case = dict(spatial=spatial, q_pos=q_pos, k_pos=k_pos, mask=mask, is_causal=is_causal)
+  if requested != "auto":
+    if not applies(requested, **case):
+      raise ValueError(f"attention_implementation={requested!r} does not apply to spatial={spatial!r} "
+                       f"(causal={is_causal}, mask shape {getattr(mask, 'shape', None)}); use 'auto' or 'xla'")
+    return requested
+  if backend != "cpu" and applies("folded", **case):
+    return "folded"
+  return "xla"

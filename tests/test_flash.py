@@ -1,0 +1,108 @@
+"""The Pallas flash path equals the explicit ops (forward and every gradient), lowers to Triton for a GPU,
+and dispatch picks an exact path or says why it cannot."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bilateral_jax import ops
+from bilateral_jax.ops import dispatch
+from bilateral_jax.ops.flash import flash_applies, flash_bilateral_attention
+from tests.test_ops import B, D, H, H_P, H_Y, assert_close, positions, qkv
+
+N = 37  # three 16-wide tiles, the last one padded
+
+CASES = [("gaussian", "gaussian", 2, False), ("gaussian", "gaussian", 1, True), ("dot", "laplacian", 1, True),
+         ("gaussian", "laplacian", 2, False), ("dot", "none", None, True)]
+
+
+@pytest.mark.parametrize("content,spatial,dims,causal", CASES)
+def test_flash_equals_explicit_forward_and_gradients(content, spatial, dims, causal):
+  q, k, v = qkv(seed=3, n=N, m=N)
+  pos = None if spatial == "none" else positions(spatial, dims, N)  # first row: no place
+  padding = np.ones((B, N), bool)
+  padding[1, -5:] = False
+  mask = jnp.asarray(padding)[:, None, None, :]
+  cotangent = jax.random.normal(jax.random.key(9), (B, N, H, D))
+
+  def loss(attention, q, k, v, h_y, h_p):
+    out = attention(q, k, v, pos, pos, h_y=h_y, h_p=h_p, content=content, spatial=spatial, mask=mask,
+                    is_causal=causal)
+    return jnp.sum(out * cotangent), out
+
+  flash = lambda *a, **kw: flash_bilateral_attention(*a, block_size=16, **kw)
+  grad = lambda f: jax.value_and_grad(lambda *a: loss(f, *a), argnums=range(5), has_aux=True)(q, k, v, H_Y, H_P)
+  (_, got), got_grads = grad(flash)
+  (_, want), want_grads = grad(ops.bilateral_attention)
+  assert_close(got, want)
+  for name, got_grad, want_grad in zip(("q", "k", "v", "h_y", "h_p"), got_grads, want_grads):
+    if not (spatial == "none" and name == "h_p"):
+      assert_close(got_grad, want_grad, rtol=1e-4)
+
+
+def test_rows_with_no_key_are_uniform_as_in_the_explicit_ops():
+  q, k, v = qkv(seed=4, n=N, m=N)
+  pos = positions("gaussian", 1, N, placeless=0)
+  padding = np.ones((B, N), bool)
+  padding[0] = False
+  kwargs = dict(h_y=H_Y, h_p=H_P, mask=jnp.asarray(padding)[:, None, None, :])
+  assert_close(flash_bilateral_attention(q, k, v, pos, pos, block_size=16, **kwargs),
+               ops.bilateral_attention(q, k, v, pos, pos, **kwargs))
+
+
+def test_kernels_lower_to_triton_for_an_h100():
+  """CI has no GPU: lower forward + backward for an abstract H100 (bf16, non-power-of-two length and head
+  width, 2-D coordinates, padding mask) to check that the kernels are valid Triton programs."""
+  n, head_dim = 80, 48
+  q = jnp.zeros((2, n, H, head_dim), jnp.bfloat16)
+  coords = ops.grid_coordinates(8, 10)
+  mask = jnp.ones((2, 1, 1, n), bool)
+  ones = jnp.ones((H,))
+
+  def loss(q, h_y, h_p):
+    out = flash_bilateral_attention(q, q, q, coords, coords, h_y=h_y, h_p=h_p, mask=mask, interpret=False)
+    return jnp.sum(out.astype(jnp.float32))
+
+  device = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=None, platform="cuda")
+  with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)):
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, ones, ones).lower(lowering_platforms=("cuda",))
+  assert lowered.as_text().count("xla.gpu.triton") == 3  # forward, key gradients, query gradients
+
+
+def test_dispatch_takes_an_exact_path_or_refuses():
+  coords = ops.sequence_coordinates(8)
+  key_mask = jnp.ones((2, 1, 1, 8), bool)
+  case = dict(q_pos=coords, k_pos=coords, mask=key_mask, is_causal=True)
+  assert dispatch.choose_path("auto", "cpu", spatial="laplacian", **case) == "xla"
+  assert dispatch.choose_path("auto", "gpu", spatial="laplacian", **case) == "folded"
+  assert dispatch.choose_path("auto", "gpu", spatial="gaussian", **case) == "xla"
+  assert dispatch.choose_path("pallas", "cpu", spatial="gaussian", **case) == "pallas"
+  with pytest.raises(ValueError, match="'pallas' does not apply to spatial='dot'"):
+    features = jnp.ones((8, H, 3))
+    dispatch.choose_path("pallas", "gpu", spatial="dot", q_pos=features, k_pos=features, mask=None, is_causal=False)
+  with pytest.raises(ValueError, match="'pallas' does not apply"):  # a mask that depends on the query
+    dispatch.choose_path("pallas", "gpu", spatial="gaussian", **{**case, "mask": jnp.ones((2, 1, 8, 8), bool)})
+  with pytest.raises(ValueError, match="unknown attention implementation 'triton'"):
+    dispatch.choose_path("triton", "gpu", spatial="gaussian", **case)
+  assert not flash_applies("gaussian", jnp.ones((8, 4)))  # more than 3 coordinates
+
+
+def test_models_match_on_the_pallas_path():
+  from bilateral_jax.models import TransformerConfig, build_model
+  from tests.test_folded import flat
+  tokens = jnp.asarray(np.arange(2 * 12).reshape(2, 12) % 11).at[1, -3:].set(0)  # padding in the classifier
+  images = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3))
+  cases = [("lm", dict(vocab_size=11), tokens),  # causal, 1-D
+           ("classifier", dict(vocab_size=11, num_classes=3, pooling="cls"), tokens),  # padding, place-less CLS
+           ("vit", dict(num_classes=3), images)]  # 2-D grid
+  for kind, sizes, inputs in cases:
+    results = []
+    for implementation in ("xla", "pallas"):
+      config = TransformerConfig(num_layers=1, num_heads=2, model_dim=16, mlp_dim=32, max_length=16,
+                                 attention_implementation=implementation)
+      model = build_model(kind, config, **sizes)
+      params = model.init(jax.random.key(0), inputs)
+      results.append((model.apply(params, inputs),
+                      jax.grad(lambda p: jnp.sum(model.apply(p, inputs) ** 2))(params)))
+    assert_close(results[1][0], results[0][0])
+    assert_close(flat(results[1][1]), flat(results[0][1]), rtol=1e-4)
