@@ -1,4 +1,5 @@
-"""Evaluates a checkpoint of --workdir on the config's eval splits; writes DIR/eval/<step>.json.
+"""Evaluates a checkpoint of --workdir on the config's eval splits; writes DIR/eval/<step>.json (or,
+with --best, DIR/eval/best_<step>.json).
 
     python eval.py [--config configs/x.py] [--workdir DIR] [--step N | --best]
 """
@@ -19,7 +20,7 @@ def main(argv):
   workdir = cli.set_up()
   flags_ = cli.FLAGS
   step, results = trainer.evaluate_checkpoint(flags_.config, workdir, flags_.step, flags_.best)
-  out = pathlib.Path(workdir) / "eval" / f"{step}.json"
+  out = pathlib.Path(workdir) / "eval" / f"{'best_' if flags_.best else ''}{step}.json"
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps({"step": step, "best": flags_.best, "results": results}, indent=2))
   names = sorted({name for metrics in results.values() for name in metrics})

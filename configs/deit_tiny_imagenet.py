@@ -22,7 +22,7 @@ def get_config():
   config.model.transformer = common.transformer(
       num_layers=12, num_heads=3, model_dim=192, mlp_dim=768, max_length=197, attention="bilateral",
       spatial_bandwidth_range=(0.5, 14.0), residual="grc", dtype="bfloat16")
-  config.data = ml_collections.ConfigDict(dict(name="imagenet_folders", directory="", image_size=224,
+  config.data = ml_collections.ConfigDict(dict(name="imagenet", directory="", tfds_dir="", image_size=224,
                                                crop_fraction=0.875))
   config.train.batch_size = 1024
   config.train.num_steps = 375_000

@@ -2,7 +2,7 @@
 
     python train.py --config configs/lra_image.py --config.data.directory=/path/to/cifar-10-batches-py
 
-`data.directory` holds the CIFAR-10 python batches; validation is the last 5,000 training images. The
+`data.directory` holds the CIFAR-10 python batches; validation is 5,000 training images held out (seeded). The
 sequence is the row-major pixel order with 1-D coordinates, as in LRA. LRA's Image setting: 1 layer,
 width 64, 8 heads (we use 2 layers, 4 heads), batch 256, 35 epochs. Expected: LRA's Transformer baseline
 reached 42.4% test accuracy and the paper reports BSA above it; not yet measured here.

@@ -15,7 +15,7 @@ def get_config():
   config = common.base()
   common.lra_classifier(config, vocab_size=257, num_classes=2, max_length=4000, two_tower=True,
                         model_dim=128, mlp_dim=512)
-  config.data = ml_collections.ConfigDict(dict(name="lra_retrieval", directory="", max_length=4000,
+  config.data = ml_collections.ConfigDict(dict(name="lra_retrieval", directory="", tfds_dir="", max_length=4000,
                                                overlength="truncate"))
   config.train.num_steps = 5_000
   config.train.eval_every = 1_000

@@ -84,13 +84,14 @@ def test_wikitext_vocabulary_unk_eos_and_contiguous_windows(tmp_path):
 
 def test_cifar10_python_batches_and_lra_image(tmp_path):
   write_cifar10(tmp_path, per_batch=4)
-  config = data_config(name="cifar10", directory=str(tmp_path), validation_size=5)
+  config = data_config(name="cifar10", directory=str(tmp_path), tfds_dir="", seed=0, validation_size=5)
   counts = {split: len(sources.load_split(config, split)) for split in sources.SPLITS}
   assert counts == {"train": 15, "validation": 5, "test": 4}
   with (tmp_path / "test_batch").open("rb") as handle:
     raw = pickle.load(handle, encoding="bytes")
   pixel = raw[b"data"][0].reshape(3, 32, 32)[:, 0, 1].astype(np.float64)
-  gray = sources.load_split(data_config(name="lra_image", directory=str(tmp_path), validation_size=5), "test")
+  gray = sources.load_split(data_config(name="lra_image", directory=str(tmp_path), tfds_dir="", seed=0,
+                                        validation_size=5), "test")
   assert gray[0]["inputs"].shape == (1024,)
   assert gray[0]["inputs"][1] == round(0.2989 * pixel[0] + 0.5870 * pixel[1] + 0.1140 * pixel[2]) + 1
   assert gray[0]["label"] == raw[b"labels"][0]
@@ -98,7 +99,7 @@ def test_cifar10_python_batches_and_lra_image(tmp_path):
 
 def test_aclimdb_and_aan(tmp_path):
   write_aclimdb(tmp_path / "imdb", per_folder=5)
-  config = data_config(name="lra_text", directory=str(tmp_path / "imdb"), seed=0, max_length=64,
+  config = data_config(name="lra_text", directory=str(tmp_path / "imdb"), tfds_dir="", seed=0, max_length=64,
                        validation_size=4, overlength="truncate")
   train, validation, test = (sources.load_split(config, s) for s in sources.SPLITS)
   assert (len(train), len(validation), len(test)) == (6, 4, 10)
@@ -106,7 +107,8 @@ def test_aclimdb_and_aan(tmp_path):
   text = bytes(int(i) - 1 for i in test[0]["inputs"] if i).decode()
   assert text.startswith("A neg review")
   write_aan(tmp_path / "aan", lines=6)
-  aan = data_config(name="lra_retrieval", directory=str(tmp_path / "aan"), max_length=16, overlength="truncate")
+  aan = data_config(name="lra_retrieval", directory=str(tmp_path / "aan"), tfds_dir="", max_length=16,
+                    overlength="truncate")
   pairs = sources.load_split(aan, "validation")
   assert pairs.arrays["inputs"].shape == (6, 2, 16) and pairs.arrays["label"].tolist() == [0, 1] * 3
   (tmp_path / "aan" / "new_aan_pairs.test.tsv").write_text("1\tonly\tthree fields\n")
@@ -115,7 +117,7 @@ def test_aclimdb_and_aan(tmp_path):
 
 
 def test_unknown_dataset_lists_the_known_ones():
-  with pytest.raises(ValueError, match="known: ade20k, cifar10, cifar100, imagenet_folders, listops_generated"):
+  with pytest.raises(ValueError, match="known: ade20k, cifar10, cifar100, imagenet, listops_generated"):
     sources.load_split(data_config(name="mnist"), "train")
 
 
@@ -158,7 +160,7 @@ def test_eval_batches_cover_the_split_once_with_zero_weight_padding():
 def test_pathfinder_release_layout_and_image_folders(tmp_path):
   from PIL import Image
   write_pathfinder(tmp_path / "pf", count=20)
-  config = data_config(name="lra_pathfinder", directory=str(tmp_path / "pf"), difficulty="hard", seed=0)
+  config = data_config(name="lra_pathfinder", directory=str(tmp_path / "pf"), tfds_dir="", difficulty="hard", seed=0)
   splits = {s: sources.load_split(config, s) for s in sources.SPLITS}
   assert [len(splits[s]) for s in sources.SPLITS] == [16, 2, 2]
   assert sorted(np.concatenate([splits[s].arrays["label"] for s in sources.SPLITS]).tolist()) == [0] * 10 + [1] * 10
@@ -169,11 +171,11 @@ def test_pathfinder_release_layout_and_image_folders(tmp_path):
   with pytest.raises(ValueError, match=r"0.npy:21: expected"):
     sources.load_split(config, "train")
   with pytest.raises(FileNotFoundError, match="curv_baseline/curv_contour_length_9/curv_contour_length_14"):
-    sources.load_split(data_config(name="lra_pathfinder", directory=str(tmp_path), difficulty="hard", seed=0),
-                       "train")
+    sources.load_split(data_config(name="lra_pathfinder", directory=str(tmp_path), tfds_dir="", difficulty="hard",
+                                   seed=0), "train")
 
   write_image_folders(tmp_path / "imagenet", per_class=3)
-  images = data_config(name="imagenet_folders", directory=str(tmp_path / "imagenet"), image_size=24,
+  images = data_config(name="imagenet", directory=str(tmp_path / "imagenet"), image_size=24,
                        crop_fraction=0.875)
   val = sources.load_split(images, "validation")
   assert len(val) == 6 and val.info["num_classes"] == 2
@@ -184,7 +186,7 @@ def test_pathfinder_release_layout_and_image_folders(tmp_path):
   example = eval_transform(val[5], None)
   assert example["inputs"].shape == (24, 24, 3) and example["label"] == 1
   # centre crop of the resized image, normalised with ImageNet's mean and std
-  path, _ = val.files[5]
+  path, _ = val.examples[5]
   with Image.open(path) as image:
     scale = 24 / 0.875 / min(image.size)
     resized = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
@@ -192,7 +194,7 @@ def test_pathfinder_release_layout_and_image_folders(tmp_path):
   want = np.asarray(resized, np.float32)[top:top + 24, left:left + 24] / 255.0
   np.testing.assert_allclose(example["inputs"], (want - augment.IMAGENET_MEAN) / augment.IMAGENET_STD, atol=1e-6)
   with pytest.raises(FileNotFoundError, match="one folder per class"):
-    sources.load_split(data_config(name="imagenet_folders", directory=str(tmp_path), image_size=24,
+    sources.load_split(data_config(name="imagenet", directory=str(tmp_path), image_size=24,
                                    crop_fraction=0.875), "train")
 
 
@@ -272,6 +274,10 @@ def test_catalog_datasets_through_tfds_data_sources(tmp_path):
     gray = sources.load_split(data_config(name="lra_image", directory="", tfds_dir="", seed=0,
                                           validation_size=2), "validation")
     assert len(gray) == 2 and gray[0]["inputs"].shape == (1024,)
+    imagenet = sources.load_split(data_config(name="imagenet", directory="", tfds_dir="", image_size=16,
+                                              crop_fraction=0.875), "validation")
+    assert len(imagenet) == 12 and imagenet.info["num_classes"] == 1000
+    assert imagenet[0]["inputs"].ndim == 3 and imagenet[0]["inputs"].dtype == np.uint8
   with pytest.raises(FileNotFoundError, match="tfds build imdb_reviews --file_format=array_record"):
     sources.load_split(data_config(name="lra_text", directory="", tfds_dir=str(tmp_path), seed=0,
                                    max_length=64, validation_size=3, overlength="truncate"), "train")

@@ -82,6 +82,8 @@ def test_dispatch_takes_an_exact_path_or_refuses():
     dispatch.choose_path("pallas", "gpu", spatial="dot", q_pos=features, k_pos=features, mask=None, is_causal=False)
   with pytest.raises(ValueError, match="'pallas' does not apply"):  # a mask that depends on the query
     dispatch.choose_path("pallas", "gpu", spatial="gaussian", **{**case, "mask": jnp.ones((2, 1, 8, 8), bool)})
+  with pytest.raises(ValueError, match="'pallas' has no TPU kernel"):
+    dispatch.choose_path("pallas", "tpu", spatial="gaussian", **case)
   with pytest.raises(ValueError, match="unknown attention implementation 'triton'"):
     dispatch.choose_path("triton", "gpu", spatial="gaussian", **case)
   assert not flash_applies("gaussian", jnp.ones((8, 4)))  # more than 3 coordinates

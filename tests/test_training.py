@@ -198,6 +198,9 @@ def test_eval_restores_onto_one_device_and_reproduces_the_logged_numbers(tmp_pat
   assert "validation" in result.stdout and "accuracy" in result.stdout
   best = run_script("eval.py", tmp_path, TINY, devices=1, extra=["--best"])
   assert best.returncode == 0, best.stderr
+  best_step = json.loads(next((tmp_path / "eval").glob("best_*.json")).read_text())["step"]
+  assert json.loads((tmp_path / "eval" / "6.json").read_text())["results"] == written  # not overwritten
+  assert (tmp_path / "best").is_dir() and best_step in (3, 6)
 
 
 def test_half_written_step_is_skipped_and_other_models_are_refused(tmp_path, caplog):

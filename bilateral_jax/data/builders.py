@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+import pickle
 
 import jax
 import numpy as np
@@ -220,6 +221,136 @@ def read_release_file(directory: pathlib.Path, split: str):
       if len(fields) != 2 or not fields[1].strip().isdigit() or not 0 <= int(fields[1]) < listops.NUM_CLASSES:
         raise ValueError(f"{where}: expected '<expression>\\t<label 0-9>', got {line.rstrip()!r}")
       yield listops.encode(fields[0].split(), where=where), int(fields[1])
+
+
+@dataclasses.dataclass
+class ReleaseConfig(tfds.core.BuilderConfig):
+  """A published dataset's files (`release`, a key of RELEASES) in `directory`, converted once. The name
+  is a digest of the release, the directory and its files' names, sizes and times, so that changed files
+  build a new dataset."""
+  release: str = ""
+  directory: str = ""
+
+  @classmethod
+  def make(cls, release: str, directory: str) -> ReleaseConfig:
+    root = pathlib.Path(directory).absolute()
+    files = sorted([str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns]
+                   for p in root.rglob("*") if p.is_file())
+    named = _named(release, dict(directory=str(root), files=files))
+    named["description"] = f"{release} from {root}: {len(files)} files, {sum(f[1] for f in files)} bytes"
+    return cls(**named, release=release, directory=str(root))
+
+
+def _aclimdb(root: pathlib.Path, split: str):
+  """aclImdb: {train,test}/{neg,pos}/*.txt, label 1 = positive."""
+  for label, name in enumerate(("neg", "pos")):
+    for path in sorted((root / split / name).glob("*.txt")):
+      yield {"text": path.read_text(encoding="utf-8"), "label": label}
+
+
+AAN_FILES = {"train": "new_aan_pairs.train.tsv", "validation": "new_aan_pairs.eval.tsv",
+             "test": "new_aan_pairs.test.tsv"}
+
+
+def _aan(root: pathlib.Path, split: str):
+  """LRA Retrieval TSV lines `label\tid1\tid2\ttext1\ttext2`, label 1 if the first paper cites the second."""
+  path = root / AAN_FILES[split]
+  with path.open(encoding="utf-8") as lines:
+    for number, line in enumerate(lines, start=1):
+      fields = line.rstrip("\n").split("\t")
+      try:
+        label = int(float(fields[0]))
+      except ValueError:
+        label = -1
+      if len(fields) != 5 or label not in (0, 1):
+        raise ValueError(f"{path}:{number}: expected 'label(0/1)\\tid1\\tid2\\ttext1\\ttext2', got {line[:80]!r}...")
+      yield {"first": fields[3], "second": fields[4], "label": label}
+
+
+CIFAR_FILES = {  # name -> (train files, test files, label key, classes)
+    "cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10),
+    "cifar100": (["train"], ["test"], b"fine_labels", 100),
+}
+
+
+def _cifar(name: str):
+  def read(root: pathlib.Path, split: str):
+    """CIFAR python batches: pickled dicts with `data` [n, 3072] (channel-major) and labels."""
+    train_files, test_files, label_key, _ = CIFAR_FILES[name]
+    for file in train_files if split == "train" else test_files:
+      with (root / file).open("rb") as handle:
+        batch = pickle.load(handle, encoding="bytes")
+      images = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+      for image, label in zip(images, batch[label_key]):
+        yield {"image": image, "label": int(label)}
+  return read
+
+
+PATHFINDER_DIFFICULTIES = {"easy": "curv_baseline", "medium": "curv_contour_length_9",
+                           "hard": "curv_contour_length_14"}
+
+
+def _pathfinder(root: pathlib.Path, split: str):
+  """Pathfinder release, one difficulty folder: metadata/*.npy text lines `<imgs subdir> <file> <index>
+  <label> ...` naming grayscale PNGs; one split, `examples`, in metadata order."""
+  from PIL import Image
+
+  for path in sorted((root / "metadata").glob("*.npy")):
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+      fields = line.split()
+      if len(fields) < 4 or fields[3] not in ("0", "1"):
+        raise ValueError(f"{path}:{number}: expected '<imgs dir> <file> <index> <label 0/1> ...', got {line!r}")
+      with Image.open(root / fields[0] / fields[1]) as image:
+        yield {"image": np.asarray(image.convert("L")), "label": int(fields[3])}
+
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+  features: dict
+  splits: tuple[str, ...]
+  read: callable  # (directory, split) -> example dicts
+
+
+def _image_release(shape, classes: int, splits, read) -> Release:
+  encoding = "zlib" if shape.count(None) > 1 else "none"  # TFDS wants an encoding for several unknown sides
+  return Release({"image": tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=encoding),
+                  "label": tfds.features.ClassLabel(num_classes=classes)}, splits, read)
+
+
+RELEASES = {
+    "aclimdb": Release({"text": tfds.features.Text(), "label": tfds.features.ClassLabel(num_classes=2)},
+                       ("train", "test"), _aclimdb),
+    "aan": Release({"first": tfds.features.Text(), "second": tfds.features.Text(),
+                    "label": tfds.features.ClassLabel(num_classes=2)}, tuple(AAN_FILES), _aan),
+    "cifar10": _image_release((32, 32, 3), 10, ("train", "test"), _cifar("cifar10")),
+    "cifar100": _image_release((32, 32, 3), 100, ("train", "test"), _cifar("cifar100")),
+    "pathfinder": _image_release((None, None), 2, ("examples",), _pathfinder),
+}
+
+
+class Converted(tfds.core.GeneratorBasedBuilder):
+  """A published dataset converted from its own files (`ReleaseConfig`), split as its release is."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    release = RELEASES[self.builder_config.release]
+    return tfds.core.DatasetInfo(builder=self, description=f"{self.builder_config.release}, converted",
+                                 features=tfds.features.FeaturesDict(release.features), disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    return {split: self._generate_examples(split) for split in RELEASES[self.builder_config.release].splits}
+
+  def _generate_examples(self, split: str):
+    read = RELEASES[self.builder_config.release].read
+    yield from enumerate(read(pathlib.Path(self.builder_config.directory), split))
+
+
+def converted(release: str, directory: str, tfds_dir: str, split: str):
+  """The TFDS data source of `split` of a release converted from `directory` (built on first use)."""
+  builder = Converted(config=ReleaseConfig.make(release, directory), data_dir=tfds_dir or None,
+                      file_format="array_record")
+  return prepare(builder).as_data_source(split=split)
 
 
 def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:

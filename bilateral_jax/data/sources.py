@@ -6,7 +6,6 @@ fills the last evaluation batch). Classification: `inputs` int32 [length] (0 = p
 from __future__ import annotations
 
 import pathlib
-import pickle
 from typing import Any, Callable
 
 import ml_collections
@@ -160,117 +159,86 @@ def catalog_source(name: str, config: ml_collections.ConfigDict, tfds_split: str
         f"the data dir here, or set data.directory to the raw files.") from error
 
 
-def catalog_split(name: str, config: ml_collections.ConfigDict, split: str, validation_size: int):
-  """A split of a TFDS catalog dataset prepared in `data.tfds_dir` (array_record) as (source, indices);
-  validation is `validation_size` train examples held out by a seeded permutation (data.seed)."""
-  source = catalog_source(name, config, "test" if split == "test" else "train")
+def held_out_split(load_part: Callable[[str], Any], config: ml_collections.ConfigDict, split: str):
+  """(source, indices) of `split` for a release with train and test parts: test as it is; validation
+  `data.validation_size` train examples held out by a seeded permutation (data.seed), train the rest.
+  load_part('train' | 'test') -> a random-access source."""
+  source = load_part("test" if split == "test" else "train")
   indices = list(range(len(source)))
-  if split != "test":
-    indices = _held_out(indices, split, validation_size, config.seed)
-  return source, indices
+  if split == "test":
+    return source, indices
+  order = np.random.default_rng(config.seed).permutation(len(indices))
+  size = config.validation_size
+  return source, [indices[i] for i in (order[-size:] if split == "validation" else order[:-size])]
 
 
 CIFAR_STATS = {  # per-channel mean and std of the training images
     "cifar10": (np.asarray([0.4914, 0.4822, 0.4465], np.float32), np.asarray([0.2470, 0.2435, 0.2616], np.float32)),
     "cifar100": (np.asarray([0.5071, 0.4865, 0.4409], np.float32), np.asarray([0.2673, 0.2564, 0.2762], np.float32)),
 }
-CIFAR = {  # name -> (train files, test files, label key, classes)
-    "cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10),
-    "cifar100": (["train"], ["test"], b"fine_labels", 100),
-}
-
-
 def _cifar_arrays(name: str, config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
   """uint8 images [n, 32, 32, 3] and labels of a CIFAR-10/100 split: from the python batches in
-  `data.directory` (validation: the last `data.validation_size` training images), or, with no directory,
-  from TFDS `cifar10`/`cifar100` in `data.tfds_dir` (validation held out by a seeded permutation)."""
-  if not config.directory:
-    source, indices = catalog_split(name, config, split, config.validation_size)
-    examples = [source[i] for i in indices]
-    return (np.stack([e["image"] for e in examples]).astype(np.uint8),
-            np.asarray([e["label"] for e in examples], np.int32))
-  directory = pathlib.Path(config.directory)
-  train_files, test_files, label_key, _ = CIFAR[name]
-  _require_files(directory, train_files + test_files, name.upper(),
-                 f"the '{name.upper()} python version' archive, extracted")
-  images, labels = [], []
-  for file in test_files if split == "test" else train_files:
-    with (directory / file).open("rb") as handle:
-      batch = pickle.load(handle, encoding="bytes")
-    images.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-    labels.append(np.asarray(batch[label_key], np.int32))
-  images, labels = np.concatenate(images), np.concatenate(labels)
-  if split == "test":
-    return images, labels
-  held_out = config.validation_size
-  return (images[-held_out:], labels[-held_out:]) if split == "validation" else (images[:-held_out],
-                                                                                 labels[:-held_out])
+  `data.directory` (converted to TFDS once), or, with no directory, from TFDS `cifar10`/`cifar100` in
+  `data.tfds_dir`; validation is `data.validation_size` train images held out by a seeded permutation."""
+  if config.directory:
+    train_files, test_files, _, _ = builders.CIFAR_FILES[name]
+    _require_files(pathlib.Path(config.directory), train_files + test_files, name.upper(),
+                   f"the '{name.upper()} python version' archive, extracted")
+    source, indices = held_out_split(lambda part: builders.converted(name, config.directory, config.tfds_dir, part),
+                                     config, split)
+  else:
+    source, indices = held_out_split(lambda part: catalog_source(name, config, part), config, split)
+  examples = [source[i] for i in indices]
+  return (np.stack([e["image"] for e in examples]).astype(np.uint8),
+          np.asarray([e["label"] for e in examples], np.int32))
 
 
 def _cifar(name: str):
   def load(config: ml_collections.ConfigDict, split: str) -> ArraySource:
     images, labels = _cifar_arrays(name, config, split)
-    info = dict(num_classes=CIFAR[name][3], image_stats=CIFAR_STATS[name], image_size=32, crop_fraction=None)
+    info = dict(num_classes=builders.CIFAR_FILES[name][3], image_stats=CIFAR_STATS[name], image_size=32, crop_fraction=None)
     return ArraySource(info, inputs=images, label=labels, weight=np.ones(len(labels), np.float32))
 
   load.__doc__ = f"{name.upper()} uint8 images [32, 32, 3] (see _cifar_arrays); the pipeline normalises them."
   return load
 
 
-def _held_out(items: list, split: str, size: int, seed: int) -> list:
-  """Train/validation from one list: a seeded permutation, the last `size` items held out."""
-  order = np.random.default_rng(seed).permutation(len(items))
-  chosen = order[-size:] if split == "validation" else order[:-size]
-  return [items[i] for i in chosen]
+def _text_ids(text) -> np.ndarray:
+  return builders.byte_ids(text.decode("utf-8") if isinstance(text, bytes) else text)
 
 
 def lra_text(config: ml_collections.ConfigDict, split: str) -> ArraySource:
   """LRA Text: IMDB reviews as bytes, from the aclImdb layout ({train,test}/{pos,neg}/*.txt) in
-  `data.directory`, or, with no directory, from TFDS `imdb_reviews` in `data.tfds_dir`; validation is
-  `data.validation_size` reviews held out of train (seeded)."""
-  if not config.directory:
-    source, indices = catalog_split("imdb_reviews", config, split, config.validation_size)
-    return _classification_source([(builders.byte_ids(source[i]["text"]), int(source[i]["label"]), f"imdb_reviews {i}")
-                                   for i in indices], config, builders.BYTE_VOCABULARY, 2)
-  root = pathlib.Path(config.directory)
-  folders = [root / part / label for part in ("train", "test") for label in ("neg", "pos")]
-  missing = [str(f) for f in folders if not f.is_dir()]
-  if missing:
-    raise FileNotFoundError(f"LRA Text: {', '.join(missing)} not found; data.directory must be the "
-                            "extracted aclImdb folder (train/ and test/, each with pos/ and neg/)")
-  part = "test" if split == "test" else "train"
-  files = [(path, label) for label, name in enumerate(("neg", "pos"))
-           for path in sorted((root / part / name).glob("*.txt"))]
-  if split != "test":
-    files = _held_out(files, split, config.validation_size, config.seed)
-  return _classification_source([(builders.byte_ids(path.read_text(encoding="utf-8")), label, str(path))
-                                 for path, label in files], config, builders.BYTE_VOCABULARY, 2)
+  `data.directory` (converted to TFDS once), or, with no directory, from TFDS `imdb_reviews` in
+  `data.tfds_dir`; validation is `data.validation_size` reviews held out of train (seeded)."""
+  if config.directory:
+    root = pathlib.Path(config.directory)
+    missing = [str(root / part / label) for part in ("train", "test") for label in ("neg", "pos")
+               if not (root / part / label).is_dir()]
+    if missing:
+      raise FileNotFoundError(f"LRA Text: {', '.join(missing)} not found; data.directory must be the "
+                              "extracted aclImdb folder (train/ and test/, each with pos/ and neg/)")
+    source, indices = held_out_split(
+        lambda part: builders.converted("aclimdb", config.directory, config.tfds_dir, part), config, split)
+  else:
+    source, indices = held_out_split(lambda part: catalog_source("imdb_reviews", config, part), config, split)
+  return _classification_source([(_text_ids(source[i]["text"]), int(source[i]["label"]), f"{split} review {i}")
+                                 for i in indices], config, builders.BYTE_VOCABULARY, 2)
 
 
 def lra_retrieval(config: ml_collections.ConfigDict, split: str) -> ArraySource:
-  """LRA Retrieval (AAN): `new_aan_pairs.{train,eval,test}.tsv`, lines `label\tid1\tid2\ttext1\ttext2`;
-  inputs [2, max_length] bytes, label 1 if the first paper cites the second."""
-  directory = pathlib.Path(config.directory)
-  names = {"train": "new_aan_pairs.train.tsv", "validation": "new_aan_pairs.eval.tsv",
-           "test": "new_aan_pairs.test.tsv"}
-  _require_files(directory, list(names.values()), "LRA Retrieval", "lra_release/tsv_data of the LRA release")
-  path = directory / names[split]
-  pairs, labels = [], []
-  with path.open(encoding="utf-8") as lines:
-    for number, line in enumerate(lines, start=1):
-      fields = line.rstrip("\n").split("\t")
-      where = f"{path}:{number}"
-      try:
-        label = int(float(fields[0]))
-      except ValueError:
-        label = -1
-      if len(fields) != 5 or label not in (0, 1):
-        raise ValueError(f"{where}: expected 'label(0/1)\\tid1\\tid2\\ttext1\\ttext2', got {line[:80]!r}...")
-      pairs.append(np.stack([fit_length(builders.byte_ids(text), config.max_length, config.overlength, where)
-                             for text in fields[3:5]]))
-      labels.append(label)
+  """LRA Retrieval (AAN): `new_aan_pairs.{train,eval,test}.tsv` (converted to TFDS once), lines
+  `label\tid1\tid2\ttext1\ttext2`; inputs [2, max_length] bytes, label 1 if the first paper cites the second."""
+  _require_files(pathlib.Path(config.directory), list(builders.AAN_FILES.values()), "LRA Retrieval",
+                 "lra_release/tsv_data of the LRA release")
+  source = builders.converted("aan", config.directory, config.tfds_dir, split)
+  examples = [source[i] for i in range(len(source))]
+  where = lambda i: f"{builders.AAN_FILES[split]} pair {i}"
+  pairs = [np.stack([fit_length(_text_ids(e[part]), config.max_length, config.overlength, where(i))
+                     for part in ("first", "second")]) for i, e in enumerate(examples)]
   return ArraySource(dict(vocab_size=builders.BYTE_VOCABULARY, num_classes=2), inputs=np.stack(pairs),
-                     label=np.asarray(labels, np.int32), weight=np.ones(len(labels), np.float32))
+                     label=np.asarray([e["label"] for e in examples], np.int32),
+                     weight=np.ones(len(examples), np.float32))
 
 
 def lra_image(config: ml_collections.ConfigDict, split: str) -> ArraySource:
@@ -282,35 +250,25 @@ def lra_image(config: ml_collections.ConfigDict, split: str) -> ArraySource:
                      weight=np.ones(len(labels), np.float32))
 
 
-PATHFINDER_DIFFICULTIES = {"easy": "curv_baseline", "medium": "curv_contour_length_9",
-                           "hard": "curv_contour_length_14"}
-
-
 def lra_pathfinder(config: ml_collections.ConfigDict, split: str) -> ArraySource:
-  """LRA Pathfinder from the release layout `<directory>/<difficulty dir>/{imgs,metadata}`: each metadata
-  file has one line per image, `<imgs subdir> <file name> <index> <label> ...`. Images (grayscale PNG,
-  side x side) become side^2 pixel ids 1..256; the examples are split 80/10/10 by a seeded permutation."""
-  from PIL import Image  # only this reader decodes images
-
-  root = pathlib.Path(config.directory) / PATHFINDER_DIFFICULTIES[config.difficulty]
-  metadata = sorted((root / "metadata").glob("*.npy")) if (root / "metadata").is_dir() else []
-  if not metadata:
+  """LRA Pathfinder from the release layout `<directory>/<difficulty dir>/{imgs,metadata}` (converted to
+  TFDS once): each metadata file has one line per image, `<imgs subdir> <file name> <index> <label> ...`.
+  Images (grayscale PNG, side x side) become side^2 pixel ids 1..256; the examples are split 80/10/10 by
+  a seeded permutation."""
+  difficulties = builders.PATHFINDER_DIFFICULTIES
+  root = pathlib.Path(config.directory) / difficulties[config.difficulty]
+  if not ((root / "metadata").is_dir() and any((root / "metadata").glob("*.npy"))):
     raise FileNotFoundError(f"LRA Pathfinder: no metadata/*.npy under {root}; data.directory must hold "
-                            f"{'/'.join(PATHFINDER_DIFFICULTIES.values())} from lra_release/pathfinder{{32,64,128}}")
-  examples = []
-  for path in metadata:
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-      fields = line.split()
-      if len(fields) < 4 or fields[3] not in ("0", "1"):
-        raise ValueError(f"{path}:{number}: expected '<imgs dir> <file> <index> <label 0/1> ...', got {line!r}")
-      examples.append((root / fields[0] / fields[1], int(fields[3])))
-  order = np.random.default_rng(config.seed).permutation(len(examples))
+                            f"{'/'.join(difficulties.values())} from lra_release/pathfinder{{32,64,128}}")
+  source = builders.converted("pathfinder", str(root), config.tfds_dir, "examples")
+  order = np.random.default_rng(config.seed).permutation(len(source))
   cut = [int(0.8 * len(order)), int(0.9 * len(order))]
   chosen = {"train": order[:cut[0]], "validation": order[cut[0]:cut[1]], "test": order[cut[1]:]}[split]
-  inputs = np.stack([builders.byte_ids(Image.open(examples[i][0]).convert("L")).ravel() for i in chosen])
-  labels = np.asarray([examples[i][1] for i in chosen], np.int32)
-  return ArraySource(dict(vocab_size=builders.BYTE_VOCABULARY, num_classes=2), inputs=inputs, label=labels,
-                     weight=np.ones(len(labels), np.float32))
+  examples = [source[int(i)] for i in chosen]
+  return ArraySource(dict(vocab_size=builders.BYTE_VOCABULARY, num_classes=2),
+                     inputs=np.stack([builders.byte_ids(e["image"]).ravel() for e in examples]),
+                     label=np.asarray([e["label"] for e in examples], np.int32),
+                     weight=np.ones(len(examples), np.float32))
 
 
 class PixelSource:
@@ -339,29 +297,39 @@ def pathfinder_generated(config: ml_collections.ConfigDict, split: str) -> Pixel
   return PixelSource(builder.as_data_source(split=split), num_classes=2)
 
 
-class ImageFolderSource:
-  """Images decoded on demand from a class-per-folder layout (`<split dir>/<class>/<image>`) as uint8
-  RGB arrays of their own size; the pipeline crops them to `image_size` (see `augment.image_transform`).
-  Classes are the sorted folder names of the train directory."""
+class ImageSource:
+  """Labelled images decoded on demand as uint8 RGB arrays of their own size (the pipeline crops them to
+  `image_size`, see `augment.image_transform`): from (path, label) pairs, or from a TFDS source's
+  `image`/`label` examples."""
 
-  def __init__(self, files: list[tuple[pathlib.Path, int]], info: dict):
-    self.files, self.info = files, info
+  def __init__(self, examples, info: dict):
+    self.examples, self.info = examples, info
 
   def __len__(self) -> int:
-    return len(self.files)
+    return len(self.examples)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    from PIL import Image
+    example = self.examples[index]
+    if isinstance(example, dict):
+      pixels, label = np.asarray(example["image"]), example["label"]
+    else:
+      from PIL import Image
 
-    path, label = self.files[index]
-    with Image.open(path) as image:
-      pixels = np.asarray(image.convert("RGB"))
+      path, label = example
+      with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"))
     return {"inputs": pixels, "label": np.int32(label), "weight": np.float32(1.0)}
 
 
-def imagenet_folders(config: ml_collections.ConfigDict, split: str) -> ImageFolderSource:
-  """ImageNet-1k in the train/val folder layout (`train/<wnid>/*.JPEG`, `val/<wnid>/*.JPEG`); the
-  validation and test splits are both `val/`, as ImageNet's labelled evaluation set."""
+def imagenet(config: ml_collections.ConfigDict, split: str) -> ImageSource:
+  """ImageNet-1k in the train/val folder layout in `data.directory` (`train/<wnid>/*.JPEG`,
+  `val/<wnid>/*.JPEG`; classes are the sorted train folder names), or, with no directory, TFDS
+  `imagenet2012` in `data.tfds_dir`. The validation and test splits are both ImageNet's validation set."""
+  info = dict(image_stats=(augment.IMAGENET_MEAN, augment.IMAGENET_STD), image_size=config.image_size,
+              crop_fraction=config.crop_fraction)
+  if not config.directory:
+    source = catalog_source("imagenet2012", config, "train" if split == "train" else "validation")
+    return ImageSource(source, info | dict(num_classes=1000))
   root = pathlib.Path(config.directory)
   folder = root / ("train" if split == "train" else "val")
   if not (root / "train").is_dir() or not folder.is_dir():
@@ -370,9 +338,7 @@ def imagenet_folders(config: ml_collections.ConfigDict, split: str) -> ImageFold
   classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
   files = [(path, label) for label, name in enumerate(classes)
            for path in sorted((folder / name).glob("*")) if path.is_file()]
-  info = dict(num_classes=len(classes), image_stats=(augment.IMAGENET_MEAN, augment.IMAGENET_STD),
-              image_size=config.image_size, crop_fraction=config.crop_fraction)
-  return ImageFolderSource(files, info)
+  return ImageSource(files, info | dict(num_classes=len(classes)))
 
 
 class SegmentationSource:
@@ -441,7 +407,7 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict, str], Any]] = {
     "lra_image": lra_image,
     "lra_pathfinder": lra_pathfinder,
     "pathfinder_generated": pathfinder_generated,
-    "imagenet_folders": imagenet_folders,
+    "imagenet": imagenet,
     "ade20k": ade20k,
 }
 

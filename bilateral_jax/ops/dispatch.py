@@ -31,6 +31,9 @@ def choose_path(requested: str, backend: str, *, spatial, q_pos, k_pos, mask, is
   if requested not in IMPLEMENTATIONS:
     raise ValueError(f"unknown attention implementation {requested!r}; known: {', '.join(IMPLEMENTATIONS)}")
   case = dict(spatial=spatial, q_pos=q_pos, k_pos=k_pos, mask=mask, is_causal=is_causal)
+  if requested == "pallas" and backend == "tpu":
+    raise ValueError("attention_implementation='pallas' has no TPU kernel (Triton on GPU, the interpreter on "
+                     "CPU); use 'auto' or 'folded'")
   if requested != "auto":
     if not applies(requested, **case):
       raise ValueError(f"attention_implementation={requested!r} does not apply to spatial={spatial!r} "
