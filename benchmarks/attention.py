@@ -6,8 +6,8 @@ vs BSA on each path, measured side by side in one run.
 
 Paths (`bilateral_jax.ops.dispatch`): `xla` is the explicit logits of `bilateral_attention`; `folded` is
 `folded_bilateral_attention` for the foldable kernels (dot content + causal Laplacian spatial, i.e.
-learned-bandwidth ALiBi; Gaussian content without spatial term); `pallas` is the flash kernel
-(`flash_bilateral_attention`, interpreted on CPU). Every variant is causal. Times are medians of
+learned-bandwidth ALiBi; Gaussian content without spatial term; TUPE); `pallas` is the flash kernel
+(in-tile spatial terms, or the folded q and k for TUPE; interpreted on CPU). Every variant is causal. Times are medians of
 interleaved rounds; memory is XLA's temporary buffer size for the compiled forward + backward (a Pallas
 kernel's own tiles are not in it). float32 on CPU, lengths 512-2048; bfloat16 on GPU, lengths 512-16K.
 A variant that does not fit in memory is reported as such.
@@ -25,6 +25,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from bilateral_jax import ops  # noqa: E402
+from bilateral_jax.ops.dispatch import pallas_attention  # noqa: E402
 from bilateral_jax.ops.flash import flash_bilateral_attention  # noqa: E402
 from bilateral_jax.ops.folded import folded_bilateral_attention  # noqa: E402
 
@@ -32,6 +33,7 @@ from bilateral_jax.ops.folded import folded_bilateral_attention  # noqa: E402
 def variants(length, heads):
   coords = ops.sequence_coordinates(length)
   h_y, h_p = jnp.full((heads,), 2.0), ops.geometric_bandwidths(heads, 1.0, 256.0)
+  features = 0.1 * jax.random.normal(jax.random.key(1), (length, heads, 8))  # TUPE's projected position table
   return {
       "standard (jax.nn)": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True),
       "BSA gaussian/gaussian, xla": lambda q, k, v: ops.bilateral_attention(
@@ -46,6 +48,10 @@ def variants(length, heads):
           q, k, v, coords, coords, h_y=h_y, h_p=h_p, is_causal=True),
       "BSA dot/laplacian, pallas": lambda q, k, v: flash_bilateral_attention(
           q, k, v, coords, coords, h_y=h_y, h_p=h_p, content="dot", spatial="laplacian", is_causal=True),
+      "BSA dot/dot (TUPE), folded": lambda q, k, v: folded_bilateral_attention(
+          q, k, v, features, features, h_y=h_y, h_p=h_y, content="dot", spatial="dot", is_causal=True),
+      "BSA dot/dot (TUPE), pallas": lambda q, k, v: pallas_attention(
+          q, k, v, features, features, h_y=h_y, h_p=h_y, content="dot", spatial="dot", is_causal=True),
   }
 
 

@@ -113,21 +113,23 @@ def _check_loop_settings(config: ml_collections.ConfigDict) -> None:
       raise ValueError(message)
 
 
+def _refuse_switches(augment_config: ml_collections.ConfigDict, names: tuple[str, ...], why: str) -> None:
+  used = [name for name in names if (augment_config[name] > 1 if name == "repeats" else augment_config[name])]
+  if used:
+    raise ValueError(f"augment.{', augment.'.join(used)} {why}")
+
+
 def _image_transforms(config: ml_collections.ConfigDict, info: dict):
   """(train, eval) per-example transforms for image datasets (normalisation and `config.augment`)."""
+  per_image = ("random_resized_crop", "hflip", "rand_augment_ops", "random_erasing")
   if "image_stats" not in info:
-    image_switches = ("random_resized_crop", "hflip", "rand_augment_ops", "random_erasing", "cutmix_alpha")
-    used = [name for name in image_switches if config.augment[name]] + ["repeats"] * (config.augment.repeats > 1)
-    if used:
-      raise ValueError(f"augment.{', augment.'.join(used)} apply to image datasets, not {config.data.name!r}")
+    _refuse_switches(config.augment, per_image + ("cutmix_alpha", "repeats"),
+                     f"apply to image datasets, not {config.data.name!r}")
     return None, None
   mean, std = info["image_stats"]
   if "scale_range" in info:  # semantic segmentation: its own crop-and-flip recipe, on image and mask
-    image_switches = ("random_resized_crop", "hflip", "rand_augment_ops", "random_erasing")
-    used = [name for name in image_switches if config.augment[name]]
-    if used:
-      raise ValueError(f"augment.{', augment.'.join(used)} apply to image classification, not segmentation "
-                       f"({config.data.name!r} crops, scales and flips image and mask together)")
+    _refuse_switches(config.augment, per_image, f"apply to image classification, not segmentation "
+                     f"({config.data.name!r} crops, scales and flips image and mask together)")
     return tuple(augment.segmentation_transform(mean, std, size=info["image_size"], scale_range=info["scale_range"],
                                                 train=train) for train in (True, False))
   size = dict(size=info["image_size"], crop_fraction=info["crop_fraction"])

@@ -116,3 +116,12 @@ def test_image_switches_on_text_data_are_refused(tmp_path):
   from tests.test_training import tiny_config
   with pytest.raises(ValueError, match="augment.hflip apply to image datasets"):
     trainer.Experiment(tiny_config(**{"augment.hflip": True}))
+
+
+def test_classification_switches_on_segmentation_are_refused(tmp_path):
+  from bilateral_jax import trainer
+  from tests.test_training import small_config
+  with pytest.raises(ValueError, match="augment.hflip apply to image classification, not segmentation"):
+    trainer.Experiment(small_config("segmenter_ade20k", tmp_path, **{"augment.hflip": True}))
+  with pytest.raises(ValueError, match="apply to classifiers, not 'segmenter'"):
+    trainer.Experiment(small_config("segmenter_ade20k", tmp_path, **{"augment.label_smoothing": 0.1}))

@@ -40,14 +40,36 @@ def test_flash_equals_explicit_forward_and_gradients(content, spatial, dims, cau
       assert_close(got_grad, want_grad, rtol=1e-4)
 
 
+@pytest.mark.parametrize("content,layout,causal", [("gaussian", "per_head", False), ("dot", 2, True)])
+def test_pallas_path_on_folded_features_equals_explicit(content, layout, causal):
+  """Spatial `dot` (TUPE) has no in-tile form: the pallas path runs the flash kernel on the folded q, k."""
+  q, k, v = qkv(seed=5)
+  pos = positions("dot", layout, q.shape[1])  # with a place-less first row
+  mask = jnp.ones((B, 1, 1, q.shape[1]), bool).at[1, ..., -2:].set(False)
+  kwargs = dict(content=content, spatial="dot", mask=mask, is_causal=causal)
+  loss = lambda f, *a: jnp.sum(jnp.sin(f(*a[:3], pos, pos, h_y=a[3], h_p=a[4], **kwargs)))
+  args = (q, k, v, H_Y, H_P)
+  assert_close(dispatch.pallas_attention(*args[:3], pos, pos, h_y=H_Y, h_p=H_P, **kwargs),
+               ops.bilateral_attention(*args[:3], pos, pos, h_y=H_Y, h_p=H_P, **kwargs))
+  got = jax.grad(lambda *a: loss(dispatch.pallas_attention, *a), argnums=range(5))(*args)
+  want = jax.grad(lambda *a: loss(ops.bilateral_attention, *a), argnums=range(5))(*args)
+  for got_grad, want_grad in zip(got, want):
+    assert_close(got_grad, want_grad, rtol=1e-4)
+
+
 def test_rows_with_no_key_are_uniform_as_in_the_explicit_ops():
   q, k, v = qkv(seed=4, n=N, m=N)
   pos = positions("gaussian", 1, N, placeless=0)
   padding = np.ones((B, N), bool)
   padding[0] = False
   kwargs = dict(h_y=H_Y, h_p=H_P, mask=jnp.asarray(padding)[:, None, None, :])
-  assert_close(flash_bilateral_attention(q, k, v, pos, pos, block_size=16, **kwargs),
-               ops.bilateral_attention(q, k, v, pos, pos, **kwargs))
+  flash = lambda q, k, v: flash_bilateral_attention(q, k, v, pos, pos, block_size=16, **kwargs)
+  explicit = lambda q, k, v: ops.bilateral_attention(q, k, v, pos, pos, **kwargs)
+  assert_close(flash(q, k, v), explicit(q, k, v))
+  loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))
+  for got, want in zip(jax.grad(loss(flash), argnums=range(3))(q, k, v),
+                       jax.grad(loss(explicit), argnums=range(3))(q, k, v)):
+    assert_close(got, want, rtol=1e-4)
 
 
 def test_kernels_lower_to_triton_for_an_h100():
@@ -77,9 +99,9 @@ def test_dispatch_takes_an_exact_path_or_refuses():
   assert dispatch.choose_path("auto", "gpu", spatial="laplacian", **case) == "folded"
   assert dispatch.choose_path("auto", "gpu", spatial="gaussian", **case) == "xla"
   assert dispatch.choose_path("pallas", "cpu", spatial="gaussian", **case) == "pallas"
-  with pytest.raises(ValueError, match="'pallas' does not apply to spatial='dot'"):
-    features = jnp.ones((8, H, 3))
-    dispatch.choose_path("pallas", "gpu", spatial="dot", q_pos=features, k_pos=features, mask=None, is_causal=False)
+  features = jnp.ones((8, H, 3))  # TUPE: the flash kernel on the folded q and k
+  assert dispatch.choose_path("pallas", "gpu", spatial="dot", q_pos=features, k_pos=features, mask=None,
+                              is_causal=False) == "pallas"
   with pytest.raises(ValueError, match="'pallas' does not apply"):  # a mask that depends on the query
     dispatch.choose_path("pallas", "gpu", spatial="gaussian", **{**case, "mask": jnp.ones((2, 1, 8, 8), bool)})
   with pytest.raises(ValueError, match="'pallas' has no TPU kernel"):
@@ -94,14 +116,15 @@ def test_models_match_on_the_pallas_path():
   from tests.test_folded import flat
   tokens = jnp.asarray(np.arange(2 * 12).reshape(2, 12) % 11).at[1, -3:].set(0)  # padding in the classifier
   images = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3))
-  cases = [("lm", dict(vocab_size=11), tokens),  # causal, 1-D
-           ("classifier", dict(vocab_size=11, num_classes=3, pooling="cls"), tokens),  # padding, place-less CLS
-           ("vit", dict(num_classes=3), images)]  # 2-D grid
-  for kind, sizes, inputs in cases:
+  cases = [("lm", dict(vocab_size=11), tokens, {}),  # causal, 1-D
+           ("classifier", dict(vocab_size=11, num_classes=3, pooling="cls"), tokens, {}),  # padding, place-less CLS
+           ("vit", dict(num_classes=3), images, {}),  # 2-D grid
+           ("lm", dict(vocab_size=11), tokens, dict(spatial="dot", position_table="sinusoidal"))]  # TUPE, folded
+  for kind, sizes, inputs, settings in cases:
     results = []
     for implementation in ("xla", "pallas"):
       config = TransformerConfig(num_layers=1, num_heads=2, model_dim=16, mlp_dim=32, max_length=16,
-                                 attention_implementation=implementation)
+                                 attention_implementation=implementation, **settings)
       model = build_model(kind, config, **sizes)
       params = model.init(jax.random.key(0), inputs)
       results.append((model.apply(params, inputs),

@@ -297,31 +297,38 @@ def pathfinder_generated(config: ml_collections.ConfigDict, split: str) -> Pixel
   return PixelSource(builder.as_data_source(split=split), num_classes=2)
 
 
-class ImageSource:
-  """Labelled images decoded on demand as uint8 RGB arrays of their own size (the pipeline crops them to
-  `image_size`, see `augment.image_transform`): from (path, label) pairs, or from a TFDS source's
-  `image`/`label` examples."""
+class DecodedSource:
+  """A random-access source that decodes each example when it is read: decode(example) -> dict of arrays,
+  for (path, ...) tuples of files or a TFDS source's examples."""
 
-  def __init__(self, examples, info: dict):
-    self.examples, self.info = examples, info
+  def __init__(self, examples, decode: Callable[[Any], dict], info: dict):
+    self.examples, self.decode, self.info = examples, decode, info
 
   def __len__(self) -> int:
     return len(self.examples)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    example = self.examples[index]
-    if isinstance(example, dict):
-      pixels, label = np.asarray(example["image"]), example["label"]
-    else:
-      from PIL import Image
-
-      path, label = example
-      with Image.open(path) as image:
-        pixels = np.asarray(image.convert("RGB"))
-    return {"inputs": pixels, "label": np.int32(label), "weight": np.float32(1.0)}
+    return self.decode(self.examples[index])
 
 
-def imagenet(config: ml_collections.ConfigDict, split: str) -> ImageSource:
+def _read_image(path: pathlib.Path, mode: str) -> np.ndarray:
+  from PIL import Image
+
+  with Image.open(path) as image:
+    return np.asarray(image.convert(mode) if mode else image)
+
+
+def _labelled_image(example) -> dict[str, np.ndarray]:
+  """A uint8 RGB image of its own size (the pipeline crops it, see `augment.image_transform`) and its
+  label, from a (path, label) pair or a TFDS `image`/`label` example."""
+  if isinstance(example, dict):
+    pixels, label = np.asarray(example["image"]), example["label"]
+  else:
+    pixels, label = _read_image(example[0], "RGB"), example[1]
+  return {"inputs": pixels, "label": np.int32(label), "weight": np.float32(1.0)}
+
+
+def imagenet(config: ml_collections.ConfigDict, split: str) -> DecodedSource:
   """ImageNet-1k in the train/val folder layout in `data.directory` (`train/<wnid>/*.JPEG`,
   `val/<wnid>/*.JPEG`; classes are the sorted train folder names), or, with no directory, TFDS
   `imagenet2012` in `data.tfds_dir`. The validation and test splits are both ImageNet's validation set."""
@@ -329,7 +336,7 @@ def imagenet(config: ml_collections.ConfigDict, split: str) -> ImageSource:
               crop_fraction=config.crop_fraction)
   if not config.directory:
     source = catalog_source("imagenet2012", config, "train" if split == "train" else "validation")
-    return ImageSource(source, info | dict(num_classes=1000))
+    return DecodedSource(source, _labelled_image, info | dict(num_classes=1000))
   root = pathlib.Path(config.directory)
   folder = root / ("train" if split == "train" else "val")
   if not (root / "train").is_dir() or not folder.is_dir():
@@ -338,37 +345,23 @@ def imagenet(config: ml_collections.ConfigDict, split: str) -> ImageSource:
   classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
   files = [(path, label) for label, name in enumerate(classes)
            for path in sorted((folder / name).glob("*")) if path.is_file()]
-  return ImageSource(files, info | dict(num_classes=len(classes)))
+  return DecodedSource(files, _labelled_image, info | dict(num_classes=len(classes)))
 
 
-class SegmentationSource:
-  """ADE20K scene parsing (150 classes) as uint8 images [h, w, 3] and annotations `label` [h, w] (0 =
-  unlabelled, c = class c - 1), from (image, annotation) file pairs or a TFDS `scene_parse150` source."""
-
-  def __init__(self, examples, info: dict):
-    self.examples, self.info = examples, info
-
-  def __len__(self) -> int:
-    return len(self.examples)
-
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    example = self.examples[index]
-    if isinstance(example, dict):  # TFDS: the annotation PNG decodes to 3 equal channels
-      image, annotation = example["image"], example["annotation"][..., 0]
-    else:
-      from PIL import Image
-
-      with Image.open(example[0]) as file:
-        image = np.asarray(file.convert("RGB"))
-      with Image.open(example[1]) as file:
-        annotation = np.asarray(file)
-      if annotation.shape != image.shape[:2]:
-        raise ValueError(f"{example[1]}: annotation of shape {annotation.shape} for an image of {image.shape[:2]}")
-    return {"inputs": np.asarray(image, np.uint8), "label": np.asarray(annotation, np.uint8),
-            "weight": np.float32(1.0)}
+def _scene_parse(example) -> dict[str, np.ndarray]:
+  """ADE20K: a uint8 image [h, w, 3] and its annotation `label` [h, w] (0 = unlabelled, c = class c - 1),
+  from an (image, annotation) file pair or a TFDS `scene_parse150` example."""
+  if isinstance(example, dict):  # TFDS: the annotation PNG decodes to 3 equal channels
+    image, annotation = example["image"], example["annotation"][..., 0]
+  else:
+    image, annotation = _read_image(example[0], "RGB"), _read_image(example[1], "")
+    if annotation.shape != image.shape[:2]:
+      raise ValueError(f"{example[1]}: annotation of shape {annotation.shape} for an image of {image.shape[:2]}")
+  return {"inputs": np.asarray(image, np.uint8), "label": np.asarray(annotation, np.uint8),
+          "weight": np.float32(1.0)}
 
 
-def ade20k(config: ml_collections.ConfigDict, split: str) -> SegmentationSource:
+def ade20k(config: ml_collections.ConfigDict, split: str) -> DecodedSource:
   """ADE20K (SceneParsing, 150 classes) from the release layout in `data.directory`
   (ADEChallengeData2016: images/{training,validation}/*.jpg, annotations/{training,validation}/*.png), or,
   with no directory, from TFDS `scene_parse150` in `data.tfds_dir`. The validation and test splits are
@@ -377,7 +370,7 @@ def ade20k(config: ml_collections.ConfigDict, split: str) -> SegmentationSource:
               image_size=config.image_size, scale_range=tuple(config.scale_range))
   if not config.directory:
     source = catalog_source("scene_parse150", config, "train" if split == "train" else "test")
-    return SegmentationSource(source, info)
+    return DecodedSource(source, _scene_parse, info)
   root = pathlib.Path(config.directory)
   folder = "training" if split == "train" else "validation"
   images, annotations = root / "images" / folder, root / "annotations" / folder
@@ -392,7 +385,7 @@ def ade20k(config: ml_collections.ConfigDict, split: str) -> SegmentationSource:
     pairs.append((image, annotation))
   if not pairs:
     raise FileNotFoundError(f"ADE20K: no *.jpg images in {images}")
-  return SegmentationSource(pairs, info)
+  return DecodedSource(pairs, _scene_parse, info)
 
 
 DATASETS: dict[str, Callable[[ml_collections.ConfigDict, str], Any]] = {

@@ -39,8 +39,9 @@ class TransformerConfig:
   norm: `pre` or `post` LayerNorm.
   attention_implementation: how BSA is computed (the same numbers either way; `ops.dispatch`): `xla`
     (explicit logits), `folded` (spatial features appended to q and k, one `jax.nn.dot_product_attention`;
-    kernels `ops.folded.foldable` accepts), `pallas` (flash kernel, Gaussian/Laplacian/no spatial term,
-    memory linear in the length; interpreted on CPU), `auto` (the fastest measured path for the backend).
+    kernels `ops.folded.foldable` accepts), `pallas` (flash kernel, memory linear in the length: spatial
+    terms computed in the tiles, or TUPE on the folded q and k; key-only masks; interpreted on CPU),
+    `auto` (the fastest measured path for the backend).
     Not part of a checkpoint's identity.
   """
   num_layers: int = 2

@@ -1,7 +1,8 @@
 """Which exact BSA path computes a call: `xla` (explicit logits, `bilateral_attention`), `folded` (one
 `jax.nn.dot_product_attention` on q and k extended by low-rank spatial features) or `pallas` (the flash
-kernel with in-tile Gaussian/Laplacian spatial terms). All three give the same numbers within dtype
-tolerance; they differ in speed and memory.
+kernel: Gaussian/Laplacian spatial terms inside the tiles, other foldable kernels on the folded q and k;
+memory linear in the length). All three give the same numbers within dtype tolerance; they differ in speed
+and memory.
 """
 from __future__ import annotations
 
@@ -9,15 +10,25 @@ from bilateral_jax.ops.attention import bilateral_attention
 from bilateral_jax.ops.flash import flash_applies, flash_bilateral_attention
 from bilateral_jax.ops.folded import foldable, folded_bilateral_attention
 
-PATHS = {"xla": bilateral_attention, "folded": folded_bilateral_attention, "pallas": flash_bilateral_attention}
+
+def pallas_attention(q, k, v, q_pos, k_pos, *, spatial, mask=None, is_causal=False, **kwargs):
+  """The flash kernel: in-tile spatial terms where `flash_applies`, else on the folded q and k."""
+  if flash_applies(spatial, q_pos, mask):
+    return flash_bilateral_attention(q, k, v, q_pos, k_pos, spatial=spatial, mask=mask, is_causal=is_causal, **kwargs)
+  return folded_bilateral_attention(q, k, v, q_pos, k_pos, spatial=spatial, mask=mask, is_causal=is_causal,
+                                    implementation="pallas", **kwargs)
+
+
+PATHS = {"xla": bilateral_attention, "folded": folded_bilateral_attention, "pallas": pallas_attention}
 IMPLEMENTATIONS = ("auto",) + tuple(PATHS)
 
 
 def applies(path: str, *, spatial, q_pos, k_pos, mask, is_causal) -> bool:
   if path == "folded":
     return foldable(spatial, is_causal, q_pos, k_pos)
-  if path == "pallas":
-    return flash_applies(spatial, q_pos, mask)
+  if path == "pallas":  # a key-only mask, and kernels computed in the tiles or foldable
+    return flash_applies(spatial, q_pos, mask) or (flash_applies(None, None, mask) and
+                                                   foldable(spatial, is_causal, q_pos, k_pos))
   return True
 
 

@@ -98,7 +98,7 @@ def _rows(ref, start=None, size=None):
   return [ref[r, cols] for r in range(ref.shape[0])]
 
 
-def _forward_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, o_ref, lse_ref, *, opts):
+def _forward_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, o_ref, m_ref, inv_l_ref, *, opts):
   block_q, block_k = opts.block_q, opts.block_k
   q_start = pl.program_id(2) * block_q
   q, q_coords = q_ref[...], _rows(qc_ref)
@@ -119,20 +119,23 @@ def _forward_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, o_ref
           jnp.zeros(o_ref.shape, jnp.float32))
   m, l, acc = lax.fori_loop(0, _key_blocks(q_start + block_q, opts, k_ref.shape[0] // block_k), body, init)
   o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
-  lse_ref[...] = m + jnp.log(l)
+  # The row max and 1 / normaliser, not their log-sum-exp: in a row with no key to attend, m is the
+  # masked logit and m + log(l) would round back to it.
+  m_ref[...] = m
+  inv_l_ref[...] = 1.0 / l
 
 
-def _tile_gradients(q, k, v, k_bias, k_keep, q_coords, k_coords, do, lse, delta, q_start, k_start, opts):
+def _tile_gradients(q, k, v, k_bias, k_keep, q_coords, k_coords, do, m, inv_l, delta, q_start, k_start, opts):
   """Softmax weights p and logit cotangents ds = p (dO.v - delta) of one tile, and dS/dR_q."""
   s, counted, spatial_grads = _tile(q, k, k_bias, k_keep, q_coords, k_coords, q_start, k_start, opts)
-  p = jnp.exp(s - lse[:, None])
+  p = jnp.exp(s - m[:, None]) * inv_l[:, None]
   dp = lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
   ds = jnp.where(counted, p * (dp - delta[:, None]), 0.0)  # a fully masked row has constant logits
   return p, ds, spatial_grads
 
 
-def _key_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, do_ref, lse_ref, delta_ref,
-                          dk_ref, dv_ref, dkb_ref, dkc_ref, *, opts):
+def _key_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, do_ref, m_ref, inv_l_ref,
+                          delta_ref, dk_ref, dv_ref, dkb_ref, dkc_ref, *, opts):
   block_q, block_k = opts.block_q, opts.block_k
   k_start = pl.program_id(2) * block_k
   k, v, k_bias, k_keep, k_coords = k_ref[...], v_ref[...], kb_ref[...], keep_ref[...], _rows(kc_ref)
@@ -142,7 +145,8 @@ def _key_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref,
     rows = pl.ds(i * block_q, block_q)
     q, do = q_ref[rows, :], do_ref[rows, :]
     p, ds, spatial_grads = _tile_gradients(q, k, v, k_bias, k_keep, _rows(qc_ref, i * block_q, block_q), k_coords,
-                                           do, lse_ref[rows], delta_ref[rows], i * block_q, k_start, opts)
+                                           do, m_ref[rows], inv_l_ref[rows], delta_ref[rows], i * block_q, k_start,
+                                           opts)
     dv = dv + lax.dot_general(p.astype(do.dtype), do, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
     dk = dk + lax.dot_general(ds.astype(q.dtype), q, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
     dkc = [dc - jnp.sum(ds * g, axis=0) for dc, g in zip(dkc, spatial_grads)] + dkc[len(spatial_grads):]
@@ -160,18 +164,19 @@ def _key_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref,
     dkc_ref[r, :] = dc
 
 
-def _query_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, do_ref, lse_ref, delta_ref,
-                            dq_ref, dqc_ref, *, opts):
+def _query_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, do_ref, m_ref, inv_l_ref,
+                            delta_ref, dq_ref, dqc_ref, *, opts):
   block_q, block_k = opts.block_q, opts.block_k
   q_start = pl.program_id(2) * block_q
-  q, do, lse, delta, q_coords = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...], _rows(qc_ref)
+  q, do, delta, q_coords = q_ref[...], do_ref[...], delta_ref[...], _rows(qc_ref)
+  m, inv_l = m_ref[...], inv_l_ref[...]
 
   def body(j, carry):
     dq, dqc = carry
     keys = pl.ds(j * block_k, block_k)
     k = k_ref[keys, :]
     _, ds, spatial_grads = _tile_gradients(q, k, v_ref[keys, :], kb_ref[keys], keep_ref[keys], q_coords,
-                                           _rows(kc_ref, j * block_k, block_k), do, lse, delta, q_start,
+                                           _rows(kc_ref, j * block_k, block_k), do, m, inv_l, delta, q_start,
                                            j * block_k, opts)
     dq = dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
     dqc = [dc + jnp.sum(ds * g, axis=1) for dc, g in zip(dqc, spatial_grads)] + dqc[len(spatial_grads):]
@@ -187,7 +192,7 @@ def _query_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_re
 
 def _specs(q, k, q_coords, blocked: str, opts: _Options):
   """BlockSpecs over the grid (batch, heads, blocks of `blocked` = 'queries' or 'keys') for the inputs
-  q, k, v, k_bias, k_keep, q_coords, k_coords and the per-query (do, lse, delta) and per-key outputs."""
+  q, k, v, k_bias, k_keep, q_coords, k_coords and the per-query (do, m, inv_l, delta) and per-key outputs."""
   n, m, d, rows = q.shape[1], k.shape[1], q.shape[3], q_coords.shape[1]
   bq = opts.block_q if blocked == "queries" else n
   bk = opts.block_k if blocked == "keys" else m
@@ -201,7 +206,7 @@ def _specs(q, k, q_coords, blocked: str, opts: _Options):
       inputs=[q_spec, k_spec, k_spec, k_row, pl.BlockSpec((None, bk), lambda b, h, i: (b, ki(b, h, i))),
               pl.BlockSpec((None, rows, bq), lambda b, h, i: (h, 0, qi(b, h, i))),
               pl.BlockSpec((None, rows, bk), lambda b, h, i: (h, 0, ki(b, h, i)))],
-      per_query=[q_spec, q_row, q_row], q=q_spec, k=k_spec, k_row=k_row,
+      per_query=[q_spec, q_row, q_row, q_row], q=q_spec, k=k_spec, k_row=k_row,
       q_coords=pl.BlockSpec((None, None, rows, bq), lambda b, h, i: (b, h, 0, qi(b, h, i))),
       k_coords=pl.BlockSpec((None, None, rows, bk), lambda b, h, i: (b, h, 0, ki(b, h, i))))
 
@@ -217,9 +222,9 @@ def _call(kernel, grid_blocks: int, in_specs, out_specs, out_shape, opts: _Optio
 def _forward(q, k, v, k_bias, k_keep, q_coords, k_coords, opts: _Options):
   batch, n, heads, _ = q.shape
   specs = _specs(q, k, q_coords, "queries", opts)
-  out_shape = [jax.ShapeDtypeStruct(q.shape[:3] + v.shape[3:], v.dtype),
-               jax.ShapeDtypeStruct((batch, heads, n), jnp.float32)]
-  out_specs = [specs["q"], specs["per_query"][1]]
+  row = jax.ShapeDtypeStruct((batch, heads, n), jnp.float32)
+  out_shape = [jax.ShapeDtypeStruct(q.shape[:3] + v.shape[3:], v.dtype), row, row]
+  out_specs = [specs["q"], specs["per_query"][1], specs["per_query"][1]]
   return _call(_forward_kernel, n // opts.block_q, specs["inputs"], out_specs, out_shape, opts)(
       q, k, v, k_bias, k_keep, q_coords, k_coords)
 
@@ -230,16 +235,16 @@ def _flash(q, k, v, k_bias, k_keep, q_coords, k_coords, opts: _Options):
 
 
 def _flash_forward(q, k, v, k_bias, k_keep, q_coords, k_coords, opts):
-  out, lse = _forward(q, k, v, k_bias, k_keep, q_coords, k_coords, opts)
-  return out, (q, k, v, k_bias, k_keep, q_coords, k_coords, out, lse)
+  out, row_max, inv_l = _forward(q, k, v, k_bias, k_keep, q_coords, k_coords, opts)
+  return out, (q, k, v, k_bias, k_keep, q_coords, k_coords, out, row_max, inv_l)
 
 
 def _flash_backward(opts, residuals, d_out):
-  q, k, v, k_bias, k_keep, q_coords, k_coords, out, lse = residuals
+  q, k, v, k_bias, k_keep, q_coords, k_coords, out, row_max, inv_l = residuals
   batch, n, heads, _ = q.shape
   m, rows = k.shape[1], q_coords.shape[1]
   delta = jnp.einsum("bnhd,bnhd->bhn", d_out.astype(jnp.float32), out.astype(jnp.float32))
-  inputs = (q, k, v, k_bias, k_keep, q_coords, k_coords, d_out, lse, delta)
+  inputs = (q, k, v, k_bias, k_keep, q_coords, k_coords, d_out, row_max, inv_l, delta)
 
   key_specs = _specs(q, k, q_coords, "keys", opts)
   dk, dv, dk_bias, dk_coords = _call(
@@ -302,7 +307,9 @@ def flash_bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str =
   block_size = (512 if interpret else 64) if block_size is None else block_size
   opts = _Options(spatial, bool(is_causal), n, m, _block(n, block_size), _block(m, block_size), interpret)
   n_pad, m_pad = -(-n // opts.block_q) * opts.block_q, -(-m // opts.block_k) * opts.block_k
-  d_pad = max(16, pl.next_power_of_2(head_dim))  # Triton's dot wants power-of-two widths >= 16
+  d_pad = max(head_dim, v.shape[-1])
+  if not interpret:
+    d_pad = max(16, pl.next_power_of_2(d_pad))  # Triton's dot: power-of-two widths >= 16
 
   inv_hy2 = 1.0 / jnp.square(jnp.asarray(h_y, jnp.float32))  # [heads]
   q_scaled = q * inv_hy2[None, None, :, None].astype(q.dtype)
@@ -329,4 +336,4 @@ def flash_bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str =
 
   out = _flash(pad_tokens(q_scaled, n_pad), pad_tokens(k, m_pad), pad_tokens(v, m_pad), _pad(k_bias, 2, m_pad),
                _pad(k_keep, 1, m_pad), q_coords, k_coords, opts)
-  return out[:, :n, :, :head_dim]
+  return out[:, :n, :, :v.shape[-1]]

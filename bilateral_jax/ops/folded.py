@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bilateral_jax.ops.flash import flash_bilateral_attention
 from bilateral_jax.ops.kernels import _features_per_head, _split_placed
 
 
@@ -42,7 +43,12 @@ def _head_scale(x) -> jnp.ndarray:
 def folded_bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str = "gaussian",
                                spatial: str | None = "gaussian", mask=None, is_causal: bool = False,
                                implementation: str | None = None) -> jnp.ndarray:
-  """Equals `bilateral_attention` (same arguments) where `foldable`; [batch, q_len, heads, head_dim]."""
+  """Equals `bilateral_attention` (same arguments) where `foldable`; [batch, q_len, heads, head_dim].
+
+  `implementation` goes to `jax.nn.dot_product_attention` (None, 'xla', 'cudnn'), or is 'pallas': the
+  folded q and k then go through the flash kernel (`ops.flash`), memory linear in the length (key-only
+  masks).
+  """
   if not foldable(spatial, is_causal, q_pos, k_pos):
     raise ValueError(f"spatial={spatial!r} (causal={is_causal}) cannot be folded into q and k; use "
                      "bilateral_attention")
@@ -63,6 +69,9 @@ def folded_bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str 
     q_parts.append(jnp.broadcast_to(inv_hp, q.shape[:3] + (1,)))
     k_parts.append(jnp.broadcast_to(jnp.asarray(k_pos, k.dtype)[None, :, None, :], k.shape[:3] + (1,)))
   q_folded, k_folded = jnp.concatenate(q_parts, -1), jnp.concatenate(k_parts, -1)
+  if implementation == "pallas":
+    return flash_bilateral_attention(q_folded, k_folded, v, None, None, h_y=jnp.ones((heads,)), h_p=None,
+                                     content="dot", spatial=None, mask=mask, is_causal=is_causal)
   width = q_folded.shape[-1]
   if implementation == "cudnn":
     width = -(-width // 8) * 8  # cuDNN wants head dims in multiples of 8
