@@ -74,9 +74,10 @@ def read_metrics(workdir, split="train"):
 
 
 def run_script(script, workdir, overrides, devices=8, extra=(), timeout=300, **popen):
-  """Runs train.py/eval.py as a user would, with `devices` host CPU devices."""
+  """Runs train.py/eval.py as a user would, with `devices` host CPU devices and TFDS data in the workdir
+  (so that the processes of a multi-process run build their data together)."""
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-             "--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu")
+             "--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu", TFDS_DATA_DIR=str(pathlib.Path(workdir) / "tfds"))
   flags = [f"--config.{key}={value}" for key, value in overrides.items()]
   command = [sys.executable, str(ROOT / script), f"--workdir={workdir}", *flags, *extra]
   if popen:

@@ -348,18 +348,21 @@ class Converted(tfds.core.GeneratorBasedBuilder):
 
 def converted(release: str, directory: str, tfds_dir: str, split: str):
   """The TFDS data source of `split` of a release converted from `directory` (built on first use)."""
-  builder = Converted(config=ReleaseConfig.make(release, directory), data_dir=tfds_dir or None,
-                      file_format="array_record")
-  return prepare(builder).as_data_source(split=split)
+  return prepare(Converted, ReleaseConfig.make(release, directory), tfds_dir).as_data_source(split=split)
 
 
-def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
-  """Builds the dataset unless it is already there (a finished build is never redone). With several
-  processes, process 0 builds and the others wait for it."""
+def prepare(builder_class: type[tfds.core.DatasetBuilder], builder_config: tfds.core.BuilderConfig,
+            tfds_dir: str) -> tfds.core.DatasetBuilder:
+  """The array_record dataset of `builder_config` in `tfds_dir` (TFDS's default when empty), built unless
+  it is already there (a finished build is never redone). With several processes, process 0 builds while
+  the others wait, and then they read the finished dataset."""
+  make = lambda: builder_class(config=builder_config, data_dir=tfds_dir or None, file_format="array_record")
   download_config = tfds.download.DownloadConfig(try_download_gcs=False)
+  builder = make()
   if jax.process_count() > 1:
     if jax.process_index() == 0:
       builder.download_and_prepare(download_config=download_config)
     multihost_utils.sync_global_devices(f"tfds build {builder.info.full_name}")
+    builder = make()  # a builder made before the build finished does not see the dataset's info
   builder.download_and_prepare(download_config=download_config)
   return builder

@@ -69,8 +69,7 @@ class PaddedSource:
 
 
 def _listops(config: ml_collections.ConfigDict, split: str, builder_config) -> PaddedSource:
-  builder = builders.prepare(builders.ListOps(config=builder_config, data_dir=config.tfds_dir or None,
-                                              file_format="array_record"))
+  builder = builders.prepare(builders.ListOps, builder_config, config.tfds_dir)
   longest = builder.info.metadata[f"{split}_max_length"]
   if longest > config.max_length and config.overlength != "truncate":
     raise ValueError(f"ListOps {split} has sequences of up to {longest} tokens, more than data.max_length "
@@ -107,8 +106,7 @@ def _require_files(directory: pathlib.Path, names: list[str], what: str, where_t
 
 def _language_model_windows(builder_config, config: ml_collections.ConfigDict, split: str) -> ArraySource:
   """A TokenStream split cut into contiguous windows of `max_length` inputs with next-token targets."""
-  builder = builders.prepare(builders.TokenStream(config=builder_config, data_dir=config.tfds_dir or None,
-                                                  file_format="array_record"))
+  builder = builders.prepare(builders.TokenStream, builder_config, config.tfds_dir)
   chunks = builder.as_data_source(split=split)
   stream = np.concatenate([chunks[i]["ids"] for i in range(len(chunks))]) if len(chunks) else np.zeros(0, np.int32)
   length = config.max_length
@@ -292,8 +290,7 @@ def pathfinder_generated(config: ml_collections.ConfigDict, split: str) -> Pixel
                                    distractors=config.distractors)
   builder_config = builders.PathfinderConfig.make(
       spec=spec, sizes=(config.train_size, config.validation_size, config.test_size), seed=config.seed)
-  builder = builders.prepare(builders.Pathfinder(config=builder_config, data_dir=config.tfds_dir or None,
-                                                 file_format="array_record"))
+  builder = builders.prepare(builders.Pathfinder, builder_config, config.tfds_dir)
   return PixelSource(builder.as_data_source(split=split), num_classes=2)
 
 
