@@ -72,17 +72,21 @@ def test_rows_with_no_key_are_uniform_as_in_the_explicit_ops():
     assert_close(got, want, rtol=1e-4)
 
 
-def test_kernels_lower_to_triton_for_an_h100():
+@pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated")  # see the README
+@pytest.mark.parametrize("content,spatial,causal", [("gaussian", "gaussian", False), ("dot", "laplacian", True)])
+def test_kernels_lower_to_triton_for_an_h100(content, spatial, causal):
   """CI has no GPU: lower forward + backward for an abstract H100 (bf16, non-power-of-two length and head
-  width, 2-D coordinates, padding mask) to check that the kernels are valid Triton programs."""
+  width, padding mask; 2-D coordinates, or 1-D with causal block skipping) to check that the kernels are
+  valid Triton programs."""
   n, head_dim = 80, 48
   q = jnp.zeros((2, n, H, head_dim), jnp.bfloat16)
-  coords = ops.grid_coordinates(8, 10)
+  coords = ops.grid_coordinates(8, 10) if spatial == "gaussian" else ops.sequence_coordinates(n)
   mask = jnp.ones((2, 1, 1, n), bool)
   ones = jnp.ones((H,))
 
   def loss(q, h_y, h_p):
-    out = flash_bilateral_attention(q, q, q, coords, coords, h_y=h_y, h_p=h_p, mask=mask, interpret=False)
+    out = flash_bilateral_attention(q, q, q, coords, coords, h_y=h_y, h_p=h_p, content=content, spatial=spatial,
+                                    mask=mask, is_causal=causal, interpret=False)
     return jnp.sum(out.astype(jnp.float32))
 
   device = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=None, platform="cuda")
