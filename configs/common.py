@@ -51,6 +51,19 @@ def lra_classifier(config: ml_collections.ConfigDict, *, vocab_size: int, num_cl
       spatial_bandwidth_range=(1.0, max_length / 4), residual="grc", dropout_rate=0.1) | transformer_overrides))
 
 
+def causal_lm(config: ml_collections.ConfigDict, **transformer_settings) -> None:
+  """A causal LM with BSA (dot content, learned-bandwidth causal Laplacian spatial kernel) + GRC, tied
+  embeddings, the vocabulary from the data, and the best checkpoint by validation loss."""
+  config.model.name = "lm"
+  config.model.vocab_size = 0  # from the data
+  config.model.tie_embeddings = True
+  config.model.transformer = transformer(**(dict(
+      max_length=256, attention="bilateral", content="dot", spatial="laplacian",
+      spatial_bandwidth_range=(1.0, 256.0), residual="grc", dropout_rate=0.1) | transformer_settings))
+  config.train.best_metric = "loss"
+  config.train.best_mode = "min"
+
+
 def listops_data(**overrides) -> ml_collections.ConfigDict:
   """Generated LRA ListOps (the LRA recipe's defaults: depth <= 10, <= 10 arguments, 500-2000 tokens),
   built once into `tfds_dir` (empty: TFDS's default, $TFDS_DATA_DIR or ~/tensorflow_datasets)."""

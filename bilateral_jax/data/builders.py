@@ -154,9 +154,11 @@ BYTE_VOCABULARY = 257  # padding + 256 byte values
 
 
 def byte_ids(values) -> np.ndarray:
-  """uint8 values (pixels, or a str's UTF-8 bytes) -> int32 ids 1..256; id 0 stays padding."""
+  """uint8 values (pixels, bytes, or a str's UTF-8 bytes) -> int32 ids 1..256; id 0 stays padding."""
   if isinstance(values, str):
-    values = np.frombuffer(values.encode("utf-8"), np.uint8)
+    values = values.encode("utf-8")
+  if isinstance(values, bytes):  # TFDS Text features read back as UTF-8 bytes
+    values = np.frombuffer(values, np.uint8)
   return np.asarray(values, np.uint8).astype(np.int32) + 1
 
 

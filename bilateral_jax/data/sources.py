@@ -201,10 +201,6 @@ def _cifar(name: str):
   return load
 
 
-def _text_ids(text) -> np.ndarray:
-  return builders.byte_ids(text.decode("utf-8") if isinstance(text, bytes) else text)
-
-
 def lra_text(config: ml_collections.ConfigDict, split: str) -> ArraySource:
   """LRA Text: IMDB reviews as bytes, from the aclImdb layout ({train,test}/{pos,neg}/*.txt) in
   `data.directory` (converted to TFDS once), or, with no directory, from TFDS `imdb_reviews` in
@@ -220,8 +216,8 @@ def lra_text(config: ml_collections.ConfigDict, split: str) -> ArraySource:
         lambda part: builders.converted("aclimdb", config.directory, config.tfds_dir, part), config, split)
   else:
     source, indices = held_out_split(lambda part: catalog_source("imdb_reviews", config, part), config, split)
-  return _classification_source([(_text_ids(source[i]["text"]), int(source[i]["label"]), f"{split} review {i}")
-                                 for i in indices], config, builders.BYTE_VOCABULARY, 2)
+  reviews = [(builders.byte_ids(source[i]["text"]), int(source[i]["label"]), f"{split} review {i}") for i in indices]
+  return _classification_source(reviews, config, builders.BYTE_VOCABULARY, 2)
 
 
 def lra_retrieval(config: ml_collections.ConfigDict, split: str) -> ArraySource:
@@ -232,7 +228,7 @@ def lra_retrieval(config: ml_collections.ConfigDict, split: str) -> ArraySource:
   source = builders.converted("aan", config.directory, config.tfds_dir, split)
   examples = [source[i] for i in range(len(source))]
   where = lambda i: f"{builders.AAN_FILES[split]} pair {i}"
-  pairs = [np.stack([fit_length(_text_ids(e[part]), config.max_length, config.overlength, where(i))
+  pairs = [np.stack([fit_length(builders.byte_ids(e[part]), config.max_length, config.overlength, where(i))
                      for part in ("first", "second")]) for i, e in enumerate(examples)]
   return ArraySource(dict(vocab_size=builders.BYTE_VOCABULARY, num_classes=2), inputs=np.stack(pairs),
                      label=np.asarray([e["label"] for e in examples], np.int32),
