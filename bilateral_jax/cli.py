@@ -34,4 +34,5 @@ def set_up() -> str:
     jax.distributed.initialize()
   if FLAGS.workdir:
     return FLAGS.workdir
-  return str(pathlib.Path("runs") / pathlib.Path(config_flags.get_config_filename(FLAGS["config"])).stem)
+  path, _, variant = config_flags.get_config_filename(FLAGS["config"]).partition(":")  # `file.py:small`
+  return str(pathlib.Path("runs") / (pathlib.Path(path).stem + (f"_{variant}" if variant else "")))

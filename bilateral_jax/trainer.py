@@ -28,7 +28,7 @@ from bilateral_jax.data import augment, pipeline, sources
 from bilateral_jax.metric_writer import MetricWriter
 from bilateral_jax.models import build_model
 
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "rsqrt")
 
 
 class TrainingDiverged(RuntimeError):
@@ -58,13 +58,17 @@ def make_model(config: ml_collections.ConfigDict) -> nn.Module:
 def make_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
   if opt.schedule not in SCHEDULES:
     raise ValueError(f"optimizer.schedule={opt.schedule!r} is not one of: {', '.join(SCHEDULES)}")
-  warmup = optax.linear_schedule(0.0, opt.learning_rate, max(opt.warmup_steps, 1))
+  warmup_steps = max(opt.warmup_steps, 1)
+  warmup = optax.linear_schedule(0.0, opt.learning_rate, warmup_steps)
   decay_steps = max(num_steps - opt.warmup_steps, 1)
   final = opt.learning_rate * opt.final_learning_rate_fraction
   decay = {"cosine": optax.cosine_decay_schedule(opt.learning_rate, decay_steps,
                                                  alpha=opt.final_learning_rate_fraction),
            "linear": optax.linear_schedule(opt.learning_rate, final, decay_steps),
-           "constant": optax.constant_schedule(opt.learning_rate)}[opt.schedule]
+           "constant": optax.constant_schedule(opt.learning_rate),
+           # LRA's `constant * linear_warmup * rsqrt_decay`, with learning_rate its peak (constant / sqrt(warmup))
+           "rsqrt": lambda step: opt.learning_rate * jnp.sqrt(warmup_steps / (jnp.maximum(step, 0) + warmup_steps)),
+           }[opt.schedule]
   return optax.join_schedules([warmup, decay], [opt.warmup_steps])
 
 

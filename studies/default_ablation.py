@@ -27,7 +27,8 @@ def main():
   args = parser.parse_args()
   root = pathlib.Path(args.workdir)
 
-  labels = sources.load_split(default.get_config().data, "test").arrays["label"]
+  test = sources.load_split(default.get_config().data, "test")
+  labels = np.asarray([test[i]["label"] for i in range(len(test))])
   majority = np.bincount(labels).max() / len(labels)
   summary = {"majority_class_test_accuracy": float(majority), "variants": {}}
   for name, overrides in common.ABLATION.items():

@@ -48,18 +48,29 @@ def write_aan(directory, lines=10):
     (directory / f"new_aan_pairs.{split}.tsv").write_text("\n".join(rows) + "\n")
 
 
-def write_pathfinder(directory, count=20, side=32):
-  """The LRA release layout: <difficulty>/imgs/0/sample_<i>.png and <difficulty>/metadata/0.npy."""
+def write_pathfinder(directory, count=20, side=32, empty=()):
+  """The LRA release layout: <difficulty>/imgs/<k>/sample_<i>.png and metadata files 0.npy, 2.npy, 10.npy
+  (numeric order differs from name order) with lines `imgs/<k> sample_<i>.png <i> <label> 1.0 6 2 2 0.5 1 1`.
+  Images whose index is in `empty` are empty files. Returns [(image, label)] in metadata order."""
   from PIL import Image
   root = directory / "curv_contour_length_14"
-  (root / "imgs" / "0").mkdir(parents=True, exist_ok=True)
   (root / "metadata").mkdir(parents=True, exist_ok=True)
   rng = np.random.default_rng(0)
-  lines = []
-  for i in range(count):
-    Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8)).save(root / "imgs" / "0" / f"sample_{i}.png")
-    lines.append(f"imgs/0 sample_{i}.png {i} {i % 2} 3 3")
-  (root / "metadata" / "0.npy").write_text("\n".join(lines) + "\n")
+  written, files = [], (0, 2, 10)
+  for number, stem in enumerate(files):
+    (root / "imgs" / str(stem)).mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(number * count // len(files), (number + 1) * count // len(files)):
+      image, label = rng.integers(0, 256, (side, side), dtype=np.uint8), int(rng.integers(2))
+      path = root / "imgs" / str(stem) / f"sample_{i}.png"
+      if i in empty:
+        path.write_bytes(b"")
+      else:
+        Image.fromarray(image).save(path)
+      written.append((None if i in empty else image, label))
+      lines.append(f"imgs/{stem} sample_{i}.png {i} {label} 1.0 6 2 2 0.5 1 1")
+    (root / "metadata" / f"{stem}.npy").write_text("\n".join(lines) + "\n")
+  return written
 
 
 def write_image_folders(directory, classes=("n01440764", "n01443537"), per_class=3):

@@ -24,17 +24,46 @@ def reference_value(tree) -> int:
           "[SM": sum(values) % 10}[operator]
 
 
-def test_listops_tokens_labels_and_determinism():
+def lra_generate_tree(rng, depth, max_depth, max_args):
+  """LRA's `generate_tree` (lra_benchmarks/data/listops.py), rewritten: -> (tree, LRA's length)."""
+  if depth < max_depth and rng.random() <= 0.25:
+    operator, arguments = listops.OPERATORS[rng.integers(4)], []
+    length = 2
+    for _ in range(rng.integers(2, max_args + 1)):
+      argument, argument_length = lra_generate_tree(rng, depth + 1, max_depth, max_args)
+      arguments.append(argument)
+      length += argument_length
+    return (operator, arguments), length
+  return int(rng.integers(10)), 1
+
+
+def lra_pipeline_ids(source: str) -> list[int]:
+  """LRA's input pipeline on one `Source` string: `]` renamed `X`, `(` and `)` deleted, whitespace split,
+  then tfds' TokenTextEncoder (ids 1 + vocabulary position), here over our vocabulary's order."""
+  renamed = source.replace("]", "X").replace("(", "").replace(")", "")
+  vocabulary = [token.replace("]", "X") for token in listops.VOCABULARY[1:]]
+  return [1 + vocabulary.index(token) for token in renamed.split()]
+
+
+def test_listops_tokens_labels_lengths_and_determinism():
   assert " ".join(listops.to_tokens(("[MAX", [2, 9]))) == "( ( ( [MAX 2 ) 9 ) ] )"
+  assert listops.lra_tokens("( ( ( [MAX 2 ) 9 ) ] )") == ["[MAX", "2", "9", "]"]
   assert listops.VOCABULARY[0] == "<pad>" and list(listops.VOCABULARY[1:]) == sorted(listops.VOCABULARY[1:])
-  spec = listops.ListOpsSpec(max_depth=5, max_args=4, min_length=5, max_length=300, operator_probability=0.5)
+  assert len(listops.VOCABULARY) == 16 and "(" not in listops.VOCABULARY
   rng = np.random.default_rng(0)
   for _ in range(200):
-    tree = listops._tree(rng, spec, 1)
-    assert listops.evaluate(listops.to_tokens(tree)) == reference_value(tree)
-  first, again = listops.generate(50, spec, seed=3), listops.generate(50, spec, seed=3)
-  assert first == again and first != listops.generate(50, spec, seed=4)
-  assert all(5 <= len(tokens) <= 300 for tokens, _ in first)
+    tree, lra_length = lra_generate_tree(rng, 1, 5, 4)
+    string = " ".join(listops.to_tokens(tree))
+    assert len(listops.lra_tokens(string)) == lra_length
+    assert listops.evaluate(listops.lra_tokens(string)) == listops.evaluate(string.split()) == reference_value(tree)
+  spec = listops.ListOpsSpec(max_depth=5, max_args=4, min_length=5, max_length=30, operator_probability=0.5)
+  first, again = listops.generate(200, spec, seed=3), listops.generate(200, spec, seed=3)
+  assert first == again and first != listops.generate(200, spec, seed=4)
+  lengths = [len(tokens) for tokens, _ in first]
+  assert min(lengths) == 6 and max(lengths) == 29  # LRA keeps min_length < length < max_length
+  assert all("(" not in tokens and ")" not in tokens for tokens, _ in first)
+  assert len({" ".join(tokens) for tokens, _ in first}) == 200  # distinct, as LRA's set of trees
+  assert all(label == listops.evaluate(tokens) for tokens, label in first)
   with pytest.raises(ValueError, match="malformed"):
     listops.evaluate(["(", "[MAX", "2"])
 
@@ -44,18 +73,24 @@ def listops_release_config(directory, **fields):
                              max_length=32, overlength="error") | fields))
 
 
-def test_listops_release_files(tmp_path):
-  rows = ["( ( ( [MAX 2 ) 9 ) ] )\t9", "( ( ( [SM 5 ) 7 ) ] )\t2", "4\t4"]
+def test_listops_release_files_load_as_lra_tokenises_them(tmp_path):
+  rows = ["( ( ( [MAX 2 ) 9 ) ] )\t9",
+          "( ( ( ( [SM 5 ) ( ( ( [MIN 3 ) 8 ) ] ) ) 7 ) ] )\t5",
+          "( ( ( ( ( [MED 1 ) 4 ) 6 ) 0 ) ] )\t2", "4\t4"]
   for name in ("basic_train.tsv", "basic_val.tsv", "basic_test.tsv"):
     (tmp_path / name).write_text("Source\tTarget\n" + "\n".join(rows) + "\n")
-  source = sources.load_split(listops_release_config(tmp_path), "validation")
-  assert len(source) == 3 and [source[i]["label"] for i in range(3)] == [9, 2, 4]
-  ids = source[0]["inputs"]
-  assert " ".join(listops.VOCABULARY[i] for i in ids if i) == rows[0].split("\t")[0]
-  with pytest.raises(ValueError, match="up to 10 tokens, more than data.max_length 4"):
-    sources.load_split(listops_release_config(tmp_path, max_length=4), "train")
-  truncated = sources.load_split(listops_release_config(tmp_path, max_length=4, overlength="truncate"), "train")
-  assert truncated[0]["inputs"].tolist() == [listops.TOKEN_IDS[t] for t in "( ( ( [MAX".split()]
+  longest = max(len(lra_pipeline_ids(row.split("\t")[0])) for row in rows)
+  assert longest == 8  # LRA's count of the longest; with parentheses it would be 22 tokens
+  source = sources.load_split(listops_release_config(tmp_path, max_length=longest), "validation")
+  assert len(source) == 4 and [source[i]["label"] for i in range(4)] == [9, 5, 2, 4]
+  for i, row in enumerate(rows):
+    want = lra_pipeline_ids(row.split("\t")[0])
+    assert source[i]["inputs"].tolist() == want + [0] * (longest - len(want))
+    assert listops.evaluate([listops.VOCABULARY[t] for t in want]) == int(row.split("\t")[1])
+  with pytest.raises(ValueError, match="up to 8 tokens, more than data.max_length 7"):
+    sources.load_split(listops_release_config(tmp_path, max_length=longest - 1), "train")
+  truncated = sources.load_split(listops_release_config(tmp_path, max_length=3, overlength="truncate"), "train")
+  assert truncated[0]["inputs"].tolist() == [listops.TOKEN_IDS[t] for t in "[MAX 2 9".split()]
   (tmp_path / "basic_test.tsv").write_text("Source\tTarget\n" + rows[0] + "\n( [MAX 2 ]\tx\n")
   with pytest.raises(ValueError, match=r"basic_test.tsv:3: expected"):
     sources.load_split(listops_release_config(tmp_path), "test")
@@ -82,30 +117,57 @@ def test_wikitext_vocabulary_unk_eos_and_contiguous_windows(tmp_path):
                        "train")
 
 
+def tf_rgb_to_grayscale(pixel) -> int:
+  """LRA's `tf.image.rgb_to_grayscale` on one uint8 pixel, by its formula: convert_image_dtype to float
+  (x / 255), the weighted sum, convert_image_dtype back (a truncating cast of y * 255.5)."""
+  weights = (0.2989, 0.5870, 0.1140)
+  return int(sum(w * c / 255 for w, c in zip(weights, pixel)) * 255.5)
+
+
 def test_cifar10_python_batches_and_lra_image(tmp_path):
   write_cifar10(tmp_path, per_batch=4)
   config = data_config(name="cifar10", directory=str(tmp_path), tfds_dir="", seed=0, validation_size=5)
   counts = {split: len(sources.load_split(config, split)) for split in sources.SPLITS}
   assert counts == {"train": 15, "validation": 5, "test": 4}
-  with (tmp_path / "test_batch").open("rb") as handle:
-    raw = pickle.load(handle, encoding="bytes")
-  pixel = raw[b"data"][0].reshape(3, 32, 32)[:, 0, 1].astype(np.float64)
-  gray = sources.load_split(data_config(name="lra_image", directory=str(tmp_path), tfds_dir="", seed=0,
-                                        validation_size=5), "test")
-  assert gray[0]["inputs"].shape == (1024,)
-  assert gray[0]["inputs"][1] == round(0.2989 * pixel[0] + 0.5870 * pixel[1] + 0.1140 * pixel[2]) + 1
-  assert gray[0]["label"] == raw[b"labels"][0]
+  # the formula on pixels where it differs from rounding the weighted sum (0.57 -> 0; 21.5 -> 21)
+  for pixel, gray in (((0, 0, 5), 0), ((255, 255, 255), 255), ((10, 20, 30), 18), ((72, 0, 0), 21)):
+    assert tf_rgb_to_grayscale(pixel) == gray
+    assert sources.rgb_to_grayscale(np.asarray([pixel], np.uint8)).tolist() == [gray]
+  lra = data_config(name="lra_image", directory=str(tmp_path), tfds_dir="")
+  images = {s: sources.load_split(lra, s) for s in sources.SPLITS}
+  assert [len(images[s]) for s in sources.SPLITS] == [18, 2, 4]  # train[:90%] / train[90%:] / test of 20 + 4
+  raw = []
+  for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    with (tmp_path / name).open("rb") as handle:
+      batch = pickle.load(handle, encoding="bytes")
+    raw += list(zip(batch[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), batch[b"labels"]))
+  for split, offset in (("train", 0), ("validation", 18), ("test", 20)):
+    for i in range(len(images[split])):
+      image, label = raw[offset + i]
+      assert images[split][i]["label"] == label
+      for row, col in ((0, 1), (5, 7), (31, 31)):
+        assert images[split][i]["inputs"][row * 32 + col] == tf_rgb_to_grayscale(image[row, col]) + 1
+  assert np.array_equal(images["test"][0]["inputs"] - 1, sources.rgb_to_grayscale(raw[20][0]).ravel())
 
 
 def test_aclimdb_and_aan(tmp_path):
   write_aclimdb(tmp_path / "imdb", per_folder=5)
   config = data_config(name="lra_text", directory=str(tmp_path / "imdb"), tfds_dir="", seed=0, max_length=64,
-                       validation_size=4, overlength="truncate")
+                       validation_size=4, validation_from="train", overlength="truncate")
   train, validation, test = (sources.load_split(config, s) for s in sources.SPLITS)
   assert (len(train), len(validation), len(test)) == (6, 4, 10)
   assert sorted(test.arrays["label"].tolist()) == [0] * 5 + [1] * 5
-  text = bytes(int(i) - 1 for i in test[0]["inputs"] if i).decode()
-  assert text.startswith("A neg review")
+  review = (tmp_path / "imdb" / "test" / "neg" / "0_2.txt").read_text()
+  assert test[0]["inputs"].tolist() == [b + 1 for b in review.encode()] + [0] * (64 - len(review.encode()))
+  config.validation_from = "test"  # LRA: validation is the test set, train all of train
+  lra_splits = [sources.load_split(config, s) for s in sources.SPLITS]
+  assert [len(s) for s in lra_splits] == [10, 10, 10]
+  np.testing.assert_array_equal(lra_splits[1].arrays["inputs"], test.arrays["inputs"])
+  truncated = sources.load_split(data_config(**(config.to_dict() | dict(max_length=8))), "test")
+  assert truncated[0]["inputs"].tolist() == [b + 1 for b in review.encode()[:8]]  # LRA's [:max_length]
+  config.validation_from = "dev"
+  with pytest.raises(ValueError, match="validation_from='dev' is not one of: train, test"):
+    sources.load_split(config, "train")
   write_aan(tmp_path / "aan", lines=6)
   aan = data_config(name="lra_retrieval", directory=str(tmp_path / "aan"), tfds_dir="", max_length=16,
                     overlength="truncate")
@@ -157,23 +219,32 @@ def test_eval_batches_cover_the_split_once_with_zero_weight_padding():
   assert inputs[weights == 1].tolist() == list(range(10)) and weights[10:].tolist() == [0, 0]
 
 
-def test_pathfinder_release_layout_and_image_folders(tmp_path):
-  from PIL import Image
-  write_pathfinder(tmp_path / "pf", count=20)
-  config = data_config(name="lra_pathfinder", directory=str(tmp_path / "pf"), tfds_dir="", difficulty="hard", seed=0)
+def test_pathfinder_release_split_as_lra_splits_it(tmp_path):
+  written = write_pathfinder(tmp_path / "pf", count=20, empty=(3, 17))
+  config = data_config(name="lra_pathfinder", directory=str(tmp_path / "pf"), tfds_dir="", difficulty="hard")
   splits = {s: sources.load_split(config, s) for s in sources.SPLITS}
-  assert [len(splits[s]) for s in sources.SPLITS] == [16, 2, 2]
-  assert sorted(np.concatenate([splits[s].arrays["label"] for s in sources.SPLITS]).tolist()) == [0] * 10 + [1] * 10
-  first = splits["test"][0]["inputs"]
-  assert first.shape == (1024,) and first.min() >= 1 and first.max() <= 256
-  metadata = tmp_path / "pf" / "curv_contour_length_14" / "metadata" / "0.npy"
-  metadata.write_text(metadata.read_text() + "imgs/0 sample_0.png 20\n")
-  with pytest.raises(ValueError, match=r"0.npy:21: expected"):
+  # LRA: hard[:80%], hard[80%:90%], hard[90%:] in metadata order (0.npy, 2.npy, 10.npy), then empty dropped
+  for split, (low, high) in {"train": (0, 16), "validation": (16, 18), "test": (18, 20)}.items():
+    kept = [(image, label) for image, label in written[low:high] if image is not None]
+    assert len(splits[split]) == len(kept)
+    for i, (image, label) in enumerate(kept):
+      assert splits[split][i]["inputs"].tolist() == (image.ravel().astype(np.int32) + 1).tolist()
+      assert splits[split][i]["label"] == label
+  assert [len(splits[s]) for s in sources.SPLITS] == [15, 1, 2]
+  metadata = tmp_path / "pf" / "curv_contour_length_14" / "metadata" / "10.npy"
+  metadata.write_text(metadata.read_text() + "imgs/10 sample_0.png 20\n")
+  with pytest.raises(ValueError, match=r"10.npy:8: expected"):
+    sources.load_split(config, "train")
+  metadata.write_text(metadata.read_text().splitlines()[0] + "\nimgs/10 missing.png 1 1 1.0 6 2 2 0.5 1 1\n")
+  with pytest.raises(FileNotFoundError, match=r"10.npy:2: image .*missing.png not found"):
     sources.load_split(config, "train")
   with pytest.raises(FileNotFoundError, match="curv_baseline/curv_contour_length_9/curv_contour_length_14"):
-    sources.load_split(data_config(name="lra_pathfinder", directory=str(tmp_path), tfds_dir="", difficulty="hard",
-                                   seed=0), "train")
+    sources.load_split(data_config(name="lra_pathfinder", directory=str(tmp_path), tfds_dir="", difficulty="hard"),
+                       "train")
 
+
+def test_image_folders(tmp_path):
+  from PIL import Image
   write_image_folders(tmp_path / "imagenet", per_class=3)
   images = data_config(name="imagenet", directory=str(tmp_path / "imagenet"), image_size=24,
                        crop_fraction=0.875)
@@ -204,16 +275,19 @@ def test_generated_listops_is_a_tfds_dataset_built_once(tmp_path):
                        validation_size=6, test_size=6, overlength="error")
   spec = listops.ListOpsSpec(max_depth=4, max_args=4, min_length=5, max_length=40, operator_probability=0.5)
   test = sources.load_split(config, "test")
-  expected = listops.generate(6, spec, seed=5 + 2)
+  expected = listops.generate(42, spec, seed=5)[36:]  # one draw, cut train | validation | test
   assert len(test) == 6
   for i, (tokens, label) in enumerate(expected):
     np.testing.assert_array_equal(test[i]["inputs"], sources.fit_length(listops.encode(tokens), 40, "error", ""))
     assert test[i]["label"] == label == listops.evaluate(tokens)
-  built = list(tmp_path.glob("list_ops/generated_*/1.0.0/*.array_record*"))
+  built = list(tmp_path.glob("list_ops/generated_*/2.0.0/*.array_record*"))
   assert len(built) == 3
   stamps = {p: p.stat().st_mtime_ns for p in built}
-  assert len(sources.load_split(config, "train")) == 30
+  train = sources.load_split(config, "train")
+  assert len(train) == 30
   assert {p: p.stat().st_mtime_ns for p in built} == stamps  # read back, not rebuilt
+  splits = [{train[i]["inputs"].tobytes() for i in range(30)}, {test[i]["inputs"].tobytes() for i in range(6)}]
+  assert not splits[0] & splits[1]
 
 
 def test_pathfinder_generator_labels_markers_and_tfds_build(tmp_path):
@@ -263,7 +337,7 @@ def test_catalog_datasets_through_tfds_data_sources(tmp_path):
   import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
     text = data_config(name="lra_text", directory="", tfds_dir="", seed=0, max_length=64, validation_size=3,
-                       overlength="truncate")
+                       validation_from="train", overlength="truncate")
     sizes = {split: len(sources.load_split(text, split)) for split in sources.SPLITS}
     assert sizes == {"train": 9, "validation": 3, "test": 12}
     first = sources.load_split(text, "test")[0]
@@ -271,16 +345,15 @@ def test_catalog_datasets_through_tfds_data_sources(tmp_path):
     images = data_config(name="cifar10", directory="", tfds_dir="", seed=0, validation_size=2)
     train = sources.load_split(images, "train")
     assert len(train) == 10 and train[0]["inputs"].shape == (32, 32, 3) and train[0]["inputs"].dtype == np.uint8
-    gray = sources.load_split(data_config(name="lra_image", directory="", tfds_dir="", seed=0,
-                                          validation_size=2), "validation")
-    assert len(gray) == 2 and gray[0]["inputs"].shape == (1024,)
+    gray = [sources.load_split(data_config(name="lra_image", directory="", tfds_dir=""), s) for s in sources.SPLITS]
+    assert all(split[0]["inputs"].shape == (1024,) for split in gray)  # mock_data ignores train[:90%] slices
     imagenet = sources.load_split(data_config(name="imagenet", directory="", tfds_dir="", image_size=16,
                                               crop_fraction=0.875), "validation")
     assert len(imagenet) == 12 and imagenet.info["num_classes"] == 1000
     assert imagenet[0]["inputs"].ndim == 3 and imagenet[0]["inputs"].dtype == np.uint8
   with pytest.raises(FileNotFoundError, match="tfds build imdb_reviews --file_format=array_record"):
-    sources.load_split(data_config(name="lra_text", directory="", tfds_dir=str(tmp_path), seed=0,
-                                   max_length=64, validation_size=3, overlength="truncate"), "train")
+    sources.load_split(data_config(name="lra_text", directory="", tfds_dir=str(tmp_path), seed=0, max_length=64,
+                                   validation_size=3, validation_from="train", overlength="truncate"), "train")
 
 
 def test_cifar100_python_files(tmp_path):

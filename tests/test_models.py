@@ -22,7 +22,8 @@ RESIDUALS = [dict(residual="standard"), dict(residual="grc", grc_form="convex"),
 BACKBONES = {
     "lm": (dict(vocab_size=13), np.arange(2 * 8).reshape(2, 8) % 13),
     "classifier": (dict(vocab_size=13, num_classes=3, pooling="cls"), np.arange(2 * 8).reshape(2, 8) % 13),
-    "retrieval": (dict(vocab_size=13, num_classes=2, two_tower=True), np.arange(2 * 16).reshape(2, 2, 8) % 13),
+    "retrieval": (dict(vocab_size=13, num_classes=2, two_tower=True, head_hidden=(8, 4)),
+                  np.arange(2 * 16).reshape(2, 2, 8) % 13),
     "vit": (dict(num_classes=3, patch_size=4), np.linspace(0, 1, 2 * 8 * 8 * 3).reshape(2, 8, 8, 3)),
     "segmenter": (dict(num_classes=3, patch_size=4), np.linspace(0, 1, 2 * 8 * 8 * 3).reshape(2, 8, 8, 3)),
 }
@@ -152,6 +153,24 @@ def test_padding_does_not_change_outputs(pooling, two_tower, attention):
   changed = tokens.copy()
   changed[0, ..., 1] = 6
   assert not np.allclose(model.apply(params, changed), model.apply(params, tokens))
+
+
+@pytest.mark.parametrize("interaction", ["concat", "nli"])
+def test_classifier_heads_follow_lra(interaction):
+  """ReLU layers of `head_hidden` widths on the pooled features; two towers see [u, v] or [u, v, uv, u-v]."""
+  model = build_model("classifier", tiny(), vocab_size=9, num_classes=3, head_hidden=(8, 4), two_tower=True,
+                      interaction=interaction)
+  tokens = np.array([[[3, 1, 4, 0], [2, 7, 1, 8]], [[5, 0, 0, 0], [6, 6, 2, 0]]])
+  params = model.init(jax.random.key(0), tokens)
+  pooled = np.asarray(model.apply(params, tokens.reshape(4, -1), method="encode"), np.float64).reshape(2, 2, -1)
+  u, v = pooled[:, 0], pooled[:, 1]
+  features = np.concatenate([u, v] + ([u * v, u - v] if interaction == "nli" else []), axis=-1)
+  head = params["params"]
+  for name in ("hidden_0", "hidden_1"):
+    features = np.maximum(features @ np.asarray(head[name]["kernel"]) + np.asarray(head[name]["bias"]), 0.0)
+  want = features @ np.asarray(head["head"]["kernel"]) + np.asarray(head["head"]["bias"])
+  assert head["hidden_0"]["kernel"].shape == ((4 if interaction == "nli" else 2) * 16, 8)
+  np.testing.assert_allclose(model.apply(params, tokens), want, rtol=1e-5, atol=1e-6)
 
 
 def test_intermediates_on_request_only():

@@ -22,7 +22,7 @@ CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem not i
 CONFIGS.append("lra_pathfinder_generated")  # lra_pathfinder's default data; the plain name reads the release
 TINY = {
     "model.transformer.num_layers": 1, "model.transformer.num_heads": 2, "model.transformer.model_dim": 16,
-    "model.transformer.mlp_dim": 32, "model.transformer.max_length": 32,
+    "model.transformer.mlp_dim": 32, "model.transformer.max_length": 33,  # + a CLS token
     "data.max_length": 32, "data.min_length": 5, "data.train_size": 64, "data.validation_size": 24,
     "data.test_size": 16, "train.batch_size": 8, "train.num_steps": 6, "train.log_every": 1,
     "train.eval_every": 3, "train.checkpoint_every": 3, "eval.batch_size": 8, "optimizer.warmup_steps": 2,
@@ -40,7 +40,7 @@ SAMPLES = {  # config -> (writes a tiny sample of its data format, data override
     "wikitext103_lm": (write_wikitext, {"data.max_length": 16}),
     "shakespeare_char_lm": (write_text_corpus, {"data.max_length": 16}),
     "vit_cifar10": (write_cifar10, {"data.validation_size": 8}),
-    "lra_image": (write_cifar10, {"data.validation_size": 8}),
+    "lra_image": (write_cifar10, {}),
     "lra_text": (write_aclimdb, {"data.validation_size": 4, "data.max_length": 32}),
     "lra_retrieval": (write_aan, {"data.max_length": 32}),
     "lra_pathfinder": (write_pathfinder, {"data.name": "lra_pathfinder"}),
@@ -50,13 +50,16 @@ SAMPLES = {  # config -> (writes a tiny sample of its data format, data override
 }
 
 
+LRA_SMALL = ["lra_image", "lra_listops", "lra_pathfinder", "lra_retrieval", "lra_text"]
+
+
 def small_config(name, tmp_path, **overrides):
   """Any config at test size, with a tiny sample of its data in the published format under tmp_path."""
   if name in ("default", "lra_listops"):
     return tiny_config(name, **overrides)
   if name == "lra_pathfinder_generated":
     config = __import__("configs.lra_pathfinder", fromlist=["get_config"]).get_config()
-    config.update_from_flattened_dict(TINY_MODEL_AND_LOOP | {"model.transformer.max_length": 1024,
+    config.update_from_flattened_dict(TINY_MODEL_AND_LOOP | {"model.transformer.max_length": 1025,
                                       "data.train_size": 16, "data.validation_size": 8, "data.test_size": 8}
                                       | overrides)
     return config
@@ -64,7 +67,7 @@ def small_config(name, tmp_path, **overrides):
   write, data_overrides = SAMPLES[name]
   write(tmp_path / "data")
   config.update_from_flattened_dict(TINY_MODEL_AND_LOOP | data_overrides | {"data.directory": str(tmp_path / "data")}
-                                    | {"model.transformer.max_length": 1024} | overrides)
+                                    | {"model.transformer.max_length": 1025} | overrides)
   return config
 
 
@@ -102,6 +105,33 @@ def test_every_config_takes_a_training_step(name, tmp_path):
   assert np.isfinite(logged["loss"]) and ("tokens_per_s" in logged) == (config.model.name == "lm")
   if config.model.name == "segmenter":
     assert 0.0 <= final["validation"]["mean_iou"] <= 1.0
+
+
+@pytest.mark.parametrize("name", LRA_SMALL)
+def test_lra_small_variants_build_and_take_a_training_step(name, tmp_path):
+  """`configs/lra_*.py:small`: the Nystromformer-line model as set (2 x 64, 2 heads, FFN 128), tiny data."""
+  config = __import__(f"configs.{name}", fromlist=["get_config"]).get_config("small")
+  stack = config.model.transformer
+  assert (stack.num_layers, stack.model_dim, stack.num_heads, stack.mlp_dim, config.model.pooling) == (
+      2, 64, 2, 128, "mean")
+  data = {"data.max_length": 32, "data.min_length": 5, "data.train_size": 16, "data.validation_size": 8,
+          "data.test_size": 8} if name == "lra_listops" else SAMPLES[name][1] | {"data.directory": str(tmp_path / "data")}
+  if name != "lra_listops":
+    SAMPLES[name][0](tmp_path / "data")
+  config.update_from_flattened_dict(data | {"train.num_steps": 1, "train.batch_size": 8, "eval.batch_size": 8,
+                                            "model.transformer.max_length": 1025})
+  final = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert all(np.isfinite(metrics["loss"]) for metrics in final.values())
+
+
+def test_rsqrt_schedule_is_lras_constant_linear_warmup_rsqrt_decay():
+  import ml_collections
+  opt = ml_collections.ConfigDict(dict(learning_rate=0.05 / 1000**0.5, warmup_steps=1000, schedule="rsqrt",
+                                       final_learning_rate_fraction=0.0))
+  schedule = trainer.make_schedule(opt, num_steps=5000)
+  for step in (0, 1, 500, 999, 1000, 1001, 2500, 4999):
+    lra = 0.05 * min(1.0, step / 1000) / max(step, 1000) ** 0.5  # lra_benchmarks/utils/train_utils.py
+    np.testing.assert_allclose(float(schedule(step)), lra, rtol=1e-5, atol=1e-12)
 
 
 def test_resume_after_a_crash_gives_identical_parameters_and_losses(tmp_path):

@@ -49,9 +49,14 @@ def _named(kind: str, identity: dict) -> dict:
 
 
 class ListOps(tfds.core.GeneratorBasedBuilder):
-  """LRA ListOps: `inputs` (token ids of `listops.VOCABULARY`, variable length), `label` (0-9)."""
+  """LRA ListOps: `inputs` (token ids of `listops.VOCABULARY` as LRA tokenises, variable length),
+  `label` (0-9). Generated: one seeded draw of distinct expressions for all splits, cut in order into
+  train, validation and test, as LRA's generator does."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {"2.0.0": "LRA's tokens (no parentheses) and length count (bounds excluded); no "
+                            "expression twice across the splits.",
+                   "1.0.0": "Parentheses as tokens."}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -65,24 +70,22 @@ class ListOps(tfds.core.GeneratorBasedBuilder):
         homepage="https://github.com/google-research/long-range-arena")
 
   def _split_generators(self, dl_manager):
-    return {split: self._generate_examples(split) for split in SPLIT_FILES}
+    cfg = self.builder_config
+    if cfg.release_dir:
+      splits = {split: read_release_file(pathlib.Path(cfg.release_dir), split) for split in SPLIT_FILES}
+    else:
+      generated = [(listops.encode(tokens), label)
+                   for tokens, label in listops.generate(sum(cfg.sizes), cfg.spec, seed=cfg.seed)]
+      ends = np.cumsum(cfg.sizes)
+      splits = {split: generated[end - size: end] for split, size, end in zip(SPLIT_FILES, cfg.sizes, ends)}
+    return {split: self._generate_examples(split, examples) for split, examples in splits.items()}
 
-  def _generate_examples(self, split: str):
+  def _generate_examples(self, split: str, examples):
     longest = 0
-    for key, (ids, label) in enumerate(self._examples(split)):
+    for key, (ids, label) in enumerate(examples):
       longest = max(longest, len(ids))
       yield key, {"inputs": ids.astype(np.uint8), "label": label}
     self.info.metadata[f"{split}_max_length"] = longest
-
-  def _examples(self, split: str):
-    cfg = self.builder_config
-    if not cfg.release_dir:
-      count = dict(zip(SPLIT_FILES, cfg.sizes))[split]
-      seed = cfg.seed + list(SPLIT_FILES).index(split)
-      for tokens, label in listops.generate(count, cfg.spec, seed=seed):
-        yield listops.encode(tokens), label
-      return
-    yield from read_release_file(pathlib.Path(cfg.release_dir), split)
 
 
 @dataclasses.dataclass
@@ -222,7 +225,7 @@ def read_release_file(directory: pathlib.Path, split: str):
       where = f"{path}:{number}"
       if len(fields) != 2 or not fields[1].strip().isdigit() or not 0 <= int(fields[1]) < listops.NUM_CLASSES:
         raise ValueError(f"{where}: expected '<expression>\\t<label 0-9>', got {line.rstrip()!r}")
-      yield listops.encode(fields[0].split(), where=where), int(fields[1])
+      yield listops.encode(listops.lra_tokens(fields[0]), where=where), int(fields[1])
 
 
 @dataclasses.dataclass
@@ -292,18 +295,32 @@ PATHFINDER_DIFFICULTIES = {"easy": "curv_baseline", "medium": "curv_contour_leng
                            "hard": "curv_contour_length_14"}
 
 
+def _metadata_order(path: pathlib.Path):
+  """Metadata files in numeric order (`0.npy`, `1.npy`, ..., `10.npy`), as the release numbers them."""
+  return (0, int(path.stem), "") if path.stem.isdigit() else (1, 0, path.name)
+
+
 def _pathfinder(root: pathlib.Path, split: str):
   """Pathfinder release, one difficulty folder: metadata/*.npy text lines `<imgs subdir> <file> <index>
-  <label> ...` naming grayscale PNGs; one split, `examples`, in metadata order."""
+  <label> ...` (e.g. `imgs/0 sample_0.png 0 0 1.0 6 2 2 0.5 1 1`, label at index 3) naming grayscale
+  PNGs; one split, `examples`, in metadata order. An empty PNG file becomes an empty [0, 0] image, which
+  the reader drops after splitting, as LRA does."""
   from PIL import Image
 
-  for path in sorted((root / "metadata").glob("*.npy")):
+  for path in sorted((root / "metadata").glob("*.npy"), key=_metadata_order):
     for number, line in enumerate(path.read_text().splitlines(), start=1):
       fields = line.split()
       if len(fields) < 4 or fields[3] not in ("0", "1"):
         raise ValueError(f"{path}:{number}: expected '<imgs dir> <file> <index> <label 0/1> ...', got {line!r}")
-      with Image.open(root / fields[0] / fields[1]) as image:
-        yield {"image": np.asarray(image.convert("L")), "label": int(fields[3])}
+      image_path = root / fields[0] / fields[1]
+      if not image_path.is_file():
+        raise FileNotFoundError(f"{path}:{number}: image {image_path} not found")
+      if image_path.stat().st_size == 0:
+        image = np.zeros((0, 0), np.uint8)
+      else:
+        with Image.open(image_path) as png:
+          image = np.asarray(png.convert("L"))
+      yield {"image": image, "label": int(fields[3])}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,7 +350,8 @@ RELEASES = {
 class Converted(tfds.core.GeneratorBasedBuilder):
   """A published dataset converted from its own files (`ReleaseConfig`), split as its release is."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "Pathfinder: metadata files in numeric order, empty images kept as [0, 0]."}
 
   def _info(self) -> tfds.core.DatasetInfo:
     release = RELEASES[self.builder_config.release]

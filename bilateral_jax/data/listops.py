@@ -1,28 +1,34 @@
 """LRA ListOps: a seeded generator following the LRA recipe, its reference evaluator and vocabulary.
 
-An example is a nested expression in the LRA release's token format, e.g.
-`( ( ( [MAX 2 ) 9 ) ] )`, whose label is its value 0-9. Operators: MIN, MAX, MED (median, rounded down
-as LRA's `int(np.median(...))`), SM (sum modulo 10).
+An expression in the LRA release's string form, e.g. `( ( ( [MAX 2 ) 9 ) ] )`, has its value 0-9 as
+label. Operators: MIN, MAX, MED (median, rounded down as LRA's `int(np.median(...))`), SM (sum modulo
+10). The model sees it as LRA's input pipeline tokenises it (`rename_close_brackets` in
+lra_benchmarks/listops/input_pipeline.py): parentheses deleted, then split on whitespace, e.g.
+`[MAX 2 9 ]`, 4 tokens. That count is also LRA's length (`generate_tree` in lra_benchmarks/data/listops.py:
+1 per digit, 2 per operator for itself and its `]`).
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
 PAD = "<pad>"
-# Fixed, sorted vocabulary; id 0 is padding.
-VOCABULARY = (PAD,) + tuple(sorted(("(", ")", END) + OPERATORS + tuple(str(d) for d in range(10))))
+# Fixed, sorted vocabulary; id 0 is padding. (LRA's ids follow the iteration order of a Python set of
+# the validation tokens, which changes with the hash seed; any fixed order is the same model.)
+VOCABULARY = (PAD,) + tuple(sorted((END,) + OPERATORS + tuple(str(d) for d in range(10))))
 TOKEN_IDS = {token: index for index, token in enumerate(VOCABULARY)}
 NUM_CLASSES = 10
 
 
 @dataclasses.dataclass(frozen=True)
 class ListOpsSpec:
-  """What to generate: depth and argument bounds, the kept length range (in tokens), and the chance
-  that a node above the maximum depth is an operator rather than a digit."""
+  """What to generate: depth and argument bounds, the kept lengths (LRA's count, bounds excluded:
+  min_length < length < max_length), and the chance that a node above the maximum depth is an operator
+  rather than a digit (LRA: 1 - VALUE_P = 0.25). The defaults are LRA's."""
   max_depth: int = 10
   max_args: int = 10
   min_length: int = 500
@@ -38,7 +44,7 @@ def _tree(rng: np.random.Generator, spec: ListOpsSpec, depth: int):
 
 
 def to_tokens(tree) -> list[str]:
-  """LRA's string form: the operator and each argument, then the closing bracket, are joined pairwise
+  """LRA's string form, as its release files hold it: the operator and each argument, then the closing bracket, are joined pairwise
   in parentheses: `( ( ( [OP a ) b ) ] )`."""
   if isinstance(tree, int):
     return [str(tree)]
@@ -49,8 +55,13 @@ def to_tokens(tree) -> list[str]:
   return ["("] + tokens + [END, ")"]
 
 
+def lra_tokens(source: str) -> list[str]:
+  """An expression string as LRA's input pipeline tokenises it: `(` and `)` deleted, split on whitespace."""
+  return re.sub(r"[()]", "", source).split()
+
+
 def evaluate(tokens: list[str]) -> int:
-  """Reference evaluator of an expression in token form (parentheses are grouping only)."""
+  """Reference evaluator of an expression in token form, with or without parentheses (they only group)."""
   stack: list[list] = []
   result = None
   for token in tokens:
@@ -75,12 +86,15 @@ def evaluate(tokens: list[str]) -> int:
 
 
 def generate(count: int, spec: ListOpsSpec, seed: int) -> list[tuple[list[str], int]]:
-  """`count` (tokens, label) examples with min_length <= len(tokens) <= max_length, deterministic in seed."""
+  """`count` distinct (tokens, label) examples as the model sees them (no parentheses), kept as LRA keeps
+  them: min_length < len(tokens) < max_length, no expression twice; deterministic in seed."""
   rng = np.random.default_rng(seed)
-  examples = []
+  examples, seen = [], set()
   while len(examples) < count:
-    tokens = to_tokens(_tree(rng, spec, 1))
-    if spec.min_length <= len(tokens) <= spec.max_length:
+    tokens = [t for t in to_tokens(_tree(rng, spec, 1)) if t not in ("(", ")")]
+    key = " ".join(tokens)
+    if spec.min_length < len(tokens) < spec.max_length and key not in seen:
+      seen.add(key)
       examples.append((tokens, evaluate(tokens)))
   return examples
 

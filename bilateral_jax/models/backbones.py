@@ -32,28 +32,37 @@ class CausalLM(nn.Module):
     return nn.Dense(self.vocab_size, name="head")(y.astype(jnp.float32))
 
 
+INTERACTIONS = ("concat", "nli")
+
+
 class SequenceClassifier(nn.Module):
   """LRA-style classifier: tokens [batch, len] (0 = padding) -> logits [batch, classes].
 
   pooling: `mean` over real tokens, or `cls`, a prepended summary token with no place (no spatial term).
-  two_tower: tokens [batch, 2, len] (LRA Retrieval): both documents share the encoder and the head sees
-  [u, v, u * v, u - v].
+  head_hidden: widths of the ReLU layers between the pooled features and the logits (LRA's
+    `classifier_head`: (mlp_dim,); its `classifier_head_dual`: (mlp_dim, mlp_dim // 2)).
+  two_tower: tokens [batch, 2, len] (LRA Retrieval): both documents share the encoder; the head sees
+    `interaction` of the pooled u, v: `concat` [u, v] (LRA's code) or `nli` [u, v, u * v, u - v].
   """
   config: TransformerConfig
   vocab_size: int
   num_classes: int
   pooling: str = "mean"
+  head_hidden: tuple[int, ...] = ()
   two_tower: bool = False
+  interaction: str = "nli"
 
   def setup(self):
     if self.pooling not in POOLINGS:
       raise ValueError(f"pooling={self.pooling!r} is not one of: {', '.join(POOLINGS)}")
+    if self.interaction not in INTERACTIONS:
+      raise ValueError(f"interaction={self.interaction!r} is not one of: {', '.join(INTERACTIONS)}")
     self.embed = nn.Embed(self.vocab_size, self.config.model_dim,
                           embedding_init=nn.initializers.normal(0.02))
     self.transformer = Transformer(self.config)
     if self.pooling == "cls":
       self.cls_token = self.param("cls_token", nn.initializers.zeros, (1, 1, self.config.model_dim))
-    self.tower_mlp = nn.Dense(self.config.mlp_dim) if self.two_tower else None
+    self.hidden = [nn.Dense(width) for width in self.head_hidden]
     self.head = nn.Dense(self.num_classes)
 
   def encode(self, tokens, deterministic=True):
@@ -73,14 +82,17 @@ class SequenceClassifier(nn.Module):
 
   def __call__(self, tokens, *, deterministic=True):
     if not self.two_tower:
-      return self.head(self.encode(tokens, deterministic))
-    if tokens.ndim != 3 or tokens.shape[1] != 2:
-      raise ValueError(f"two_tower takes tokens [batch, 2, len], got {tokens.shape}")
-    batch = tokens.shape[0]
-    pooled = self.encode(tokens.reshape(2 * batch, -1), deterministic).reshape(batch, 2, -1)
-    u, v = pooled[:, 0], pooled[:, 1]
-    features = jnp.concatenate([u, v, u * v, u - v], axis=-1)
-    return self.head(nn.gelu(self.tower_mlp(features)))
+      features = self.encode(tokens, deterministic)
+    else:
+      if tokens.ndim != 3 or tokens.shape[1] != 2:
+        raise ValueError(f"two_tower takes tokens [batch, 2, len], got {tokens.shape}")
+      batch = tokens.shape[0]
+      pooled = self.encode(tokens.reshape(2 * batch, -1), deterministic).reshape(batch, 2, -1)
+      u, v = pooled[:, 0], pooled[:, 1]
+      features = jnp.concatenate([u, v] + ([u * v, u - v] if self.interaction == "nli" else []), axis=-1)
+    for layer in self.hidden:
+      features = nn.relu(layer(features))
+    return self.head(features)
 
 
 class PatchEmbedding(nn.Module):
