@@ -32,7 +32,10 @@ def set_up() -> str:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   elif FLAGS.multihost:
     jax.distributed.initialize()
-  if FLAGS.workdir:
-    return FLAGS.workdir
-  path, _, variant = config_flags.get_config_filename(FLAGS["config"]).partition(":")  # `file.py:small`
+  return FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
+
+
+def default_workdir(config_argument: str) -> str:
+  """runs/<config name>, or runs/<config name>_<variant> for `configs/x.py:variant`."""
+  path, _, variant = config_argument.partition(":")
   return str(pathlib.Path("runs") / (pathlib.Path(path).stem + (f"_{variant}" if variant else "")))

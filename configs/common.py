@@ -100,8 +100,8 @@ def causal_lm(config: ml_collections.ConfigDict, **transformer_settings) -> None
 
 
 def listops_data(**overrides) -> ml_collections.ConfigDict:
-  """Generated LRA ListOps (the LRA recipe's defaults: depth <= 10, <= 10 arguments, 500-2000 tokens),
-  built once into `tfds_dir` (empty: TFDS's default, $TFDS_DATA_DIR or ~/tensorflow_datasets)."""
+  """Generated LRA ListOps (the LRA recipe's defaults: depth <= 10, <= 10 arguments, 500 < length < 2000
+  as LRA counts), built once into `tfds_dir` (empty: TFDS's default, $TFDS_DATA_DIR or ~/tensorflow_datasets)."""
   return ml_collections.ConfigDict(dict(
       name="listops_generated", seed=0, directory="", tfds_dir="", max_depth=10, max_args=10, min_length=500,
       max_length=2000, operator_probability=0.25, train_size=96_000, validation_size=2_000,

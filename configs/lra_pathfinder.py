@@ -10,8 +10,8 @@ once as a TFDS dataset: about 25 minutes on one core); it draws dashed contours 
 al.'s generator. With `data.name=lra_pathfinder`, `data.directory` holds curv_baseline/,
 curv_contour_length_9/ and curv_contour_length_14/ of the LRA release, read as LRA's Pathfinder32 builder
 and get_pathfinder_base_datasets do: metadata lines `imgs/0 sample_0.png 0 0 1.0 6 2 2 0.5 1 1` (label at
-index 3), `data.difficulty` easy | medium | hard (the three folders; `hard` is LRA's reported task and
-the default), split [:80%] / [80%:90%] / [90%:] then empty images dropped. LRA's builder orders examples
+index 3), `data.difficulty` easy | medium | hard (the three folders, LRA's easy | intermediate | hard; `hard`, the
+default, is the task LRA and the Nystromformer line report), split [:80%] / [80%:90%] / [90%:] then empty images dropped. LRA's builder orders examples
 by TFDS's key hash; we keep the metadata files' numeric order. Pixel ids are value + 1 (LRA: the value).
 
 Base: LRA's pathfinder32 transformer_base: 4 layers, width 32, 4 heads, MLP 32, mean pooling, a ReLU head

@@ -66,6 +66,10 @@ def test_listops_tokens_labels_lengths_and_determinism():
   assert all(label == listops.evaluate(tokens) for tokens, label in first)
   with pytest.raises(ValueError, match="malformed"):
     listops.evaluate(["(", "[MAX", "2"])
+  with pytest.raises(ValueError, match="no length fits 5 and 6"):
+    listops.ListOpsSpec(min_length=5, max_length=6)
+  with pytest.raises(ValueError, match="no new expression in 1,000,000 draws after 10 of 11"):
+    listops.generate(11, listops.ListOpsSpec(max_depth=1, min_length=0, max_length=2), seed=0)  # only 0-9
 
 
 def listops_release_config(directory, **fields):
@@ -147,7 +151,8 @@ def test_cifar10_python_batches_and_lra_image(tmp_path):
       assert images[split][i]["label"] == label
       for row, col in ((0, 1), (5, 7), (31, 31)):
         assert images[split][i]["inputs"][row * 32 + col] == tf_rgb_to_grayscale(image[row, col]) + 1
-  assert np.array_equal(images["test"][0]["inputs"] - 1, sources.rgb_to_grayscale(raw[20][0]).ravel())
+  every_pixel = [tf_rgb_to_grayscale(pixel) for pixel in raw[20][0].reshape(-1, 3).astype(np.float64)]
+  assert (images["test"][0]["inputs"] - 1).tolist() == every_pixel
 
 
 def test_aclimdb_and_aan(tmp_path):
@@ -238,6 +243,8 @@ def test_pathfinder_release_split_as_lra_splits_it(tmp_path):
   metadata.write_text(metadata.read_text().splitlines()[0] + "\nimgs/10 missing.png 1 1 1.0 6 2 2 0.5 1 1\n")
   with pytest.raises(FileNotFoundError, match=r"10.npy:2: image .*missing.png not found"):
     sources.load_split(config, "train")
+  with pytest.raises(ValueError, match="difficulty='intermediate' is not one of: easy, medium, hard"):
+    sources.load_split(data_config(**(config.to_dict() | dict(difficulty="intermediate"))), "train")
   with pytest.raises(FileNotFoundError, match="curv_baseline/curv_contour_length_9/curv_contour_length_14"):
     sources.load_split(data_config(name="lra_pathfinder", directory=str(tmp_path), tfds_dir="", difficulty="hard"),
                        "train")

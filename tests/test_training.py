@@ -112,8 +112,13 @@ def test_lra_small_variants_build_and_take_a_training_step(name, tmp_path):
   """`configs/lra_*.py:small`: the Nystromformer-line model as set (2 x 64, 2 heads, FFN 128), tiny data."""
   config = __import__(f"configs.{name}", fromlist=["get_config"]).get_config("small")
   stack = config.model.transformer
-  assert (stack.num_layers, stack.model_dim, stack.num_heads, stack.mlp_dim, config.model.pooling) == (
-      2, 64, 2, 128, "mean")
+  assert (stack.num_layers, stack.model_dim, stack.num_heads, stack.mlp_dim, stack.dropout_rate, config.model.pooling,
+          config.model.head_hidden, config.model.interaction) == (2, 64, 2, 128, 0.1, "mean", (128,), "nli")
+  assert (config.optimizer.learning_rate, config.optimizer.schedule, config.optimizer.b2,
+          config.optimizer.weight_decay) == (1e-4, "linear", 0.999, 0.0)
+  from bilateral_jax import cli
+  assert cli.default_workdir(f"configs/{name}.py:small") == f"runs/{name}_small"
+  assert cli.default_workdir(f"configs/{name}.py") == f"runs/{name}"
   data = {"data.max_length": 32, "data.min_length": 5, "data.train_size": 16, "data.validation_size": 8,
           "data.test_size": 8} if name == "lra_listops" else SAMPLES[name][1] | {"data.directory": str(tmp_path / "data")}
   if name != "lra_listops":

@@ -22,18 +22,24 @@ PAD = "<pad>"
 VOCABULARY = (PAD,) + tuple(sorted((END,) + OPERATORS + tuple(str(d) for d in range(10))))
 TOKEN_IDS = {token: index for index, token in enumerate(VOCABULARY)}
 NUM_CLASSES = 10
+MAX_MISSES = 1_000_000  # consecutive draws without a new example before generation gives up
 
 
 @dataclasses.dataclass(frozen=True)
 class ListOpsSpec:
   """What to generate: depth and argument bounds, the kept lengths (LRA's count, bounds excluded:
   min_length < length < max_length), and the chance that a node above the maximum depth is an operator
-  rather than a digit (LRA: 1 - VALUE_P = 0.25). The defaults are LRA's."""
+  rather than a digit (LRA: VALUE_P = 0.25). The defaults are LRA's."""
   max_depth: int = 10
   max_args: int = 10
   min_length: int = 500
   max_length: int = 2000
   operator_probability: float = 0.25
+
+  def __post_init__(self):
+    if self.max_length - self.min_length < 2:
+      raise ValueError(f"ListOps keeps min_length < length < max_length; no length fits {self.min_length} and "
+                       f"{self.max_length}")
 
 
 def _tree(rng: np.random.Generator, spec: ListOpsSpec, depth: int):
@@ -89,13 +95,17 @@ def generate(count: int, spec: ListOpsSpec, seed: int) -> list[tuple[list[str], 
   """`count` distinct (tokens, label) examples as the model sees them (no parentheses), kept as LRA keeps
   them: min_length < len(tokens) < max_length, no expression twice; deterministic in seed."""
   rng = np.random.default_rng(seed)
-  examples, seen = [], set()
+  examples, seen, misses = [], set(), 0
   while len(examples) < count:
     tokens = [t for t in to_tokens(_tree(rng, spec, 1)) if t not in ("(", ")")]
     key = " ".join(tokens)
     if spec.min_length < len(tokens) < spec.max_length and key not in seen:
       seen.add(key)
       examples.append((tokens, evaluate(tokens)))
+      misses = 0
+    elif (misses := misses + 1) == MAX_MISSES:
+      raise ValueError(f"ListOps: no new expression in {MAX_MISSES:,} draws after {len(examples)} of {count}; "
+                       f"{spec} has too few distinct expressions or lengths in range")
   return examples
 
 

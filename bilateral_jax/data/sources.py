@@ -279,6 +279,9 @@ def lra_pathfinder(config: ml_collections.ConfigDict, split: str) -> ArraySource
   <index> <label> ...`. Split as LRA's: the first 80% train, next 10% validation, last 10% test, then
   empty images dropped. Images (grayscale PNG, side x side) become side^2 pixel ids 1..256."""
   difficulties = builders.PATHFINDER_DIFFICULTIES
+  if config.difficulty not in difficulties:
+    raise ValueError(f"data.difficulty={config.difficulty!r} is not one of: {', '.join(difficulties)} "
+                     "(LRA's easy, intermediate, hard)")
   root = pathlib.Path(config.directory) / difficulties[config.difficulty]
   if not ((root / "metadata").is_dir() and any((root / "metadata").glob("*.npy"))):
     raise FileNotFoundError(f"LRA Pathfinder: no metadata/*.npy under {root}; data.directory must hold "
