@@ -60,7 +60,10 @@ class Checkpointer:
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
                               model=ocp.args.JsonSave(self.model_settings),
                               progress=ocp.args.JsonSave(_normalize(progress)))
-    self._manager(best).save(step, args=args, force=True)
+    manager = self._manager(best)
+    if step in manager.all_steps():  # saved by a run that crashed later and resumed from an earlier step
+      manager.delete(step)
+    manager.save(step, args=args, force=True)
 
   def restore(self, step: int, abstract_state, best: bool = False):
     """-> (state, data iterator state, progress). abstract_state: ShapeDtypeStructs with the shardings
