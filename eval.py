@@ -1,7 +1,10 @@
-"""Evaluates a checkpoint of --workdir on the config's eval splits; writes DIR/eval/<step>.json (or,
-with --best, DIR/eval/best_<step>.json).
+"""Evaluates a checkpoint of --workdir on the eval splits; writes DIR/eval/<step>.json (or, with --best,
+DIR/eval/best_<step>.json). Read-only on the checkpoints: it can run beside the training.
 
-    python eval.py [--config configs/x.py] [--workdir DIR] [--step N | --best]
+    python eval.py [--workdir DIR] [--step N | --best] [--config.eval.splits=test]
+
+The config is the one the run saved (DIR/config.json), with any --config.<field> overrides on top;
+--config configs/x.py uses that file instead.
 """
 import json
 import pathlib
@@ -9,9 +12,11 @@ import pathlib
 from absl import app, flags
 
 from bilateral_jax import cli, trainer
+from bilateral_jax import workdir as workdir_lib
 
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest that restores).")
 flags.DEFINE_bool("best", False, "Evaluate the best checkpoint by the training's validation metric.")
+flags.adopt_module_key_flags(cli)
 
 
 def main(argv):
@@ -19,16 +24,21 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   workdir = cli.set_up()
   flags_ = cli.FLAGS
-  step, results = trainer.evaluate_checkpoint(flags_.config, workdir, flags_.step, flags_.best)
+  config = flags_.config
+  saved = None if flags_["config"].present else workdir_lib.load_config(workdir)
+  if saved is not None:
+    saved.update_from_flattened_dict(cli.config_overrides())
+    config = saved
+  step, results = trainer.evaluate_checkpoint(config, workdir, flags_.step, flags_.best)
   out = pathlib.Path(workdir) / "eval" / f"{'best_' if flags_.best else ''}{step}.json"
-  out.parent.mkdir(parents=True, exist_ok=True)
+  out.parent.mkdir(exist_ok=True)
   out.write_text(json.dumps({"step": step, "best": flags_.best, "results": results}, indent=2))
   names = sorted({name for metrics in results.values() for name in metrics})
-  print(f"step {step}" + "".join(f"  {name:>10}" for name in names))
+  print(f"step {step:<5}" + "".join(f"  {name:>10}" for name in names))
   for split, metrics in results.items():
-    print(f"{split:<10}" + "".join(f"  {metrics[name]:>10.4f}" for name in names))
+    print(f"{split:<10}" + "".join(f"  {cli.number(metrics[name]):>10}" for name in names))
   print(f"written to {out}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

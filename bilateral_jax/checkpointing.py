@@ -1,9 +1,11 @@
-"""Orbax checkpoints of a run: the train state, the data iterator's state and the model's settings.
+"""Orbax checkpoints of a run: parameters, optimiser state, the data iterator's state, what the model is
+(its settings and input shapes) and the run's progress.
 
 `DIR/checkpoints` keeps the last `keep` steps; `DIR/best` keeps the step with the best evaluation
 metric. Saves are asynchronous and atomic (Orbax writes a temporary directory and renames it when
-complete), so a crash mid-save leaves the last good checkpoint intact; the unfinished directory is
-skipped with a warning.
+complete), so a crash mid-save leaves the last good checkpoint intact. A step that does not restore (a
+partial copy, a full disk) is skipped, newest first, with a warning, and kept on disk. A read-only
+Checkpointer (eval.py) never creates, cleans or deletes anything, so it can run beside a training.
 """
 from __future__ import annotations
 
@@ -13,6 +15,15 @@ import pathlib
 
 import jax
 import orbax.checkpoint as ocp
+
+from bilateral_jax import logs
+
+
+logs.drop("Given directory is read only")  # what a read-only Checkpointer asks for
+
+
+class CheckpointError(RuntimeError):
+  """No usable checkpoint where one was asked for."""
 
 
 class CheckpointMismatch(ValueError):
@@ -35,58 +46,109 @@ def _differences(saved, current, prefix=""):
   return out
 
 
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0][:300] if text else ''}"
+
+
 class Checkpointer:
-  """Saves and restores one run's checkpoints under `workdir`."""
+  """Saves and restores one run's checkpoints under `workdir`. identity: JSON data that must be equal
+  in a checkpoint for it to restore (the model's settings and input shapes)."""
 
-  def __init__(self, workdir: str | pathlib.Path, model_settings: dict, *, keep: int = 3):
+  def __init__(self, workdir: str | pathlib.Path, identity: dict, *, keep: int = 3, read_only: bool = False):
     self.root = pathlib.Path(workdir).absolute()
-    self.model_settings = _normalize(model_settings)
-    for name in ("checkpoints", "best"):
-      for tmp in ocp.step.tmp_checkpoints(self.root / name) if (self.root / name).exists() else []:
-        logging.warning("skipping half-written checkpoint %s (a save was interrupted)", self.root / name / tmp)
-    options = dict(create=True, cleanup_tmp_directories=True)
-    self.latest = ocp.CheckpointManager(self.root / "checkpoints",
-                                        options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options))
-    self.best = ocp.CheckpointManager(self.root / "best",
-                                      options=ocp.CheckpointManagerOptions(max_to_keep=1, **options))
+    self.identity = _normalize(identity)
+    self.read_only = read_only
+    if read_only and not any((self.root / name).is_dir() for name in ("checkpoints", "best")):
+      raise CheckpointError(f"no checkpoints in {self.root} (no checkpoints/ or best/ directory); is "
+                            "--workdir the directory train.py wrote?")
+    if not read_only:
+      for name in ("checkpoints", "best"):
+        for tmp in ocp.step.tmp_checkpoints(self.root / name) if (self.root / name).exists() else []:
+          logging.warning("removing half-written checkpoint %s (a save was interrupted)", self.root / name / tmp)
+    if read_only:
+      options = lambda best: dict(read_only=True, create=False, save_interval_steps=0)
+    else:
+      options = lambda best: dict(max_to_keep=1 if best else keep, create=True, cleanup_tmp_directories=True)
+    self.managers = {best: ocp.CheckpointManager(self.root / ("best" if best else "checkpoints"),
+                                                 options=ocp.CheckpointManagerOptions(**options(best)))
+                     for best in (False, True)}
 
-  def _manager(self, best: bool) -> ocp.CheckpointManager:
-    return self.best if best else self.latest
+  def steps(self, best: bool = False) -> list[int]:
+    return sorted(self.managers[best].all_steps())
 
   def latest_step(self, best: bool = False) -> int | None:
-    return self._manager(best).latest_step()
+    steps = self.steps(best)
+    return steps[-1] if steps else None
 
-  def save(self, step: int, state, data_state: dict, progress: dict, best: bool = False) -> None:
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-                              model=ocp.args.JsonSave(self.model_settings),
-                              progress=ocp.args.JsonSave(_normalize(progress)))
-    manager = self._manager(best)
+  def save(self, step: int, params, opt_state, data_state: dict, progress: dict, best: bool = False) -> None:
+    manager = self.managers[best]
     if step in manager.all_steps():  # saved by a run that crashed later and resumed from an earlier step
       manager.delete(step)
-    manager.save(step, args=args, force=True)
+    manager.save(step, force=True, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+        data=ocp.args.JsonSave(data_state), identity=ocp.args.JsonSave(self.identity),
+        progress=ocp.args.JsonSave(_normalize(progress))))
 
-  def restore(self, step: int, abstract_state, best: bool = False):
-    """-> (state, data iterator state, progress). abstract_state: ShapeDtypeStructs with the shardings
-    wanted now, so a checkpoint restores onto any device count or mesh."""
-    manager = self._manager(best)
-    saved = manager.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))["model"]
-    differences = _differences(saved, self.model_settings)
-    if differences:
-      raise CheckpointMismatch(
-          f"the checkpoint at {manager.directory / str(step)} was written by a different model:\n  "
-          + "\n  ".join(differences) + "\nuse the config it was trained with, or a new --workdir")
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
-        progress=ocp.args.JsonRestore()))
-    return restored["state"], restored["data"], restored["progress"]
+  def restore(self, abstract_params, abstract_opt_state=None, *, step: int | None = None, best: bool = False):
+    """-> (step, params, opt_state or None, data iterator state, progress) of `step`, or of the newest
+    step that restores. The abstract trees (ShapeDtypeStructs with the shardings wanted now, so a
+    checkpoint restores onto any device count or mesh) say what to restore: without
+    `abstract_opt_state` only the parameters are read."""
+    manager = self.managers[best]
+    candidates = [step] if step is not None else self.steps(best)[::-1]
+    if not candidates or (step is not None and step not in manager.all_steps()):
+      available = self.steps(best)
+      raise CheckpointError(f"no {'best ' if best else ''}checkpoint{'' if step is None else f' of step {step}'} "
+                            f"in {manager.directory}" + (f" (steps: {available})" if available else ""))
+    for candidate in candidates:
+      path = manager.directory / str(candidate)
+      try:
+        saved = manager.restore(candidate, args=ocp.args.Composite(identity=ocp.args.JsonRestore()))["identity"]
+      except Exception as error:  # noqa: BLE001 - any failure to read means this step is damaged
+        self._damaged(path, error, step is not None)
+        continue
+      differences = _differences(saved, self.identity)
+      if differences:
+        raise CheckpointMismatch(f"the checkpoint at {path} was written by a different model: "
+                                 + "; ".join(differences) + "; use the config it was trained with, or a new --workdir")
+      items = dict(params=ocp.args.StandardRestore(abstract_params), data=ocp.args.JsonRestore(),
+                   progress=ocp.args.JsonRestore())
+      if abstract_opt_state is not None:
+        items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
+      try:
+        restored = manager.restore(candidate, args=ocp.args.Composite(**items))
+      except Exception as error:  # noqa: BLE001
+        self._damaged(path, error, step is not None)
+        continue
+      return (candidate, restored["params"], restored.get("opt_state"), restored["data"], restored["progress"])
+    raise CheckpointError(f"none of the checkpoints in {manager.directory} restores (steps {candidates}); "
+                          "see the warnings above")
+
+  def restore_optimizer(self, step: int, abstract_opt_state, best: bool = False):
+    """The optimiser state of `step` (restored after `restore` chose the step and checked its progress)."""
+    path = self.managers[best].directory / str(step)
+    try:
+      return self.managers[best].restore(step, args=ocp.args.Composite(
+          opt_state=ocp.args.StandardRestore(abstract_opt_state)))["opt_state"]
+    except Exception as error:  # noqa: BLE001
+      raise CheckpointError(f"the optimiser state at {path} does not restore ({_first_line(error)}); rerun "
+                            "with --fresh_optimizer to continue its parameters with a new one") from error
+
+  @staticmethod
+  def _damaged(path: pathlib.Path, error: Exception, asked_for: bool) -> None:
+    if asked_for:
+      raise CheckpointError(f"the checkpoint at {path} does not restore ({_first_line(error)})") from error
+    logging.warning("the checkpoint at %s does not restore (%s); it is kept, and the previous step is tried",
+                    path, _first_line(error))
 
   def wait(self) -> None:
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    for manager in self.managers.values():
+      manager.wait_until_finished()
 
   def close(self) -> None:
-    self.latest.close()
-    self.best.close()
+    for manager in self.managers.values():
+      manager.close()
 
 
 def abstract_with_shardings(abstract_tree, shardings):

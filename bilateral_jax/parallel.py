@@ -13,13 +13,18 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 BATCH_AXES = ("data", "fsdp")
 
 
+def mesh_size(data: int, fsdp: int) -> int:
+  """The number of devices a (data, fsdp) mesh spans: all of them, which it must cover exactly."""
+  devices = jax.device_count()
+  if fsdp < 1 or (data != -1 and data < 1) or devices % fsdp or (data != -1 and data * fsdp != devices):
+    raise ValueError(f"mesh data={data} x fsdp={fsdp} does not cover the {devices} devices (data=-1 takes "
+                     "what fsdp leaves)")
+  return devices
+
+
 def make_mesh(data: int, fsdp: int) -> jax.sharding.Mesh:
   """A (data, fsdp) mesh over all devices; data = -1 takes what fsdp leaves."""
-  devices = jax.device_count()
-  if data == -1:
-    data = devices // fsdp
-  if data * fsdp != devices:
-    raise ValueError(f"mesh data={data} x fsdp={fsdp} does not cover the {devices} devices")
+  data = mesh_size(data, fsdp) // fsdp
   auto = jax.sharding.AxisType.Auto
   return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(auto, auto))
 
@@ -51,3 +56,9 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Arra
   """This process's rows of a global batch -> global arrays sharded over the batch axes."""
   sharding = batch_sharding(mesh)
   return {name: jax.make_array_from_process_local_data(sharding, value) for name, value in local_batch.items()}
+
+
+def devices_for_dry_run(data: int, fsdp: int) -> int:
+  """CPU devices to compile a (data, fsdp) mesh on this machine: its size, or 0 (keep the real devices)
+  when data = -1 takes whatever there is."""
+  return 0 if data == -1 else data * fsdp

@@ -58,12 +58,12 @@ TASKS: dict[str, Callable] = {"classifier": classification, "vit": classificatio
 
 
 def finalize(sums: dict) -> dict[str, float]:
-  """Sums -> means over the weight (loss, accuracy); `examples` is the weight itself; per-class
+  """Sums -> means over the weight (loss, accuracy); `examples` is the weight itself (an integer count); per-class
   intersection and union -> `mean_iou` over the classes that occur (in the labels or the predictions)."""
   weight = max(float(sums["weight"]), 1e-12)
   metrics = {name: float(value) / weight for name, value in sums.items()
              if name not in ("weight", "intersection", "union")}
-  metrics["examples"] = float(sums["weight"])
+  metrics["examples"] = int(round(float(sums["weight"])))
   if "union" in sums:
     union = np.asarray(sums["union"], np.float64)
     occurring = union > 0

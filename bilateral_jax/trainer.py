@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import pathlib
 import signal
 import sys
 import time
@@ -23,10 +24,11 @@ import optax
 from jax.experimental import multihost_utils
 
 from bilateral_jax import parallel, tasks
+from bilateral_jax import workdir as workdir_lib
 from bilateral_jax.checkpointing import Checkpointer, abstract_with_shardings
 from bilateral_jax.data import augment, pipeline, sources
 from bilateral_jax.metric_writer import MetricWriter
-from bilateral_jax.models import build_model
+from bilateral_jax.models import MODELS, TransformerConfig, build_model
 
 SCHEDULES = ("cosine", "linear", "constant", "rsqrt")
 
@@ -99,8 +101,9 @@ def resolve_from_data(config: ml_collections.ConfigDict, info: dict) -> ml_colle
   return config
 
 
-def _check_loop_settings(config: ml_collections.ConfigDict) -> None:
-  tc = config.train
+def check_settings(config: ml_collections.ConfigDict) -> None:
+  """Every setting that does not need the data, checked before any data is built."""
+  tc, opt = config.train, config.optimizer
   metrics = ("loss", "accuracy") + (("mean_iou",) if config.model.name == "segmenter" else ())
   checks = [
       (tc.best_mode in ("max", "min"), f"train.best_mode={tc.best_mode!r} is not one of: max, min"),
@@ -111,10 +114,25 @@ def _check_loop_settings(config: ml_collections.ConfigDict) -> None:
            tc.grad_accum_steps, tc.batch_size, config.eval.batch_size) >= 1,
        "train.num_steps, log_every, eval_every, checkpoint_every, keep_checkpoints, grad_accum_steps, "
        "batch_size and eval.batch_size must be positive"),
+      (tc.profile_steps >= 0, f"train.profile_steps={tc.profile_steps} must be >= 0"),
+      (opt.schedule in SCHEDULES, f"optimizer.schedule={opt.schedule!r} is not one of: {', '.join(SCHEDULES)}"),
+      (opt.learning_rate > 0, f"optimizer.learning_rate={opt.learning_rate} must be positive"),
+      (0 <= opt.b1 < 1 and 0 <= opt.b2 < 1, f"optimizer.b1={opt.b1} and b2={opt.b2} must lie in [0, 1)"),
+      (opt.weight_decay >= 0 and opt.clip_norm >= 0 and opt.warmup_steps >= 0,
+       "optimizer.weight_decay, clip_norm and warmup_steps must be >= 0"),
+      (0 <= opt.final_learning_rate_fraction <= 1,
+       f"optimizer.final_learning_rate_fraction={opt.final_learning_rate_fraction} must lie in [0, 1]"),
   ]
   for ok, message in checks:
     if not ok:
       raise ValueError(message)
+  if config.model.name not in MODELS:
+    raise ValueError(f"model.name={config.model.name!r} is not one of: {', '.join(sorted(MODELS))}")
+  TransformerConfig(**config.model.transformer.to_dict())
+  mesh_size = parallel.mesh_size(config.mesh.data, config.mesh.fsdp)
+  if tc.batch_size % (mesh_size * tc.grad_accum_steps):
+    raise ValueError(f"train.batch_size {tc.batch_size} must be divisible by devices ({mesh_size}) x "
+                     f"grad_accum_steps ({tc.grad_accum_steps})")
 
 
 def _refuse_switches(augment_config: ml_collections.ConfigDict, names: tuple[str, ...], why: str) -> None:
@@ -149,14 +167,19 @@ def example_batch(source, batch_size: int, transform=None) -> dict[str, np.ndarr
 
 @dataclasses.dataclass
 class Experiment:
-  """Everything a run builds from its config once: model, optimizer, mesh, shardings, jitted steps."""
+  """Everything a run builds from its config once: model, optimizer, mesh, shardings, jitted steps.
+
+  `info_split` is the split whose source decides the data-given sizes and input shapes: `train` to
+  train; eval.py passes the first split it evaluates, so it reads only the splits it evaluates.
+  """
   config: ml_collections.ConfigDict
+  info_split: str = "train"
 
   def __post_init__(self):
-    self.train_source = sources.load_split(self.config.data, "train")
-    self.config = config = resolve_from_data(self.config, self.train_source.info)
-    _check_loop_settings(config)
-    self.train_transform, self.eval_transform = _image_transforms(config, self.train_source.info)
+    check_settings(self.config)
+    self.info_source = sources.load_split(self.config.data, self.info_split)
+    self.config = config = resolve_from_data(self.config, self.info_source.info)
+    self.train_transform, self.eval_transform = _image_transforms(config, self.info_source.info)
     self.mixes = bool(config.augment.mixup_alpha or config.augment.cutmix_alpha or config.augment.label_smoothing)
     if self.mixes and config.model.name not in ("classifier", "vit"):
       raise ValueError("augment.mixup_alpha, cutmix_alpha and label_smoothing apply to classifiers, not "
@@ -165,24 +188,43 @@ class Experiment:
     self.task = tasks.TASKS[config.model.name]
     self.tx, self.schedule = make_optimizer(config)
     self.mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
-    if config.train.batch_size % (self.mesh.size * config.train.grad_accum_steps):
-      raise ValueError(f"train.batch_size {config.train.batch_size} must be divisible by devices "
-                       f"({self.mesh.size}) x grad_accum_steps ({config.train.grad_accum_steps})")
-    if config.eval.batch_size % self.mesh.size:
-      raise ValueError(f"eval.batch_size {config.eval.batch_size} must be divisible by devices ({self.mesh.size})")
-    inputs = example_batch(self.train_source, 1, self.eval_transform)["inputs"]
+    # Evaluation pads its last batch with weight-0 rows anyway: round the batch up to the devices.
+    self.eval_batch_size = -(-config.eval.batch_size // self.mesh.size) * self.mesh.size
+    example = example_batch(self.info_source, 1, self.eval_transform)
+    inputs = example["inputs"]
+    self.identity = model_settings(config) | {"inputs": [list(inputs.shape[1:]), str(inputs.dtype)]}
     self.tokens_per_example = inputs.shape[-1] if config.model.name == "lm" else None
     init = lambda rng: self._initial_state(rng, inputs)
     abstract = jax.eval_shape(init, jax.random.key(0))
     self.state_sharding = parallel.fsdp_sharding(self.mesh, abstract)
     self.abstract_state = abstract_with_shardings(abstract, self.state_sharding)
     self.init = jax.jit(init, out_shardings=self.state_sharding)
+    self.init_optimizer = jax.jit(self.tx.init, in_shardings=(self.state_sharding.params,),
+                                  out_shardings=self.state_sharding.opt_state)
     batch_sharding = parallel.batch_sharding(self.mesh)
     replicated = parallel.replicated(self.mesh)
     self.train_step = jax.jit(self._train_step, in_shardings=(self.state_sharding, batch_sharding),
                               out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-    self.eval_step = jax.jit(self._eval_step, in_shardings=(self.state_sharding, batch_sharding),
+    self.eval_step = jax.jit(self._eval_step, in_shardings=(self.state_sharding.params, batch_sharding),
                              out_shardings=replicated)
+    self.abstract_batch = {name: jax.ShapeDtypeStruct((config.train.batch_size,) + value.shape[1:], value.dtype,
+                                                      sharding=batch_sharding) for name, value in example.items()}
+
+  def checkpointer(self, workdir: str, read_only: bool = False) -> Checkpointer:
+    return Checkpointer(workdir, self.identity, keep=self.config.train.keep_checkpoints, read_only=read_only)
+
+  def compile_train_step(self):
+    """-> (the compiled train step, seconds it took, XLA's FLOPs per step or None, bytes of memory or None)."""
+    start = time.perf_counter()
+    compiled = self.train_step.lower(self.abstract_state, self.abstract_batch).compile()
+    seconds = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost["flops"]) if cost and cost.get("flops", -1) >= 0 else None
+    memory = compiled.memory_analysis()
+    used = None if memory is None else sum(getattr(memory, f"{kind}_size_in_bytes", 0)
+                                           for kind in ("argument", "output", "temp", "generated_code"))
+    return compiled, seconds, flops, used
 
   def _initial_state(self, rng, inputs):
     params = self.model.init(rng, inputs)["params"]
@@ -222,38 +264,53 @@ class Experiment:
     params = optax.apply_updates(state.params, updates)
     metrics = {name: value / weight for name, value in sums.items() if name != "weight" and value.ndim == 0}
     metrics |= {"grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
-                "learning_rate": self.schedule(state.step)}
+                "learning_rate": self.schedule(state.step)} | parameter_summaries(params)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  def _eval_step(self, state: TrainState, batch):
-    return self._sums(state.params, batch, None)
+  def _eval_step(self, params, batch):
+    return self._sums(params, batch, None)
 
-  def evaluate(self, state: TrainState, split: str, source=None) -> dict[str, float]:
-    """Metrics of `split` (the whole split, once, in order) under the current parameters."""
+  def evaluate(self, params, split: str, source=None) -> dict[str, float]:
+    """Metrics of `split` (the whole split, once, in order) under `params`."""
     source = sources.load_split(self.config.data, split) if source is None else source
-    batches = pipeline.eval_batches(source, global_batch=self.config.eval.batch_size,
+    batches = pipeline.eval_batches(source, global_batch=self.eval_batch_size,
                                     process_index=jax.process_index(), process_count=jax.process_count(),
                                     transform=self.eval_transform)
     totals: dict[str, float] = {}
     for local in batches:
-      sums = jax.device_get(self.eval_step(state, parallel.global_batch(local, self.mesh)))
+      sums = jax.device_get(self.eval_step(params, parallel.global_batch(local, self.mesh)))
       for name, value in sums.items():
         totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64)
     return tasks.finalize(totals)
 
 
-def filter_parameters(params) -> dict[str, list[float]]:
-  """Learned BSA bandwidths (per head) and GRC t (per sublayer), per layer, for logging."""
+def parameter_summaries(params) -> dict[str, jax.Array]:
+  """Learned BSA bandwidths h_y, h_p [heads] and GRC t (mean over channels) per layer, as small arrays
+  computed inside the step (so they are replicated whatever the parameters' sharding)."""
   out = {}
-  for path, value in flax.traverse_util.flatten_dict(jax.device_get(params), sep="/").items():
+  for path, value in flax.traverse_util.flatten_dict(params, sep="/").items():
     layer = next((part for part in path.split("/") if part.startswith("block_")), None)
     name = path.rsplit("/", 1)[-1]
     if name in ("log_h_y", "log_h_p"):
-      out[f"{name[4:]}/{layer}"] = np.exp(value).round(5).tolist()
+      out[f"{name[4:]}/{layer}"] = jnp.exp(value.astype(jnp.float32)).reshape(-1)
     elif name.startswith("grc_theta_"):
-      t = 1.0 / (1.0 + np.exp(-np.asarray(value, np.float64)))
-      out[f"t_{name[len('grc_theta_'):]}/{layer}"] = float(np.mean(t))
+      out[f"t_{name[len('grc_theta_'):]}/{layer}"] = jnp.mean(jax.nn.sigmoid(value.astype(jnp.float32)))
   return out
+
+
+def to_host(metrics: dict) -> dict:
+  """Device metrics -> Python floats (scalars) and lists of floats (per-head summaries)."""
+  host = jax.device_get(metrics)
+  return {name: (float(value) if np.ndim(value) == 0 else np.round(np.asarray(value, np.float64), 5).tolist())
+          for name, value in host.items()}
+
+
+class Preempted(RuntimeError):
+  """SIGTERM (or the cluster's preemption notice) stopped the run after saving."""
+
+
+class ResumeRefused(ValueError):
+  """The workdir's checkpoint cannot continue under the config given now."""
 
 
 class _Preemption:
@@ -282,82 +339,161 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self.previous)
 
 
-def _check_finite(step: int, metrics: dict, checkpointer: Checkpointer) -> None:
-  if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)):
+def _non_finite(metrics: dict) -> list[str]:
+  values = lambda v: v if isinstance(v, list) else [v]
+  return [name for name, value in metrics.items()
+          if any(isinstance(x, float) and not math.isfinite(x) for x in values(value))]
+
+
+def _check_finite(step: int, metrics: dict, checkpointer: Checkpointer, what: str) -> None:
+  bad = _non_finite(metrics)
+  if bad:
     checkpointer.wait()
+    latest = checkpointer.latest_step()
+    kept = f"the last good checkpoint (step {latest}) is kept" if latest is not None else "no checkpoint was saved"
     raise TrainingDiverged(
-        f"non-finite training metrics at step {step}: {metrics}. Training stopped; the last good "
-        f"checkpoint (step {checkpointer.latest_step()}) is kept. Lower optimizer.learning_rate or "
-        "set optimizer.clip_norm, then rerun to resume from it.")
+        f"non-finite {what} at step {step} ({', '.join(bad)}); training stopped and {kept}. Lower "
+        "optimizer.learning_rate or set optimizer.clip_norm (with --fresh_optimizer), then rerun to resume.")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, float]]:
-  """Trains to `train.num_steps`, resuming from the latest checkpoint in `workdir`; returns the final
-  evaluation metrics by split."""
+def _lock(workdir: str) -> workdir_lib.Lock:
+  """Process 0 takes the workdir's lock; every process learns whether it did."""
+  lock = workdir_lib.Lock(workdir)
+  error = None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except workdir_lib.WorkdirInUse as refused:
+      error = refused
+  if jax.process_count() > 1 and not bool(multihost_utils.broadcast_one_to_all(np.int32(error is None))):
+    raise error or workdir_lib.WorkdirInUse(f"{workdir} is in use by another run (process 0 could not lock it)")
+  if error:
+    raise error
+  return lock
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh_optimizer: bool = False,
+                       dry_run: bool = False) -> dict[str, dict[str, float]]:
+  """Trains to `train.num_steps`, resuming from the latest checkpoint in `workdir` that restores; returns
+  the final evaluation metrics by split. fresh_optimizer: resume the parameters with a new optimiser
+  state (needed when the optimiser's state changes structure, e.g. clip_norm switched on or off).
+  dry_run: compile the train step, print the start-up summary and return {} (nothing is written)."""
   experiment = Experiment(config)
-  checkpointer = Checkpointer(workdir, model_settings(experiment.config),
-                              keep=experiment.config.train.keep_checkpoints)
+  if dry_run:
+    _print_summary(experiment, workdir, *experiment.compile_train_step(), {})
+    return {}
+  lock = _lock(workdir)
   try:
-    return _train(experiment, checkpointer, workdir)
+    checkpointer = experiment.checkpointer(workdir)
+    try:
+      return _train(experiment, checkpointer, workdir, fresh_optimizer)
+    finally:
+      checkpointer.wait()
+      checkpointer.close()
   finally:
-    checkpointer.wait()
-    checkpointer.close()
+    lock.release()
 
 
-def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str) -> dict[str, dict[str, float]]:
+def _resume(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fresh_optimizer: bool):
+  """-> (state, data iterator state or None, progress, step) from the newest checkpoint that restores,
+  after refusing what would silently corrupt the run."""
+  config = experiment.config
+  saved_config = workdir_lib.load_config(workdir)
+  changed = workdir_lib.changes(saved_config, config) if saved_config is not None else {}
+  optimizer = str(jax.tree.structure(experiment.abstract_state.opt_state))
+  if checkpointer.latest_step() is None:
+    return experiment.init(jax.random.key(config.seed)), None, {"best": None}, 0
+  step, params, _, data_state, progress = checkpointer.restore(experiment.abstract_state.params)
+  if changed:
+    print("resuming with changed settings: " + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()),
+          flush=True)
+  if progress.get("batch_size", config.train.batch_size) != config.train.batch_size:
+    raise ResumeRefused(f"train.batch_size is {config.train.batch_size} but the checkpoint of step {step} in "
+                        f"{workdir} was trained with {progress['batch_size']} (the data position counts batches); "
+                        f"use --config.train.batch_size={progress['batch_size']} or a new --workdir")
+  if step > config.train.num_steps:
+    raise ResumeRefused(f"train.num_steps={config.train.num_steps} is below the checkpoint's step {step} in "
+                        f"{workdir}; raise it, or use eval.py to evaluate the checkpoint")
+  if progress.get("optimizer", optimizer) != optimizer and not fresh_optimizer:
+    fields = [k for k in changed if k.startswith("optimizer.")]
+    raise ResumeRefused(f"the optimiser state of step {step} in {workdir} has another structure than this config's "
+                        f"({', '.join(fields) or 'optimizer settings'} changed); rerun with --fresh_optimizer "
+                        "to continue the parameters with a new optimiser state, or use a new --workdir")
+  if fresh_optimizer:
+    opt_state = experiment.init_optimizer(params)
+    print(f"resumed the parameters of step {step} with a fresh optimiser state", flush=True)
+  else:
+    opt_state = checkpointer.restore_optimizer(step, experiment.abstract_state.opt_state)
+  step_array = jax.jit(lambda: jnp.asarray(step, jnp.int32), out_shardings=experiment.state_sharding.step)()
+  state = TrainState(step=step_array, params=params, opt_state=opt_state)
+  print(f"resumed from step {step} in {workdir}", flush=True)
+  return state, data_state, progress, step
+
+
+def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fresh_optimizer: bool):
   config = experiment.config
   tc = config.train
-  batches = pipeline.train_batches(experiment.train_source, global_batch=tc.batch_size, seed=config.seed,
+  batches = pipeline.train_batches(experiment.info_source, global_batch=tc.batch_size, seed=config.seed,
                                    process_index=jax.process_index(), process_count=jax.process_count(),
                                    transform=experiment.train_transform, repeats=config.augment.repeats)
   eval_sources = {split: sources.load_split(config.data, split) for split in config.eval.splits}
-  progress = {"best": None}
-  step = checkpointer.latest_step()
-  if step is None:
-    state, step = experiment.init(jax.random.key(config.seed)), 0
-  else:
-    state, data_state, progress = checkpointer.restore(step, experiment.abstract_state)
+  state, data_state, progress, step = _resume(experiment, checkpointer, workdir, fresh_optimizer)
+  if data_state is not None:
     batches.set_state(data_state)
-    print(f"resumed from step {step} in {workdir}", flush=True)
+  progress |= {"batch_size": tc.batch_size, "optimizer": str(jax.tree.structure(experiment.abstract_state.opt_state))}
+  if jax.process_index() == 0:
+    workdir_lib.save_config(config, workdir)
+  train_step, compile_seconds, flops, memory = experiment.compile_train_step()
+  _print_summary(experiment, workdir, train_step, compile_seconds, flops, memory, eval_sources)
 
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, resume_step=step, config=config)
   preemption = _Preemption()
   bar = _ProgressBar(step, tc.num_steps)
   final: dict[str, dict[str, float]] = {}
+  profile = range(step + 2, step + 2 + tc.profile_steps)  # after the first step: no compilation in the trace
   last_log, last_time = step, time.perf_counter()
   try:
     while step < tc.num_steps:
-      state, metrics = experiment.train_step(state, parallel.global_batch(next(batches), experiment.mesh))
+      if step + 1 == profile.start and profile:
+        jax.profiler.start_trace(str(pathlib.Path(workdir) / "profile"))
+      state, metrics = train_step(state, parallel.global_batch(next(batches), experiment.mesh))
       step += 1
+      if step + 1 == profile.stop and profile:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
       last = step == tc.num_steps
       stopping = preemption.reached(step)  # read once: a signal may arrive anywhere below
       save_now = last or step % tc.checkpoint_every == 0 or stopping
-      if step % tc.log_every == 0 or save_now:
-        host = {name: float(value) for name, value in jax.device_get(metrics).items()}
-        _check_finite(step, host, checkpointer)
+      evaluate_now = last or step % tc.eval_every == 0
+      if step % tc.log_every == 0 or save_now or evaluate_now:
+        host = to_host(metrics)
+        _check_finite(step, host, checkpointer, "training metrics")
         steps_per_s = (step - last_log) / max(time.perf_counter() - last_time, 1e-9)
         host |= {"steps_per_s": steps_per_s, "examples_per_s": steps_per_s * tc.batch_size}
         if experiment.tokens_per_example:
           host["tokens_per_s"] = host["examples_per_s"] * experiment.tokens_per_example
-        writer.write(step, "train", host | filter_parameters(state.params))
+        writer.write(step, "train", host)
         bar.update(step, host)
-        last_log, last_time = step, time.perf_counter()
-      if last or step % tc.eval_every == 0:
+      if evaluate_now:
         for split, source in eval_sources.items():
-          final[split] = experiment.evaluate(state, split, source)
+          final[split] = experiment.evaluate(state.params, split, source)
+          _check_finite(step, final[split], checkpointer, f"{split} metrics")
           writer.write(step, split, final[split])
         value = final[config.eval.splits[0]][tc.best_metric]
         sign = 1 if tc.best_mode == "max" else -1
         if progress["best"] is None or sign * value > sign * progress["best"]:
-          progress = {"best": value}
-          checkpointer.save(step, state, batches.get_state(), progress, best=True)
+          progress["best"] = value
+          checkpointer.save(step, state.params, state.opt_state, batches.get_state(), progress, best=True)
+        writer.plot()
       if save_now:
-        checkpointer.save(step, state, batches.get_state(), progress)
+        checkpointer.save(step, state.params, state.opt_state, batches.get_state(), progress)
+      if step % tc.log_every == 0 or save_now or evaluate_now:
+        last_log, last_time = step, time.perf_counter()  # evaluation and saving do not count as steps
       if stopping:
-        logging.warning("pre-empted: checkpoint of step %d saved; rerun the same command to resume", step)
-        break
-    if not final and step == tc.num_steps:  # the run was already complete: nothing left to train
-      final = {split: experiment.evaluate(state, split, source) for split, source in eval_sources.items()}
+        checkpointer.wait()
+        raise Preempted(f"pre-empted at step {step}: checkpoint saved in {workdir}; resume with the same command")
+    if not final:  # the run was already complete: nothing left to train
+      final = {split: experiment.evaluate(state.params, split, source) for split, source in eval_sources.items()}
   finally:
     bar.close()
     preemption.restore()
@@ -367,18 +503,42 @@ def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str) -> 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
                         best: bool = False) -> tuple[int, dict[str, dict[str, float]]]:
-  """Restores a checkpoint of `workdir` (latest, `step`, or the best) -> (step, metrics by split)."""
-  experiment = Experiment(config)
-  config = experiment.config
-  checkpointer = Checkpointer(workdir, model_settings(config))
+  """Restores the parameters of a checkpoint of `workdir` (the newest that restores, `step`, or the best)
+  read-only, so it can run beside a training -> (step, metrics by split)."""
+  experiment = Experiment(config, info_split=config.eval.splits[0])
+  checkpointer = experiment.checkpointer(workdir, read_only=True)
   try:
-    step = checkpointer.latest_step(best) if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no {'best ' if best else ''}checkpoint in {workdir}")
-    state, _, _ = checkpointer.restore(step, experiment.abstract_state, best=best)
-    return step, {split: experiment.evaluate(state, split) for split in config.eval.splits}
+    step, params, _, _, _ = checkpointer.restore(experiment.abstract_state.params, step=step, best=best)
   finally:
     checkpointer.close()
+  return step, {split: experiment.evaluate(params, split) for split in experiment.config.eval.splits}
+
+
+def parameter_counts(params) -> dict[str, int]:
+  """Parameters per top-level module, and `total`."""
+  counts = {name: sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(subtree)) for name, subtree in params.items()}
+  return counts | {"total": sum(counts.values())}
+
+
+def _print_summary(experiment: Experiment, workdir: str, train_step, compile_seconds: float, flops, memory,
+                   eval_sources: dict) -> None:
+  if jax.process_index() != 0:
+    return
+  config, mesh = experiment.config, experiment.mesh
+  counts = parameter_counts(experiment.abstract_state.params)
+  total = counts.pop("total")
+  sizes = {"train": len(experiment.info_source)} | {split: len(source) for split, source in eval_sources.items()}
+  lines = [
+      f"devices: {jax.device_count()} {jax.devices()[0].platform} in {jax.process_count()} process(es); "
+      f"mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']}",
+      f"parameters: {total:,} (" + ", ".join(f"{name} {count:,}" for name, count in counts.items()) + ")",
+      "data: " + ", ".join(f"{split} {size:,}" for split, size in sizes.items()) + f" examples ({config.data.name})",
+      f"train step: compiled in {compile_seconds:.1f} s"
+      + (f"; {flops / 1e9:.3g} GFLOP per step and device (XLA cost analysis)" if flops else "")
+      + (f"; {memory / 2**20:.1f} MiB of device memory per device (arguments, outputs, temporaries)" if memory else ""),
+      f"workdir: {pathlib.Path(workdir).absolute()}",
+  ]
+  print("\n".join(lines), flush=True)
 
 
 class _ProgressBar:

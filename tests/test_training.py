@@ -11,9 +11,10 @@ import jax
 import numpy as np
 import portpicker
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from bilateral_jax import trainer
-from bilateral_jax.checkpointing import CheckpointMismatch
+from bilateral_jax.checkpointing import CheckpointError, CheckpointMismatch
 from tests.samples import (write_aan, write_aclimdb, write_ade20k, write_cifar10, write_image_folders,
                            write_pathfinder, write_text_corpus, write_wikitext)
 
@@ -90,10 +91,20 @@ def run_script(script, workdir, overrides, devices=8, extra=(), timeout=300, **p
 
 def final_params(workdir, config):
   experiment = trainer.Experiment(config)
-  checkpointer = trainer.Checkpointer(workdir, trainer.model_settings(config))
-  state, _, _ = checkpointer.restore(checkpointer.latest_step(), experiment.abstract_state)
+  checkpointer = experiment.checkpointer(workdir, read_only=True)
+  _, params, *_ = checkpointer.restore(experiment.abstract_state.params)
   checkpointer.close()
-  return jax.device_get(state.params)
+  return jax.device_get(params)
+
+
+def strict_metrics(workdir):
+  """metrics.jsonl as strict JSON (no NaN/Infinity), checked to hold each (step, split) once."""
+  refuse = lambda constant: pytest.fail(f"metrics.jsonl holds {constant}")
+  lines = [json.loads(line, parse_constant=refuse)
+           for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  keys = [(line["step"], line["split"]) for line in lines]
+  assert len(keys) == len(set(keys)), keys
+  return lines
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -139,23 +150,80 @@ def test_rsqrt_schedule_is_lras_constant_linear_warmup_rsqrt_decay():
     np.testing.assert_allclose(float(schedule(step)), lra, rtol=1e-5, atol=1e-12)
 
 
-def test_resume_after_a_crash_gives_identical_parameters_and_losses(tmp_path):
+@pytest.mark.parametrize("crash", ["after_a_regular_save", "after_a_best_save"])
+def test_resume_after_a_crash_gives_identical_parameters_and_losses(tmp_path, crash):
   config = tiny_config(**{"train.keep_checkpoints": 5})
   trainer.train_and_evaluate(config, str(tmp_path / "straight"))
   interrupted = tmp_path / "interrupted"
   trainer.train_and_evaluate(config, str(interrupted))
-  # A crash right after step 3's checkpoint: what came later never happened.
-  for step_dir in (interrupted / "checkpoints").iterdir():
-    if int(step_dir.name) > 3:
-      subprocess.run(["rm", "-rf", str(step_dir)], check=True)
-  lines = (interrupted / "metrics.jsonl").read_text().splitlines()
-  (interrupted / "metrics.jsonl").write_text("\n".join(l for l in lines if json.loads(l)["step"] <= 3) + "\n")
+  # A crash right after step 3's regular save, or right after step 6's best save (before its regular
+  # save): what came later never happened.
+  doomed = [interrupted / "checkpoints" / "6"] + ([interrupted / "best" / "6"] if crash == "after_a_regular_save" else [])
+  for step_dir in doomed:
+    subprocess.run(["rm", "-rf", str(step_dir)], check=True)
   trainer.train_and_evaluate(config, str(interrupted))
   straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(interrupted)
   assert [m["step"] for m in resumed] == list(range(1, 7))
   assert [m["loss"] for m in resumed] == [m["loss"] for m in straight]
+  strict_metrics(interrupted)
   jax.tree.map(np.testing.assert_array_equal, final_params(interrupted, config),
                final_params(tmp_path / "straight", config))
+
+
+def test_damaged_newest_checkpoint_falls_back_with_identical_continuation(tmp_path, caplog):
+  config = tiny_config(**{"train.keep_checkpoints": 5})
+  trainer.train_and_evaluate(config, str(tmp_path / "straight"))
+  damaged = tmp_path / "damaged"
+  trainer.train_and_evaluate(config, str(damaged))
+  for path in (damaged / "checkpoints" / "6" / "params").rglob("*"):
+    if path.is_file() and path.stat().st_size > 0:
+      path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a partial copy
+  with pytest.raises(CheckpointError, match="checkpoints/6 does not restore"):
+    trainer.evaluate_checkpoint(config, str(damaged), step=6)
+  step, _ = trainer.evaluate_checkpoint(config, str(damaged))
+  assert step == 3 and "checkpoints/6 does not restore" in caplog.text
+  assert (damaged / "checkpoints" / "6").is_dir()  # kept for a look
+  trainer.train_and_evaluate(config, str(damaged))
+  assert [m["loss"] for m in read_metrics(damaged)] == [m["loss"] for m in read_metrics(tmp_path / "straight")]
+  jax.tree.map(np.testing.assert_array_equal, final_params(damaged, config),
+               final_params(tmp_path / "straight", config))
+
+
+def test_resume_refuses_changes_that_would_corrupt_the_run(tmp_path):
+  trainer.train_and_evaluate(tiny_config(**{"train.num_steps": 3}), str(tmp_path))
+  with pytest.raises(trainer.ResumeRefused, match=r"train.batch_size is 16 .* trained with 8"):
+    trainer.train_and_evaluate(tiny_config(**{"train.batch_size": 16}), str(tmp_path))
+  with pytest.raises(trainer.ResumeRefused, match="train.num_steps=2 is below the checkpoint's step 3"):
+    trainer.train_and_evaluate(tiny_config(**{"train.num_steps": 2}), str(tmp_path))
+  no_clip = tiny_config(**{"optimizer.clip_norm": 0.0})
+  with pytest.raises(trainer.ResumeRefused, match=r"optimizer.clip_norm changed.*--fresh_optimizer"):
+    trainer.train_and_evaluate(no_clip, str(tmp_path))
+  step, _ = trainer.evaluate_checkpoint(no_clip, str(tmp_path))  # parameters only: any optimiser will do
+  assert step == 3
+  trainer.train_and_evaluate(no_clip, str(tmp_path), fresh_optimizer=True)
+  assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["clip_norm"] == 0.0
+  assert [m["step"] for m in strict_metrics(tmp_path) if m["split"] == "train"] == list(range(1, 7))
+
+
+def test_a_diverging_run_never_replaces_a_finite_best_checkpoint(tmp_path):
+  short = {"train.num_steps": 2, "train.checkpoint_every": 2, "train.eval_every": 2, "train.log_every": 100}
+  trainer.train_and_evaluate(tiny_config(**short), str(tmp_path))
+  diverging = tiny_config(**short | {"train.num_steps": 20, "optimizer.learning_rate": 1e30})
+  with pytest.raises(trainer.TrainingDiverged, match="non-finite .* at step 4"):
+    trainer.train_and_evaluate(diverging, str(tmp_path))
+  assert sorted(int(p.name) for p in (tmp_path / "best").iterdir()) == [2]
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [2]
+  strict_metrics(tmp_path)
+
+
+def test_eval_batch_is_padded_to_any_device_count(tmp_path):
+  experiment = trainer.Experiment(tiny_config(**{"eval.batch_size": 250}))
+  assert jax.device_count() == 8 and experiment.eval_batch_size == 256
+  params = experiment.init(jax.random.key(0)).params
+  reference = trainer.Experiment(tiny_config()).evaluate(params, "validation")
+  padded = experiment.evaluate(params, "validation")
+  assert padded["examples"] == reference["examples"] == 24
+  np.testing.assert_allclose(padded["loss"], reference["loss"], rtol=1e-6)
 
 
 def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
@@ -167,8 +235,8 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
     time.sleep(0.2)
   process.send_signal(signal.SIGTERM)
   output, _ = process.communicate(timeout=120)
-  assert process.returncode == 0, output
-  assert "pre-empted" in output
+  assert process.returncode == 3, output
+  assert "pre-empted" in output and "resume with the same command" in output
   saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
   assert saved and saved[-1] == read_metrics(tmp_path)[-1]["step"]
   resumed = run_script("train.py", tmp_path, overrides | {"train.num_steps": saved[-1] + 2})
@@ -177,6 +245,7 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
   assert done.returncode == 0 and "test: accuracy" in done.stdout, done.stderr
   assert f"resumed from step {saved[-1]}" in resumed.stdout
   assert read_metrics(tmp_path)[-1]["step"] == saved[-1] + 2
+  strict_metrics(tmp_path)
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_saved_step(tmp_path):
@@ -193,7 +262,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_saved_step(tmp_p
   processes[1].send_signal(signal.SIGTERM)
   for process in processes:
     output, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, output
+    assert process.returncode == 3, output
   saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
   assert saved and saved[-1] == read_metrics(tmp_path)[-1]["step"]
 
@@ -244,14 +313,18 @@ def test_half_written_step_is_skipped_and_other_models_are_refused(tmp_path, cap
   trainer.train_and_evaluate(config, str(tmp_path))
   half = tmp_path / "checkpoints" / "9.orbax-checkpoint-tmp-1700000000000000"
   half.mkdir()
-  (half / "state").mkdir()
+  (half / "params").mkdir()
   step, _ = trainer.evaluate_checkpoint(config, str(tmp_path))
-  assert step == 6
-  assert "half-written checkpoint" in caplog.text and "9.orbax-checkpoint-tmp" in caplog.text
+  assert step == 6 and half.is_dir()  # read-only: it may be a training's save in progress
+  trainer.train_and_evaluate(config, str(tmp_path))  # complete: evaluates and returns
+  assert "half-written checkpoint" in caplog.text and not half.exists()
   other = tiny_config(**{"model.transformer.num_layers": 2, "model.transformer.attention": "standard"})
   with pytest.raises(CheckpointMismatch, match=r"(?s)transformer.attention: checkpoint 'bilateral', "
                      r"config 'standard'.*transformer.num_layers: checkpoint 1, config 2"):
     trainer.evaluate_checkpoint(other, str(tmp_path))
+  with pytest.raises(CheckpointError, match="no checkpoints in"):
+    trainer.evaluate_checkpoint(config, str(tmp_path / "typo"))
+  assert not (tmp_path / "typo").exists()
 
 
 def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -275,17 +348,28 @@ def test_metrics_files_and_logged_filter_parameters(tmp_path):
     assert name in first, name
   assert len(first["h_p/block_0"]) == 2 and 0 < first["t_attention/block_0"] < 1
   assert {m["step"] for m in read_metrics(tmp_path, "validation")} == {3, 6}
-  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+  events.Reload()
+  assert [event.step for event in events.Scalars("train/loss")] == list(range(1, 7))
+  assert "train/h_p/block_0/1" in events.Tags()["scalars"] and "config/text_summary" in events.Tags()["tensors"]
+  assert (tmp_path / "plots" / "curves.png").stat().st_size > 10_000
+  overlay = subprocess.run([sys.executable, "plot.py", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "two.png")],
+                           cwd=ROOT, capture_output=True, text=True)
+  assert overlay.returncode == 0 and (tmp_path / "two.png").exists(), overlay.stderr
 
 
-def test_bad_config_input_fails_at_start_naming_it(tmp_path):
-  unknown = run_script("train.py", tmp_path, {"train.num_stepz": 3})
-  assert unknown.returncode != 0 and "num_stepz" in unknown.stderr
-  wrong_type = run_script("train.py", tmp_path, {"train.num_steps": "many"})
-  assert wrong_type.returncode != 0 and "num_steps" in wrong_type.stderr
-  bad_value = run_script("train.py", tmp_path, {"model.transformer.attention": "linear"})
-  assert bad_value.returncode != 0 and "attention='linear' is not one of" in bad_value.stderr
-  assert not (tmp_path / "checkpoints").exists()
+@pytest.mark.parametrize("override, message", [
+    ({"train.num_stepz": 3}, "unknown config field config.train.num_stepz (did you mean num_steps?)"),
+    ({"train.num_steps": "many"}, "config.train.num_steps=many"),
+    ({"model.transformer.attention": "linear"}, "attention='linear' is not one of"),
+    ({"optimizer.learning_rate": -1.0}, "optimizer.learning_rate=-1.0 must be positive"),
+    ({"data.tfds_dir": "/dev/null/x", "train.batch_size": 12}, "train.batch_size 12 must be divisible by devices (8)"),
+])
+def test_bad_config_input_is_one_line_and_status_2_before_any_data(tmp_path, override, message):
+  result = run_script("train.py", tmp_path, override)
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr
+  assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "tfds").exists()
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):

@@ -5,7 +5,10 @@ Built once into `data.tfds_dir` (TFDS's default directory when empty) and read b
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import io
 import hashlib
 import json
 import pathlib
@@ -16,7 +19,15 @@ import numpy as np
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
+from bilateral_jax import logs
 from bilateral_jax.data import listops, pathfinder
+
+tfds.display_progress_bar(False)
+
+
+# Our builder configs are made from the experiment config, never listed in BUILDER_CONFIGS: TFDS's
+# warning that it uses a custom one says nothing (and repeats the whole config at each load).
+logs.drop("Using custom data configuration")
 
 SPLIT_FILES = {"train": "basic_train.tsv", "validation": "basic_val.tsv", "test": "basic_test.tsv"}
 
@@ -374,15 +385,30 @@ def converted(release: str, directory: str, tfds_dir: str, split: str):
 def prepare(builder_class: type[tfds.core.DatasetBuilder], builder_config: tfds.core.BuilderConfig,
             tfds_dir: str) -> tfds.core.DatasetBuilder:
   """The array_record dataset of `builder_config` in `tfds_dir` (TFDS's default when empty), built unless
-  it is already there (a finished build is never redone). With several processes, process 0 builds while
-  the others wait, and then they read the finished dataset."""
+  it is already there (a finished build is never redone). Builds take a file lock beside the dataset, so
+  jobs sharing a `tfds_dir` build it once: one builds, the others wait and read it. With several
+  processes, process 0 builds while the others wait at a barrier."""
   make = lambda: builder_class(config=builder_config, data_dir=tfds_dir or None, file_format="array_record")
-  download_config = tfds.download.DownloadConfig(try_download_gcs=False)
   builder = make()
+  if jax.process_index() == 0:
+    builder = _build_once(builder, make)
   if jax.process_count() > 1:
-    if jax.process_index() == 0:
-      builder.download_and_prepare(download_config=download_config)
     multihost_utils.sync_global_devices(f"tfds build {builder.info.full_name}")
     builder = make()  # a builder made before the build finished does not see the dataset's info
-  builder.download_and_prepare(download_config=download_config)
+  return builder
+
+
+def _build_once(builder: tfds.core.DatasetBuilder, make) -> tfds.core.DatasetBuilder:
+  data_path = pathlib.Path(str(builder.data_path))
+  if (data_path / "dataset_info.json").exists():
+    return builder
+  data_path.parent.mkdir(parents=True, exist_ok=True)
+  with open(data_path.parent / f".{data_path.name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+    builder = make()  # another job may have finished the build while this one waited
+    if not (data_path / "dataset_info.json").exists():
+      print(f"building dataset {builder.info.full_name} in {data_path.parent.parent.parent} ...", flush=True)
+      with contextlib.redirect_stdout(io.StringIO()):  # TFDS's "Downloading and preparing ..." banners
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+      builder = make()
   return builder
