@@ -3,6 +3,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import portpicker
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from bilateral_jax import trainer
+from bilateral_jax import trainer, workdir
 from bilateral_jax.checkpointing import CheckpointError, CheckpointMismatch
 from tests.samples import (write_aan, write_aclimdb, write_ade20k, write_cifar10, write_image_folders,
                            write_pathfinder, write_text_corpus, write_wikitext)
@@ -404,3 +405,96 @@ def test_fsdp_mesh_and_bfloat16_train_and_restore_onto_another_mesh(tmp_path):
   bf16_losses = [m["loss"] for m in read_metrics(tmp_path / "bf16")]
   np.testing.assert_allclose(bf16_losses, [m["loss"] for m in read_metrics(tmp_path / "data_only")], rtol=0.05)
   assert bf16_losses != [m["loss"] for m in read_metrics(tmp_path / "data_only")]
+
+
+def run_processes(script, workdir, overrides, *, devices=1, count=2, extra=(), timeout=300):
+  """`count` processes of one run (jax.distributed over localhost) -> their (returncode, output)."""
+  port = portpicker.pick_unused_port()
+  processes = [run_script(script, workdir, overrides, devices=devices,
+                          extra=[f"--coordinator_address=localhost:{port}", f"--num_processes={count}",
+                                 f"--process_id={i}", *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+               for i in range(count)]
+  outputs = [process.communicate(timeout=timeout)[0] for process in processes]
+  return [(process.returncode, output) for process, output in zip(processes, outputs)]
+
+
+def test_parameters_sharded_across_two_processes_train_resume_and_evaluate_as_one(tmp_path):
+  fsdp = TINY | {"mesh.data": 1, "mesh.fsdp": 2}
+  one = run_script("train.py", tmp_path / "one", fsdp, devices=2)
+  assert one.returncode == 0, one.stderr
+  two = tmp_path / "two"
+  for steps in (3, 6):  # train, checkpoint, resume
+    for returncode, output in run_processes("train.py", two, fsdp | {"train.num_steps": steps}):
+      assert returncode == 0, output
+  assert "resumed from step 3" in output
+  for returncode, output in run_processes("eval.py", two, {}):
+    assert returncode == 0, output
+  np.testing.assert_allclose([m["loss"] for m in read_metrics(two)], [m["loss"] for m in read_metrics(tmp_path / "one")],
+                             rtol=2e-5)
+  assert read_metrics(two)[0]["h_p/block_0"] == read_metrics(tmp_path / "one")[0]["h_p/block_0"]
+  evaluated = json.loads((two / "eval" / "6.json").read_text())["results"]["test"]
+  np.testing.assert_allclose(evaluated["loss"], read_metrics(tmp_path / "one", "test")[-1]["loss"], rtol=1e-5)
+
+
+def test_eval_beside_a_training_that_saves_every_step_and_a_second_run_refused(tmp_path):
+  overrides = TINY | {"train.num_steps": 60, "train.checkpoint_every": 1, "train.eval_every": 30,
+                      "train.log_every": 10}
+  training = run_script("train.py", tmp_path, overrides, devices=1, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  deadline = time.time() + 240
+  saved = lambda: (tmp_path / "checkpoints").is_dir() and any(p.name.isdigit() for p in (tmp_path / "checkpoints").iterdir())
+  while not saved() and time.time() < deadline:
+    time.sleep(0.2)
+  second = run_script("train.py", tmp_path, overrides, devices=1)
+  assert second.returncode == 2 and f"{tmp_path} is in use by pid {training.pid}" in second.stderr, second.stderr
+  evaluations = []
+  while training.poll() is None:
+    evaluations.append(run_script("eval.py", tmp_path, {}, devices=1))
+  output, _ = training.communicate()
+  assert training.returncode == 0, output
+  assert len(evaluations) >= 2 and all(e.returncode == 0 for e in evaluations), [e.stderr for e in evaluations]
+  assert [m["step"] for m in strict_metrics(tmp_path) if m["split"] == "train"] == list(range(1, 61))
+  assert not (tmp_path / "lock").exists()
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+  (tmp_path / "lock").write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "started": "x"}))
+  lock = workdir.Lock(tmp_path)
+  lock.acquire()
+  assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
+  with pytest.raises(workdir.WorkdirInUse, match=f"in use by pid {os.getpid()}"):
+    workdir.Lock(tmp_path).acquire()
+  lock.release()
+  assert not (tmp_path / "lock").exists()
+
+
+def test_jobs_sharing_a_fresh_tfds_dir_build_it_once_and_dry_run_compiles_a_bigger_mesh(tmp_path):
+  shared = {"data.tfds_dir": str(tmp_path / "tfds_shared"), "mesh.data": 8, "mesh.fsdp": 2}
+  jobs = [run_script("train.py", tmp_path / f"job{i}", TINY | shared | {"train.batch_size": 16}, devices=1, extra=["--dry_run"],
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+  outputs = [job.communicate(timeout=300)[0] for job in jobs]
+  assert [job.returncode for job in jobs] == [0, 0], outputs
+  assert sum(output.count("building dataset") for output in outputs) == 1, outputs
+  assert all("mesh data=8 fsdp=2" in output and "GFLOP per step" in output and "MiB" in output for output in outputs)
+  assert not any((tmp_path / f"job{i}").exists() for i in range(2))  # a dry run writes nothing
+
+
+def test_profile_trace_and_help(tmp_path):
+  trainer.train_and_evaluate(tiny_config(**{"train.profile_steps": 2}), str(tmp_path))
+  assert list((tmp_path / "profile").rglob("*.xplane.pb"))
+  for script, flag in (("train.py", "fresh_optimizer"), ("eval.py", "best")):
+    shown = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert flag in shown.stdout and "--workdir" in shown.stdout, shown.stdout
+
+
+@pytest.mark.slow
+def test_pip_install_into_a_fresh_venv_imports_from_another_directory(tmp_path):
+  """The package's declared dependencies, resolved with the lock's versions (pip's cache makes it quick)."""
+  venv = tmp_path / "venv"
+  subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+  install = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "-c",
+                            str(ROOT / "requirements.lock"), "-e", f"{ROOT}[test]"], capture_output=True, text=True)
+  assert install.returncode == 0, install.stderr[-3000:]
+  check = subprocess.run([str(venv / "bin" / "python"), "-c", "import bilateral_jax.trainer, pytest, portpicker; "
+                          "print(bilateral_jax.trainer.__file__)"], cwd=tmp_path, capture_output=True, text=True)
+  assert check.returncode == 0 and str(ROOT) in check.stdout, check.stderr
