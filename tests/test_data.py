@@ -105,6 +105,31 @@ def test_listops_release_files_load_as_lra_tokenises_them(tmp_path):
     sources.load_split(listops_release_config(tmp_path / "nowhere"), "train")
 
 
+def test_data_errors_name_the_file_and_a_bom_and_blank_lines_are_accepted(tmp_path):
+  rows = "Source\tTarget\n( [MAX 2 9 ] )\t9\n4\t4\n"
+  for name in ("basic_train.tsv", "basic_val.tsv", "basic_test.tsv"):
+    (tmp_path / name).write_text(rows)
+  (tmp_path / "basic_val.tsv").write_bytes(b"\xef\xbb\xbf" + rows.encode() + b"\n\n")  # BOM, blank lines
+  assert len(sources.load_split(listops_release_config(tmp_path), "validation")) == 2
+  (tmp_path / "basic_test.tsv").write_text("Source\tTarget\n")
+  with pytest.raises(ValueError, match=r"basic_test.tsv: no examples after the header"):
+    sources.load_split(listops_release_config(tmp_path), "test")
+  (tmp_path / "basic_test.tsv").write_bytes(rows.encode() + b"( [MIN 3 \xff ] )\t3\n")
+  with pytest.raises(ValueError, match=r"basic_test.tsv:4: not UTF-8 text \(byte 0xff"):
+    sources.load_split(listops_release_config(tmp_path), "test")
+  write_wikitext(tmp_path / "wiki")
+  (tmp_path / "wiki" / "wiki.valid.tokens").write_text("")
+  config = data_config(name="wikitext", directory=str(tmp_path / "wiki"), tfds_dir=str(tmp_path / "tfds"), max_length=8)
+  with pytest.raises(ValueError, match=r"wiki.valid.tokens: no validation text \(an empty file\?\)"):
+    sources.load_split(config, "validation")
+  write_aan(tmp_path / "aan")
+  with (tmp_path / "aan" / "new_aan_pairs.test.tsv").open("a") as f:
+    f.write("\n\n")
+  aan = data_config(name="lra_retrieval", directory=str(tmp_path / "aan"), tfds_dir=str(tmp_path / "tfds"),
+                    max_length=32, overlength="truncate")
+  assert len(sources.load_split(aan, "test")) == 10
+
+
 def test_wikitext_vocabulary_unk_eos_and_contiguous_windows(tmp_path):
   write_wikitext(tmp_path)
   config = data_config(name="wikitext", directory=str(tmp_path), tfds_dir=str(tmp_path / "tfds"), max_length=8)

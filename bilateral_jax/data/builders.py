@@ -156,10 +156,27 @@ TOKENIZERS = ("words", "bytes", "chars")
 WORD_SPECIALS = ("<pad>", "<unk>", "<eos>")
 
 
+def read_text(path: str | pathlib.Path) -> str:
+  """A UTF-8 file's text (a leading BOM dropped); a byte that is not UTF-8 is an error naming file:line."""
+  data = pathlib.Path(path).read_bytes()
+  try:
+    return data.decode("utf-8-sig")
+  except UnicodeDecodeError as error:
+    line = data[: error.start].count(b"\n") + 1
+    raise ValueError(f"{path}:{line}: not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start})") from None
+
+
+def text_lines(path: pathlib.Path):
+  """(line number, line) of a UTF-8 text file's non-blank lines, without their line ends."""
+  for number, line in enumerate(read_text(path).splitlines(), start=1):
+    if line.strip():
+      yield number, line
+
+
 def split_text(config: TokenStreamConfig, split: str) -> str:
   pieces = []
   for path, low, high in config.files[split]:
-    text = pathlib.Path(path).read_text(encoding="utf-8")
+    text = read_text(path)
     pieces.append(text[int(low * len(text)): int(high * len(text))])
   return "".join(pieces)
 
@@ -216,6 +233,8 @@ class TokenStream(tfds.core.GeneratorBasedBuilder):
     else:
       index = {token: i for i, token in enumerate(vocab)}
       ids = np.fromiter((index.get(t, 1) for t in tokens(split_text(cfg, split), cfg.tokenizer)), np.int32)
+    if not len(ids):
+      raise ValueError(f"{', '.join(path for path, _, _ in cfg.files[split])}: no {split} text (an empty file?)")
     for key, start in enumerate(range(0, len(ids), STREAM_CHUNK)):
       yield key, {"ids": ids[start: start + STREAM_CHUNK]}
 
@@ -227,16 +246,20 @@ def read_release_file(directory: pathlib.Path, split: str):
     raise FileNotFoundError(
         f"ListOps release file {path} not found; data.directory must hold basic_train.tsv, basic_val.tsv "
         "and basic_test.tsv from the LRA release (lra_release/listops-1000)")
-  with path.open() as lines:
-    header = next(lines, "").rstrip("\n")
-    if header.split("\t") != ["Source", "Target"]:
-      raise ValueError(f"{path}:1: expected the header 'Source\\tTarget', got {header!r}")
-    for number, line in enumerate(lines, start=2):
-      fields = line.rstrip("\n").split("\t")
-      where = f"{path}:{number}"
-      if len(fields) != 2 or not fields[1].strip().isdigit() or not 0 <= int(fields[1]) < listops.NUM_CLASSES:
-        raise ValueError(f"{where}: expected '<expression>\\t<label 0-9>', got {line.rstrip()!r}")
-      yield listops.encode(listops.lra_tokens(fields[0]), where=where), int(fields[1])
+  lines = text_lines(path)
+  number, header = next(lines, (1, ""))
+  if header.split("\t") != ["Source", "Target"]:
+    raise ValueError(f"{path}:{number}: expected the header 'Source\\tTarget', got {header!r}")
+  examples = 0
+  for number, line in lines:
+    fields = line.split("\t")
+    where = f"{path}:{number}"
+    if len(fields) != 2 or not fields[1].strip().isdigit() or not 0 <= int(fields[1]) < listops.NUM_CLASSES:
+      raise ValueError(f"{where}: expected '<expression>\\t<label 0-9>', got {line.rstrip()!r}")
+    examples += 1
+    yield listops.encode(listops.lra_tokens(fields[0]), where=where), int(fields[1])
+  if not examples:
+    raise ValueError(f"{path}: no examples after the header")
 
 
 @dataclasses.dataclass
@@ -261,7 +284,7 @@ def _aclimdb(root: pathlib.Path, split: str):
   """aclImdb: {train,test}/{neg,pos}/*.txt, label 1 = positive."""
   for label, name in enumerate(("neg", "pos")):
     for path in sorted((root / split / name).glob("*.txt")):
-      yield {"text": path.read_text(encoding="utf-8"), "label": label}
+      yield {"text": read_text(path), "label": label}
 
 
 AAN_FILES = {"train": "new_aan_pairs.train.tsv", "validation": "new_aan_pairs.eval.tsv",
@@ -271,16 +294,19 @@ AAN_FILES = {"train": "new_aan_pairs.train.tsv", "validation": "new_aan_pairs.ev
 def _aan(root: pathlib.Path, split: str):
   """LRA Retrieval TSV lines `label\tid1\tid2\ttext1\ttext2`, label 1 if the first paper cites the second."""
   path = root / AAN_FILES[split]
-  with path.open(encoding="utf-8") as lines:
-    for number, line in enumerate(lines, start=1):
-      fields = line.rstrip("\n").split("\t")
-      try:
-        label = int(float(fields[0]))
-      except ValueError:
-        label = -1
-      if len(fields) != 5 or label not in (0, 1):
-        raise ValueError(f"{path}:{number}: expected 'label(0/1)\\tid1\\tid2\\ttext1\\ttext2', got {line[:80]!r}...")
-      yield {"first": fields[3], "second": fields[4], "label": label}
+  examples = 0
+  for number, line in text_lines(path):
+    fields = line.split("\t")
+    try:
+      label = int(float(fields[0]))
+    except ValueError:
+      label = -1
+    if len(fields) != 5 or label not in (0, 1):
+      raise ValueError(f"{path}:{number}: expected 'label(0/1)\\tid1\\tid2\\ttext1\\ttext2', got {line[:80]!r}...")
+    examples += 1
+    yield {"first": fields[3], "second": fields[4], "label": label}
+  if not examples:
+    raise ValueError(f"{path}: no examples")
 
 
 CIFAR_FILES = {  # name -> (train files, test files, label key, classes)

@@ -112,7 +112,9 @@ def _language_model_windows(builder_config, config: ml_collections.ConfigDict, s
   length = config.max_length
   windows = (len(stream) - 1) // length
   if windows < 1:
-    raise ValueError(f"{config.name} {split}: {len(stream)} tokens, fewer than one window of {length}")
+    files = ", ".join(path for path, _, _ in builder_config.files[split])
+    raise ValueError(f"{config.name} {split} ({files}): {len(stream)} tokens, fewer than one window of {length} "
+                     "+ 1; is the file complete?")
   inputs = stream[: windows * length].reshape(windows, length)
   targets = stream[1: windows * length + 1].reshape(windows, length)
   return ArraySource(dict(vocab_size=len(builder.info.metadata["vocabulary"])), inputs=inputs,
