@@ -295,7 +295,7 @@ def test_eval_restores_onto_one_device_and_reproduces_the_logged_numbers(tmp_pat
   final = trainer.train_and_evaluate(config, str(tmp_path))
   step, again = trainer.evaluate_checkpoint(config, str(tmp_path))
   assert step == 6 and again == final
-  result = run_script("eval.py", tmp_path, TINY, devices=1)
+  result = run_script("eval.py", tmp_path, {}, devices=1)  # the run's own config.json
   assert result.returncode == 0, result.stderr
   written = json.loads((tmp_path / "eval" / "6.json").read_text())["results"]
   for split in ("validation", "test"):
@@ -307,6 +307,10 @@ def test_eval_restores_onto_one_device_and_reproduces_the_logged_numbers(tmp_pat
   best_step = json.loads(next((tmp_path / "eval").glob("best_*.json")).read_text())["step"]
   assert json.loads((tmp_path / "eval" / "6.json").read_text())["results"] == written  # not overwritten
   assert (tmp_path / "best").is_dir() and best_step in (3, 6)
+  only_test = run_script("eval.py", tmp_path, {"eval.splits": "test"}, devices=1, extra=["--step=3"])
+  assert only_test.returncode == 0, only_test.stderr
+  assert list(json.loads((tmp_path / "eval" / "3.json").read_text())["results"]) == ["test"]
+  assert "examples" in only_test.stdout and "        16" in only_test.stdout  # a count, not 16.0000
 
 
 def test_half_written_step_is_skipped_and_other_models_are_refused(tmp_path, caplog):
