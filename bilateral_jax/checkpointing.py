@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -94,36 +95,54 @@ class Checkpointer:
     """-> (step, params, opt_state or None, data iterator state, progress) of `step`, or of the newest
     step that restores. The abstract trees (ShapeDtypeStructs with the shardings wanted now, so a
     checkpoint restores onto any device count or mesh) say what to restore: without
-    `abstract_opt_state` only the parameters are read."""
+    `abstract_opt_state` only the parameters are read. A step that fails while a training beside this
+    reader saves a newer one (and deletes old ones) is not damaged: the steps are listed again."""
     manager = self.managers[best]
-    candidates = [step] if step is not None else self.steps(best)[::-1]
-    if not candidates or (step is not None and step not in manager.all_steps()):
-      available = self.steps(best)
-      raise CheckpointError(f"no {'best ' if best else ''}checkpoint{'' if step is None else f' of step {step}'} "
-                            f"in {manager.directory}" + (f" (steps: {available})" if available else ""))
-    for candidate in candidates:
-      path = manager.directory / str(candidate)
-      try:
-        saved = manager.restore(candidate, args=ocp.args.Composite(identity=ocp.args.JsonRestore()))["identity"]
-      except Exception as error:  # noqa: BLE001 - any failure to read means this step is damaged
-        self._damaged(path, error, step is not None)
+    for attempt in range(10):
+      available = self._listed(best)
+      if available is None:  # a deletion in progress under the listing
+        time.sleep(0.2 * attempt)
         continue
-      differences = _differences(saved, self.identity)
-      if differences:
-        raise CheckpointMismatch(f"the checkpoint at {path} was written by a different model: "
-                                 + "; ".join(differences) + "; use the config it was trained with, or a new --workdir")
-      items = dict(params=ocp.args.StandardRestore(abstract_params), data=ocp.args.JsonRestore(),
-                   progress=ocp.args.JsonRestore())
-      if abstract_opt_state is not None:
-        items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
-      try:
-        restored = manager.restore(candidate, args=ocp.args.Composite(**items))
-      except Exception as error:  # noqa: BLE001
-        self._damaged(path, error, step is not None)
-        continue
-      return (candidate, restored["params"], restored.get("opt_state"), restored["data"], restored["progress"])
-    raise CheckpointError(f"none of the checkpoints in {manager.directory} restores (steps {candidates}); "
-                          "see the warnings above")
+      if not available or (step is not None and step not in available):
+        raise CheckpointError(f"no {'best ' if best else ''}checkpoint{'' if step is None else f' of step {step}'} "
+                              f"in {manager.directory}" + (f" (steps: {available})" if available else ""))
+      candidates = [step] if step is not None else available[::-1]
+      for candidate in candidates:
+        path = manager.directory / str(candidate)
+        try:
+          return self._restore_step(manager, candidate, abstract_params, abstract_opt_state)
+        except CheckpointMismatch:
+          raise
+        except Exception as error:  # noqa: BLE001 - any failure to read means this step is damaged or gone
+          if self._listed(best) != available:
+            break  # a training saved a new step and is deleting this one: list again
+          self._damaged(path, error, step is not None)
+      else:
+        raise CheckpointError(f"none of the checkpoints in {manager.directory} restores (steps {candidates}); "
+                              "see the warnings above")
+    raise CheckpointError(f"the checkpoints in {manager.directory} kept changing while they were read")
+
+  def _listed(self, best: bool) -> list[int] | None:
+    """The steps on disk now, or None when a concurrent deletion makes the listing fail."""
+    try:
+      self.managers[best].reload()
+    except Exception:  # noqa: BLE001
+      return None
+    return self.steps(best)
+
+  def _restore_step(self, manager, step: int, abstract_params, abstract_opt_state):
+    path = manager.directory / str(step)
+    saved = manager.restore(step, args=ocp.args.Composite(identity=ocp.args.JsonRestore()))["identity"]
+    differences = _differences(saved, self.identity)
+    if differences:
+      raise CheckpointMismatch(f"the checkpoint at {path} was written by a different model: "
+                               + "; ".join(differences) + "; use the config it was trained with, or a new --workdir")
+    items = dict(params=ocp.args.StandardRestore(abstract_params), data=ocp.args.JsonRestore(),
+                 progress=ocp.args.JsonRestore())
+    if abstract_opt_state is not None:
+      items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    return step, restored["params"], restored.get("opt_state"), restored["data"], restored["progress"]
 
   def restore_optimizer(self, step: int, abstract_opt_state, best: bool = False):
     """The optimiser state of `step` (restored after `restore` chose the step and checked its progress)."""

@@ -441,7 +441,7 @@ def test_parameters_sharded_across_two_processes_train_resume_and_evaluate_as_on
 
 
 def test_eval_beside_a_training_that_saves_every_step_and_a_second_run_refused(tmp_path):
-  overrides = TINY | {"train.num_steps": 60, "train.checkpoint_every": 1, "train.eval_every": 30,
+  overrides = TINY | {"train.num_steps": 60, "train.checkpoint_every": 1, "train.eval_every": 30, "train.keep_checkpoints": 1,
                       "train.log_every": 10}
   training = run_script("train.py", tmp_path, overrides, devices=1, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   deadline = time.time() + 240
