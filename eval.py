@@ -12,7 +12,6 @@ import pathlib
 from absl import app, flags
 
 from bilateral_jax import cli, trainer
-from bilateral_jax import workdir as workdir_lib
 
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest that restores).")
 flags.DEFINE_bool("best", False, "Evaluate the best checkpoint by the training's validation metric.")
@@ -24,12 +23,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   workdir = cli.set_up()
   flags_ = cli.FLAGS
-  config = flags_.config
-  saved = None if flags_["config"].present else workdir_lib.load_config(workdir)
-  if saved is not None:
-    saved.update_from_flattened_dict(cli.config_overrides())
-    config = saved
-  step, results = trainer.evaluate_checkpoint(config, workdir, flags_.step, flags_.best)
+  step, results = trainer.evaluate_checkpoint(cli.run_config(workdir), workdir, flags_.step, flags_.best)
   out = pathlib.Path(workdir) / "eval" / f"{'best_' if flags_.best else ''}{step}.json"
   out.parent.mkdir(exist_ok=True)
   out.write_text(json.dumps({"step": step, "best": flags_.best, "results": results}, indent=2))

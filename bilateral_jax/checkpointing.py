@@ -71,9 +71,21 @@ class Checkpointer:
       options = lambda best: dict(read_only=True, create=False, save_interval_steps=0)
     else:
       options = lambda best: dict(max_to_keep=1 if best else keep, create=True, cleanup_tmp_directories=True)
-    self.managers = {best: ocp.CheckpointManager(self.root / ("best" if best else "checkpoints"),
-                                                 options=ocp.CheckpointManagerOptions(**options(best)))
+    self.managers = {best: self._open(self.root / ("best" if best else "checkpoints"), options(best))
                      for best in (False, True)}
+
+  @staticmethod
+  def _open(directory: pathlib.Path, options: dict) -> ocp.CheckpointManager:
+    """A manager of `directory`; opening lists the steps, which fails while a training beside a
+    read-only reader deletes one, so that is tried again."""
+    for attempt in range(10):
+      try:
+        return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(**options))
+      except OSError:
+        if not options.get("read_only"):
+          raise
+        time.sleep(0.2 * attempt)
+    raise CheckpointError(f"the checkpoints in {directory} kept changing while they were listed")
 
   def steps(self, best: bool = False) -> list[int]:
     return sorted(self.managers[best].all_steps())
@@ -114,6 +126,8 @@ class Checkpointer:
         except CheckpointMismatch:
           raise
         except Exception as error:  # noqa: BLE001 - any failure to read means this step is damaged or gone
+          if self.read_only:
+            time.sleep(0.5)  # let a concurrent save finish renaming and deleting
           if self._listed(best) != available:
             break  # a training saved a new step and is deleting this one: list again
           self._damaged(path, error, step is not None)

@@ -129,9 +129,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
   return remaining
 
 
-def config_overrides() -> dict:
-  """The --config.<field>=<value> overrides of the command line, as {dotted field: value}."""
-  return config_flags.get_override_values(FLAGS["config"])
+def run_config(workdir: str):
+  """The config of an existing run: DIR/config.json with the command line's --config.<field> overrides on
+  top; `--config FILE` (given explicitly) instead of it; the default config when the run saved none."""
+  from bilateral_jax import workdir as workdir_lib  # noqa: PLC0415
+  saved = None if FLAGS["config"].present else workdir_lib.load_config(workdir)
+  if saved is None:
+    return FLAGS.config
+  saved.update_from_flattened_dict(config_flags.get_override_values(FLAGS["config"]))
+  return saved
 
 
 def number(value) -> str:
