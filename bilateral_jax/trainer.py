@@ -198,6 +198,7 @@ class Experiment:
     abstract = jax.eval_shape(init, jax.random.key(0))
     self.state_sharding = parallel.fsdp_sharding(self.mesh, abstract)
     self.abstract_state = abstract_with_shardings(abstract, self.state_sharding)
+    self.optimizer_structure = str(jax.tree.structure(abstract.opt_state))  # a resume must match it
     self.init = jax.jit(init, out_shardings=self.state_sharding)
     self.init_optimizer = jax.jit(self.tx.init, in_shardings=(self.state_sharding.params,),
                                   out_shardings=self.state_sharding.opt_state)
@@ -400,7 +401,7 @@ def _resume(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fr
   config = experiment.config
   saved_config = workdir_lib.load_config(workdir)
   changed = workdir_lib.changes(saved_config, config) if saved_config is not None else {}
-  optimizer = str(jax.tree.structure(experiment.abstract_state.opt_state))
+  optimizer = experiment.optimizer_structure
   if checkpointer.latest_step() is None:
     return experiment.init(jax.random.key(config.seed)), None, {"best": None}, 0
   step, params, _, data_state, progress = checkpointer.restore(experiment.abstract_state.params)
@@ -440,7 +441,7 @@ def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fre
   state, data_state, progress, step = _resume(experiment, checkpointer, workdir, fresh_optimizer)
   if data_state is not None:
     batches.set_state(data_state)
-  progress |= {"batch_size": tc.batch_size, "optimizer": str(jax.tree.structure(experiment.abstract_state.opt_state))}
+  progress |= {"batch_size": tc.batch_size, "optimizer": experiment.optimizer_structure}
   if jax.process_index() == 0:
     workdir_lib.save_config(config, workdir)
   train_step, compile_seconds, flops, memory = experiment.compile_train_step()
