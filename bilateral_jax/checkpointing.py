@@ -18,6 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from bilateral_jax import logs
+from bilateral_jax.workdir import differences
 
 
 logs.drop("Given directory is read only")  # what a read-only Checkpointer asks for
@@ -33,18 +34,6 @@ class CheckpointMismatch(ValueError):
 
 def _normalize(tree):
   return json.loads(json.dumps(tree))
-
-
-def _differences(saved, current, prefix=""):
-  keys = sorted(set(saved) | set(current))
-  out = []
-  for key in keys:
-    a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
-    if isinstance(a, dict) and isinstance(b, dict):
-      out += _differences(a, b, f"{prefix}{key}.")
-    elif a != b:
-      out.append(f"{prefix}{key}: checkpoint {a!r}, config {b!r}")
-  return out
 
 
 def _first_line(error: BaseException) -> str:
@@ -147,10 +136,11 @@ class Checkpointer:
   def _restore_step(self, manager, step: int, abstract_params, abstract_opt_state):
     path = manager.directory / str(step)
     saved = manager.restore(step, args=ocp.args.Composite(identity=ocp.args.JsonRestore()))["identity"]
-    differences = _differences(saved, self.identity)
-    if differences:
+    changed = differences(saved, self.identity)
+    if changed:
       raise CheckpointMismatch(f"the checkpoint at {path} was written by a different model: "
-                               + "; ".join(differences) + "; use the config it was trained with, or a new --workdir")
+                               + "; ".join(f"{key}: checkpoint {a!r}, config {b!r}" for key, (a, b) in changed.items())
+                               + "; use the config it was trained with, or a new --workdir")
     items = dict(params=ocp.args.StandardRestore(abstract_params), data=ocp.args.JsonRestore(),
                  progress=ocp.args.JsonRestore())
     if abstract_opt_state is not None:

@@ -22,10 +22,11 @@ EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 3
 
 
-def _fail(message: str) -> None:
+def _fail(message, status: int = EXIT_USER_ERROR, prefix: str = "error: ") -> None:
+  """Ends the process with `message` as one line on stderr."""
   sys.stdout.flush()
-  print("error: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
-  os._exit(EXIT_USER_ERROR)  # noqa: SLF001 - also skips jax.distributed's shutdown barrier
+  print(prefix + " ".join(str(message).split()), file=sys.stderr, flush=True)
+  os._exit(status)  # noqa: SLF001 - also skips jax.distributed's shutdown barrier
 
 
 try:  # ml_collections applies --config.<field> overrides here, at definition
@@ -103,9 +104,7 @@ def run(main) -> None:
       if FLAGS.verbose:
         raise
       if isinstance(error, Preempted):
-        sys.stdout.flush()
-        print(str(error), file=sys.stderr, flush=True)
-        os._exit(EXIT_PREEMPTED)  # noqa: SLF001
+        _fail(error, EXIT_PREEMPTED, prefix="")
       user = isinstance(error, _user_errors()) or (
           isinstance(error, (ValueError, FileNotFoundError)) and _raised_by_project(error))
       if not user:

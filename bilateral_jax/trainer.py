@@ -381,7 +381,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
   dry_run: compile the train step, print the start-up summary and return {} (nothing is written)."""
   experiment = Experiment(config)
   if dry_run:
-    _print_summary(experiment, workdir, *experiment.compile_train_step(), {})
+    _print_summary(experiment, workdir, *experiment.compile_train_step()[1:], {})
     return {}
   lock = _lock(workdir)
   try:
@@ -445,7 +445,7 @@ def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fre
   if jax.process_index() == 0:
     workdir_lib.save_config(config, workdir)
   train_step, compile_seconds, flops, memory = experiment.compile_train_step()
-  _print_summary(experiment, workdir, train_step, compile_seconds, flops, memory, eval_sources)
+  _print_summary(experiment, workdir, compile_seconds, flops, memory, eval_sources)
 
   writer = MetricWriter(workdir, resume_step=step, config=config)
   preemption = _Preemption()
@@ -521,7 +521,7 @@ def parameter_counts(params) -> dict[str, int]:
   return counts | {"total": sum(counts.values())}
 
 
-def _print_summary(experiment: Experiment, workdir: str, train_step, compile_seconds: float, flops, memory,
+def _print_summary(experiment: Experiment, workdir: str, compile_seconds: float, flops, memory,
                    eval_sources: dict) -> None:
   if jax.process_index() != 0:
     return

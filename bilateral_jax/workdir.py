@@ -101,10 +101,17 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict | None
 
 def changes(saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict) -> dict[str, tuple]:
   """{dotted field: (saved value, current value)} for every field that differs."""
-  flat = lambda config: _flatten(_plain(config))
-  before, after = flat(saved), flat(current)
-  return {key: (before.get(key, "<absent>"), after.get(key, "<absent>"))
-          for key in sorted(set(before) | set(after)) if before.get(key, "<absent>") != after.get(key, "<absent>")}
+  return differences(_plain(saved), _plain(current))
+
+
+def differences(before: dict, after: dict) -> dict[str, tuple]:
+  """{dotted key: (before, after)} for every leaf of two nested dicts that differs ("<absent>" where one
+  has no such key), in sorted order."""
+  flat_before, flat_after = _flatten(before), _flatten(after)
+  missing = "<absent>"
+  return {key: (flat_before.get(key, missing), flat_after.get(key, missing))
+          for key in sorted(set(flat_before) | set(flat_after))
+          if flat_before.get(key, missing) != flat_after.get(key, missing)}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
