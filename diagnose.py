@@ -1,15 +1,29 @@
-"""The paper's diagnostics, written to DIR/diagnostics/ as JSON and PNG.
+"""The paper's diagnostics, written to DIR/diagnostics/ as JSON, PNG (and NPZ).
 
     python diagnose.py --lipschitz --workdir DIR [--lengths 100,1000,10000] [--samples 1000]
+    python diagnose.py --long_range --workdir DIR [--lengths 64,128,256,512,1024]
     python diagnose.py --workdir DIR [--step N | --best] [--examples 64] [--noise 0.1]
 
---lipschitz is model-free (the softmax study of the paper's Figure 2: `lipschitz.json` with keys N,
-lipschitz, fit_a, fit_b, perturbation). With a trained run it measures, on the first eval split, SNR and
-token uniformity per layer (`depth.json`, `depth.png`): noise with `--noise` times the RMS of the stack's
-input U (the embeddings) is added to U, and SNR_l = 20 log10(||Y_l(U)|| / ||Y_l(U + eta) - Y_l(U)||).
+--lipschitz and --long_range are model-free. --lipschitz: the softmax study of the paper's Figure 2
+(`lipschitz.json` with keys N, lipschitz, fit_a, fit_b, perturbation). --long_range: the relative change of
+the last block's attention output under a perturbation of relative size 1e-3, divided by that size, for
+random 2-layer stacks with standard attention (+ sinusoidal positions), ALiBi and BSA against N
+(`long_range.json` with keys N and one list per attention kind, `long_range.png`).
+
+With a trained run it measures on the first `--examples` of the first eval split:
+- `depth.json`, `depth.png`: SNR and token uniformity per layer (0 = embeddings). Noise with `--noise`
+  times the RMS of the stack's input U (the embeddings) is added to U, and
+  SNR_l = 20 log10(||Y_l(U)|| / ||Y_l(U + eta) - Y_l(U)||).
+- `attention.npz` (maps [layers, n, n]: the attention averaged over heads and examples; coords [n, c]),
+  `attention.json` (layer, mean_distance: per layer the mean over queries of sum_j A_ij ||r_i - r_j||, in
+  distance_unit, tokens or patches), `attention.png` (images: the last layer's CLS row, or the mean over
+  queries without a CLS token, of the first example over that image; sequences: the last layer's map).
+- `cross_terms.json`: cross_share (with content_share, position_share, note) of the first layer's logits,
+  0.0 by construction without additive positions (method.md section 4).
 """
 import json
 import pathlib
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -18,7 +32,8 @@ from absl import app, flags
 from bilateral_jax import cli, diagnostics, trainer
 
 flags.DEFINE_bool("lipschitz", False, "Run the model-free softmax Lipschitz study (needs no checkpoint).")
-flags.DEFINE_list("lengths", ["100", "200", "500", "1000", "2000", "5000", "10000"], "N for --lipschitz.")
+flags.DEFINE_bool("long_range", False, "Run the model-free long-range stability study (needs no checkpoint).")
+flags.DEFINE_list("lengths", None, "N for --lipschitz (default 100 .. 10000) or --long_range (64 .. 1024).")
 flags.DEFINE_integer("samples", 1000, "Random points per N for --lipschitz.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest that restores).")
 flags.DEFINE_bool("best", False, "Use the best checkpoint.")
@@ -27,11 +42,17 @@ flags.DEFINE_float("noise", 0.1, "Noise standard deviation, relative to the RMS 
 flags.adopt_module_key_flags(cli)
 
 
+def lengths(default) -> list[int]:
+  chosen = [int(n) for n in cli.FLAGS.lengths or default]
+  if min(chosen) < 2:
+    raise ValueError("--lengths must all be >= 2")
+  return chosen
+
+
 def lipschitz(out: pathlib.Path) -> None:
-  lengths = [int(n) for n in cli.FLAGS.lengths]
-  if min(lengths) < 2 or cli.FLAGS.samples < 1:
-    raise ValueError("--lengths must all be >= 2 and --samples >= 1")
-  result = diagnostics.lipschitz_study(lengths, samples=cli.FLAGS.samples)
+  if cli.FLAGS.samples < 1:
+    raise ValueError("--samples must be >= 1")
+  result = diagnostics.lipschitz_study(lengths((100, 200, 500, 1000, 2000, 5000, 10000)), samples=cli.FLAGS.samples)
   (out / "lipschitz.json").write_text(json.dumps(result, indent=2))
   from bilateral_jax.plots import plt  # noqa: PLC0415 - matplotlib (Agg) only when drawing
   n = np.asarray(result["N"], np.float64)
@@ -50,38 +71,45 @@ def lipschitz(out: pathlib.Path) -> None:
   print(f"fit: {result['fit_a']:.4f} / sqrt(N) + {result['fit_b']:.5f}")
 
 
-def depth(workdir: str, out: pathlib.Path) -> None:
+def long_range(out: pathlib.Path) -> None:
+  result = diagnostics.long_range_stability(lengths=lengths((64, 128, 256, 512, 1024)))
+  (out / "long_range.json").write_text(json.dumps(result, indent=2))
+  from bilateral_jax.plots import plt  # noqa: PLC0415 - matplotlib (Agg) only when drawing
+  figure, axes = plt.subplots(figsize=(5, 3.6))
+  kinds = [kind for kind in result if kind != "N"]
+  for kind in kinds:
+    axes.semilogx(result["N"], result[kind], "o-", label=kind + (" (+ sinusoidal)" if kind == "standard" else ""))
+  axes.set(xlabel="N", ylabel="relative output change / relative input change")
+  axes.set_title("attention output under a 1e-3 perturbation (random init)", fontsize=9)
+  axes.legend(fontsize=8)
+  figure.tight_layout()
+  figure.savefig(out / "long_range.png", dpi=100)
+  print("N         " + " ".join(f"{n:>7}" for n in result["N"]))
+  for kind in kinds:
+    print(f"{kind:<10}" + " ".join(f"{value:7.4f}" for value in result[kind]))
+
+
+class Restored(NamedTuple):
+  config: Any
+  meta: dict  # step, split, examples: the head of every JSON
+  model: Any
+  params: Any
+  inputs: np.ndarray
+  mask: np.ndarray | None  # real tokens [b, n] of token inputs
+
+
+def restore(workdir: str) -> Restored:
+  """The run's checkpoint (--step, --best) and the first --examples of its first eval split."""
   config = cli.run_config(workdir)
-  experiment = trainer.Experiment(config, info_split=config.eval.splits[0])
-  checkpointer = experiment.checkpointer(workdir, read_only=True)
-  try:
-    step, params, *_ = checkpointer.restore(experiment.abstract_state.params, step=cli.FLAGS.step,
-                                            best=cli.FLAGS.best)
-  finally:
-    checkpointer.close()
-  out.mkdir(exist_ok=True)
-  params = jax.device_get(params)
-  source = experiment.info_source
-  transform = experiment.eval_transform or (lambda example, rng: example)
-  rows = [transform(source[i], None) for i in range(min(cli.FLAGS.examples, len(source)))]
-  inputs = np.stack([row["inputs"] for row in rows])
-  model = experiment.model
-  stack_input = diagnostics.stack_input(model, params, inputs)
-  rms = float(np.sqrt(np.mean(np.square(np.asarray(stack_input, np.float64)))))
-  noise = cli.FLAGS.noise * rms * jax.random.normal(jax.random.key(config.seed), stack_input.shape)
-  clean = diagnostics.hidden_states(model, params, inputs)
-  noisy = diagnostics.hidden_states(model, params, inputs, noise)
-  mask = None
-  if np.issubdtype(inputs.dtype, np.integer) and inputs.ndim == 2:  # token ids: 0 is padding
-    mask = inputs != 0
-    if clean[0].shape[1] == inputs.shape[1] + 1:  # a CLS token in front
-      mask = np.concatenate([np.ones((len(inputs), 1), bool), mask], axis=1)
-    if clean[0].shape[1] != mask.shape[1]:
-      mask = None
-  result = {"step": step, "split": config.eval.splits[0], "examples": len(rows), "noise": cli.FLAGS.noise,
-            "layer": list(range(len(clean))),
-            "snr_db": [float(diagnostics.snr_db(c, n)) for c, n in zip(clean, noisy)],
-            "token_uniformity": [float(np.mean(diagnostics.token_uniformity(c, mask))) for c in clean]}
+  experiment, step, params = trainer.restore_params(config, workdir, cli.FLAGS.step, cli.FLAGS.best)
+  inputs, mask = diagnostics.eval_inputs(experiment, cli.FLAGS.examples)
+  meta = {"step": step, "split": config.eval.splits[0], "examples": len(inputs)}
+  return Restored(config, meta, experiment.model, jax.device_get(params), inputs, mask)
+
+
+def depth(run: Restored, out: pathlib.Path) -> None:
+  result = run.meta | diagnostics.depth_profile(run.model, run.params, run.inputs, run.mask, noise=cli.FLAGS.noise,
+                                                seed=run.config.seed)
   (out / "depth.json").write_text(json.dumps(result, indent=2))
   from bilateral_jax.plots import plt  # noqa: PLC0415 - matplotlib (Agg) only when drawing
   figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -96,16 +124,65 @@ def depth(workdir: str, out: pathlib.Path) -> None:
   print("unif.  " + " ".join(f"{value:7.4f}" for value in result["token_uniformity"]))
 
 
+def attention(run: Restored, out: pathlib.Path) -> None:
+  model, params, inputs = run.model, run.params, run.inputs
+  maps = np.stack(diagnostics.attention_maps(model, params, inputs))
+  coords = np.asarray(diagnostics.stack_coordinates(model, params, inputs[:1]))
+  np.savez_compressed(out / "attention.npz", maps=maps, coords=coords)
+  distance = diagnostics.mean_attention_distance(maps, coords)
+  result = run.meta | {"layer": list(range(1, len(maps) + 1)), "length": maps.shape[-1],
+                       "mean_distance": [round(float(d), 4) for d in distance],
+                       "distance_unit": "tokens" if coords.shape[-1] == 1 else "patches",
+                       "maps": "attention.npz"}
+  (out / "attention.json").write_text(json.dumps(result, indent=2))
+  from bilateral_jax.plots import plt  # noqa: PLC0415 - matplotlib (Agg) only when drawing
+  figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+  if inputs.ndim == 4 and np.issubdtype(inputs.dtype, np.floating) and hasattr(model, "patch_size"):
+    image = inputs[0].astype(np.float64)
+    image = (image - image.min()) / max(image.max() - image.min(), 1e-12)
+    height, width = image.shape[:2]
+    grid = diagnostics.attention_grid(diagnostics.attention_maps(model, params, inputs[:1])[-1], coords)
+    left.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray")
+    shown = left.imshow(grid, extent=(0, width, height, 0), alpha=0.5, cmap="inferno", interpolation="bilinear")
+    left.set(xticks=[], yticks=[])
+    left.set_title("last layer's attention to the patches (example 0)", fontsize=9)
+  else:
+    shown = left.imshow(maps[-1], cmap="viridis")
+    left.set(xlabel="key", ylabel="query")
+    left.set_title("last layer's attention (mean over heads, examples)", fontsize=9)
+  figure.colorbar(shown, ax=left)
+  right.plot(result["layer"], result["mean_distance"], "o-")
+  right.set(xlabel="layer", ylabel=result["distance_unit"], title="mean attention distance", xticks=result["layer"])
+  figure.tight_layout()
+  figure.savefig(out / "attention.png", dpi=100)
+  print("attention distance " + " ".join(f"{d:.2f}" for d in result["mean_distance"]) + f" {result['distance_unit']}")
+
+
+def cross_terms(run: Restored, out: pathlib.Path) -> None:
+  result = run.meta | diagnostics.cross_term_share(run.model, run.params, run.inputs)
+  (out / "cross_terms.json").write_text(json.dumps(result, indent=2))
+  print(f"cross-term share {result['cross_share']} ({result['note']})")
+
+
+def trained(workdir: str, out: pathlib.Path) -> None:
+  run = restore(workdir)
+  out.mkdir(exist_ok=True)
+  for measure in (depth, attention, cross_terms):
+    measure(run, out)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   workdir = cli.set_up()
   out = pathlib.Path(workdir) / "diagnostics"
-  if cli.FLAGS.lipschitz:
+  model_free = [study for study in (lipschitz, long_range) if cli.FLAGS[study.__name__].value]
+  if model_free:
     out.mkdir(parents=True, exist_ok=True)
-    lipschitz(out)
+    for study in model_free:
+      study(out)
   else:
-    depth(workdir, out)
+    trained(workdir, out)
   print(f"written to {out}")
 
 

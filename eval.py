@@ -2,19 +2,25 @@
 DIR/eval/best_<step>.json). Read-only on the checkpoints: it can run beside the training.
 
     python eval.py [--workdir DIR] [--step N | --best] [--config.eval.splits=test]
+    python eval.py --workdir DIR --attacks fgsm,pgd [--epsilons 1,2,4] [--attack_convention pixel]
+    python eval.py --workdir DIR --attacks contamination [--contamination 0.015] [--replacement random]
 
 The config is the one the run saved (DIR/config.json), with any --config.<field> overrides on top;
---config configs/x.py uses that file instead.
+--config configs/x.py uses that file instead. Attacks (bilateral_jax/robustness.py says what each
+perturbs and in which units) go into the JSON under `attacks` ({split: {attack: {ε: metrics}}}, with
+their settings), into the printed table, and into DIR/eval/robustness.png.
 """
+import dataclasses
 import json
 import pathlib
 
 from absl import app, flags
 
-from bilateral_jax import cli, trainer
+from bilateral_jax import cli, plots, robustness, tasks, trainer
 
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest that restores).")
 flags.DEFINE_bool("best", False, "Evaluate the best checkpoint by the training's validation metric.")
+cli.define_attack_flags()
 flags.adopt_module_key_flags(cli)
 
 
@@ -23,14 +29,33 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   workdir = cli.set_up()
   flags_ = cli.FLAGS
-  step, results = trainer.evaluate_checkpoint(cli.run_config(workdir), workdir, flags_.step, flags_.best)
+  config = cli.run_config(workdir)
+  task = tasks.get(config.model.name)
+  attacks, settings = cli.attack_settings(task, config.seed)
+  step, results, attacked = trainer.evaluate_checkpoint(config, workdir, flags_.step, flags_.best, attacks, settings)
   out = pathlib.Path(workdir) / "eval" / f"{'best_' if flags_.best else ''}{step}.json"
   out.parent.mkdir(exist_ok=True)
-  out.write_text(json.dumps({"step": step, "best": flags_.best, "results": results}, indent=2))
+  record = {"step": step, "best": flags_.best, "results": results}
+  if attacked:
+    record |= {"attacks": attacked, "attack_settings": dataclasses.asdict(settings)}
+  out.write_text(json.dumps(record, indent=2))
   names = sorted({name for metrics in results.values() for name in metrics})
   print(f"step {step:<5}" + "".join(f"  {name:>10}" for name in names))
   for split, metrics in results.items():
     print(f"{split:<10}" + "".join(f"  {cli.number(metrics[name]):>10}" for name in names))
+  if attacked:
+    metric = robustness.headline(task)
+    convention = f", {settings.convention} convention" if task.inputs == "images" else ""
+    print(f"\n{metric} under attack{convention}")
+    series = {}
+    for split, by_attack in attacked.items():
+      for attack, (strengths, values) in robustness.curve(results[split], by_attack, metric).items():
+        print(f"{split:<10} {attack:<13} " + "  ".join(f"{s:g}: {cli.number(v)}" for s, v in zip(strengths, values)))
+        series[f"{split} {attack}"] = (strengths, values, None)
+    xlabel = "fraction of words swapped" if "contamination" in attacks else (
+        "epsilon (1/255)" if task.inputs == "images" else "epsilon (x mean embedding norm)")
+    plots.against(series, out.parent / "robustness.png", xlabel=xlabel, ylabel=metric,
+                  title=f"step {step}{convention}")
   print(f"written to {out}")
 
 

@@ -142,3 +142,31 @@ def run_config(workdir: str):
 def number(value) -> str:
   """A metric for the console: integers (counts) as integers, the rest with 4 decimals."""
   return str(value) if isinstance(value, int) else f"{value:.4f}"
+
+
+def define_attack_flags() -> None:
+  """The attack flags of eval.py and study.py (`robustness` says what they mean)."""
+  flags.DEFINE_list("attacks", [], "Attacks to evaluate: fgsm, pgd (images and token classifiers), "
+                    "contamination (language models).")
+  flags.DEFINE_list("epsilons", None, "Attack radii in the task's units (images: 1/255; tokens: fractions of the "
+                    "mean embedding norm); default: the task's.")
+  flags.DEFINE_enum("attack_convention", "normalized", ["normalized", "pixel"],
+                    "Images: perturb the normalised input with the model's own predictions as labels, or "
+                    "the [0, 1] pixels (clipped) with the true labels.")
+  flags.DEFINE_integer("pgd_steps", 20, "PGD steps.")
+  flags.DEFINE_float("pgd_step_fraction", 0.15, "PGD step size as a fraction of epsilon.")
+  flags.DEFINE_bool("random_start", True, "PGD starts at a uniform random point of the ball.")
+  flags.DEFINE_float("contamination", 0.015, "Fraction of the eligible words swapped (language models).")
+  flags.DEFINE_enum("replacement", "oov", ["oov", "random"], "Contamination: a word outside the vocabulary, or "
+                    "a random vocabulary word.")
+
+
+def attack_settings(task, seed: int):
+  """-> (attacks, robustness.AttackSettings) from the attack flags; no --attacks: none."""
+  from bilateral_jax import robustness  # noqa: PLC0415
+  epsilons = task.epsilons if FLAGS.epsilons is None else tuple(float(e) for e in FLAGS.epsilons)
+  settings = robustness.AttackSettings(
+      epsilons=epsilons, convention=FLAGS.attack_convention, pgd_steps=FLAGS.pgd_steps,
+      pgd_step_fraction=FLAGS.pgd_step_fraction, random_start=FLAGS.random_start,
+      contamination=FLAGS.contamination, replacement=FLAGS.replacement, seed=seed)
+  return tuple(FLAGS.attacks), settings

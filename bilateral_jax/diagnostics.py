@@ -7,15 +7,31 @@
 - `snr_db(clean, noisy)`: 20 log10(||Y(U)|| / ||Y(U + eta) - Y(U)||).
 - `hidden_states(model, params, inputs, noise)`: Y_0 .. Y_L of a model, with `noise` added to the input
   of its Transformer stack (the token or patch embeddings U), for SNR across depth.
+- `attention_maps(model, params, inputs)`: each layer's attention averaged over heads and examples;
+  `mean_attention_distance` and `attention_grid` (a query's attention on the patch grid) summarise them.
+- `cross_term_share(model, params, inputs)`: the share of the first layer's logit variance carried by the
+  token-position cross terms (`logit_terms` splits the logits); 0 by construction without additive positions.
+- `long_range_stability(attentions, lengths)`: model-free, the relative change of a random stack's
+  attention output under a small input perturbation against the length N (`relative_sensitivity`).
 """
 from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bilateral_jax import ops
+from bilateral_jax.models.config import TransformerConfig
+from bilateral_jax.models.transformer import Block, MultiHeadAttention, Transformer
+
 BISECTION_STEPS = 64
+LAYER_NORM_EPSILON = 1e-6  # flax.linen.LayerNorm's default, which the stack uses
 
 
 def softmax_lipschitz(z: jax.Array) -> jax.Array:
@@ -87,33 +103,222 @@ def snr_db(clean: jax.Array, noisy: jax.Array) -> jax.Array:
   return 20.0 * jnp.log10(jnp.linalg.norm(clean) / jnp.maximum(jnp.linalg.norm(noisy - clean), 1e-30))
 
 
+@dataclasses.dataclass
+class Call:
+  """One call of an intercepted module: its (bound) module, arguments, variables and output."""
+  module: nn.Module
+  args: tuple
+  kwargs: dict
+  variables: Any
+  output: Any = None
+
+
+def _apply(model: nn.Module, params, inputs, module_type, edit=None, **kwargs) -> tuple[Any, list[Call]]:
+  """model.apply with the `intermediates` collection -> (intermediates, the calls of `module_type` modules
+  in call order); `edit(args) -> args` rewrites those calls' positional arguments."""
+  calls = []
+
+  def intercept(next_fun, args, kwargs, context):
+    if not (isinstance(context.module, module_type) and context.method_name == "__call__"):
+      return next_fun(*args, **kwargs)
+    args = args if edit is None else edit(args)
+    call = Call(context.module, args, kwargs, context.module.variables)
+    calls.append(call)
+    call.output = next_fun(*args, **kwargs)
+    return call.output
+
+  with nn.intercept_methods(intercept):
+    _, state = model.apply({"params": params}, inputs, mutable=["intermediates"], **kwargs)
+  return state["intermediates"], calls
+
+
+def _sown(intermediates, name: str) -> list[tuple[str, jax.Array]]:
+  """(path, value) of every value sown as `name`, in tree order."""
+  return [(jax.tree_util.keystr(path), value)
+          for path, value in jax.tree_util.tree_flatten_with_path(intermediates)[0]
+          if name in jax.tree_util.keystr(path)]
+
+
 def hidden_states(model: nn.Module, params, inputs, noise=None) -> list[jax.Array]:
   """Y_0 .. Y_L [b, n, d] of `model` on `inputs`; `noise` (shaped as the stack's input) is added to the
   input of its Transformer stack."""
-  from bilateral_jax.models.transformer import Transformer  # noqa: PLC0415
-
-  def add_noise(next_fun, args, kwargs, context):
-    if noise is not None and isinstance(context.module, Transformer) and context.method_name == "__call__":
-      args = (args[0] + noise.astype(args[0].dtype),) + args[1:]
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(add_noise):
-    _, state = model.apply({"params": params}, inputs, mutable=["intermediates"])
-  found = [value for path, value in jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]
-           if "hidden_states" in jax.tree_util.keystr(path)]
-  return found
+  edit = None if noise is None else lambda args: (args[0] + noise.astype(args[0].dtype),) + args[1:]
+  intermediates, _ = _apply(model, params, inputs, Transformer, edit)
+  return [value for _, value in _sown(intermediates, "hidden_states")]
 
 
 def stack_input(model: nn.Module, params, inputs) -> jax.Array:
-  """The input U of the model's Transformer stack (the embeddings), for shaping noise."""
-  from bilateral_jax.models.transformer import Transformer  # noqa: PLC0415
-  captured = []
+  """The input U [b, n, d] of the model's Transformer stack (the embeddings), for shaping noise."""
+  return _apply(model, params, inputs, Transformer)[1][0].args[0]
 
-  def capture(next_fun, args, kwargs, context):
-    if isinstance(context.module, Transformer) and context.method_name == "__call__":
-      captured.append(args[0])
-    return next_fun(*args, **kwargs)
 
-  with nn.intercept_methods(capture):
-    model.apply({"params": params}, inputs)
-  return captured[0]
+def eval_inputs(experiment, examples: int) -> tuple[np.ndarray, np.ndarray | None]:
+  """The first `examples` inputs of a `trainer.Experiment`'s first eval split (through its eval transform),
+  and for token inputs [b, n] their real-token mask (0 is padding; None otherwise)."""
+  source = experiment.info_source
+  transform = experiment.eval_transform or (lambda example, rng: example)
+  inputs = np.stack([transform(source[i], None)["inputs"] for i in range(min(examples, len(source)))])
+  return inputs, (inputs != 0 if experiment.task.inputs == "tokens" and inputs.ndim == 2 else None)
+
+
+def depth_profile(model: nn.Module, params, inputs, mask=None, *, noise: float, seed: int = 0) -> dict:
+  """SNR (dB) and token uniformity of Y_0 .. Y_L on `inputs` (mask [b, n]: real tokens; a CLS token the
+  stack puts in front counts as real), with Gaussian noise of `noise` x the RMS of the stack's input U
+  added to U -> {noise, layer, snr_db, token_uniformity}."""
+  u = stack_input(model, params, inputs)
+  rms = float(np.sqrt(np.mean(np.square(np.asarray(u, np.float64)))))
+  eta = noise * rms * jax.random.normal(jax.random.key(seed), u.shape)
+  clean, noisy = hidden_states(model, params, inputs), hidden_states(model, params, inputs, eta)
+  if mask is not None and clean[0].shape[1] == mask.shape[1] + 1:
+    mask = np.concatenate([np.ones((len(mask), 1), bool), mask], axis=1)
+  return {"noise": noise, "layer": list(range(len(clean))),
+          "snr_db": [float(snr_db(c, n)) for c, n in zip(clean, noisy)],
+          "token_uniformity": [float(np.mean(token_uniformity(c, mask))) for c in clean]}
+
+
+def stack_coordinates(model: nn.Module, params, inputs) -> jax.Array:
+  """The coordinates [n, c] of the stack's tokens (NaN rows: no place, e.g. a CLS token)."""
+  return _apply(model, params, inputs, Transformer)[1][0].kwargs["coords"]
+
+
+def attention_maps(model: nn.Module, params, inputs) -> list[jax.Array]:
+  """[n, n] per layer (first to last): the sown attention weights [b, heads, n, n] averaged over heads and
+  examples; rows sum to 1."""
+  layers: dict[int, list[jax.Array]] = {}
+  for path, weights in _sown(_apply(model, params, inputs, ())[0], "attention_weights"):
+    layers.setdefault(int(re.search(r"block_(\d+)", path).group(1)), []).append(weights)
+  return [jnp.mean(jnp.concatenate(layers[layer]), axis=(0, 1)) for layer in sorted(layers)]
+
+
+def mean_attention_distance(maps: jax.Array, coords: jax.Array) -> jax.Array:
+  """maps [..., n, n] (rows sum to 1), coords [n, c] (NaN rows: no place) -> [...]: the mean over placed
+  queries i of sum_j A_ij ||r_i - r_j|| over placed keys j, in coordinate units (tokens, patches)."""
+  placed = ~jnp.any(jnp.isnan(coords), axis=-1)
+  r = jnp.where(placed[:, None], coords, 0.0)
+  distance = jnp.sqrt(jnp.sum(jnp.square(r[:, None] - r[None]), axis=-1)) * (placed[:, None] & placed[None])
+  return jnp.sum(maps * distance, axis=(-2, -1)) / jnp.maximum(jnp.sum(placed), 1)
+
+
+def attention_grid(attention, coords) -> np.ndarray:
+  """attention [n, n], coords [n, 2] of patches ((row, col); NaN rows: no place) -> [rows, cols]: the
+  attention of the placeless (CLS) query rows, or of all rows when every token has a place, to each patch."""
+  attention, coords = np.asarray(attention), np.asarray(coords)
+  placed = ~np.isnan(coords).any(axis=-1)
+  queries = attention[~placed] if not placed.all() else attention
+  cells = coords[placed].astype(int)
+  grid = np.zeros(tuple(cells.max(axis=0) + 1), attention.dtype)
+  grid[cells[:, 0], cells[:, 1]] = queries.mean(axis=0)[placed]
+  return grid
+
+
+def logit_terms(x: jax.Array, p: jax.Array, block_params, *, pre_norm: bool = True):
+  """A standard-attention Block's logits on y0 = x + p split by source: x [b, n, d] the tokens, p [n, d]
+  the position table rows, block_params the Block's params -> (content, position, cross), each
+  [b, heads, n, n], summing to the logits. The pre-norm LayerNorm is split linearly: its centring and scale
+  act on x and p alike (the 1/std of x + p is shared), its bias and the projections' biases join the content
+  side where they meet content and the position side where they meet position; cross = q(x).k(p) + q(p).k(x)."""
+  x, p = x.astype(jnp.float32), jnp.broadcast_to(p.astype(jnp.float32), x.shape)
+  if pre_norm:
+    norm = block_params["norm_attention"]
+    scale = norm["scale"] * jax.lax.rsqrt(jnp.var(x + p, axis=-1, keepdims=True) + LAYER_NORM_EPSILON)
+    (hx, hp), h0 = [(v - jnp.mean(v, axis=-1, keepdims=True)) * scale for v in (x, p)], norm["bias"]
+  else:
+    hx, hp, h0 = x, p, jnp.zeros(x.shape[-1])
+
+  def project(name):
+    dense = block_params["attention"][name]
+    linear = lambda h: jnp.einsum("...d,dhk->...hk", h, dense["kernel"])
+    return linear(hx), linear(hp), jnp.broadcast_to(linear(h0) + dense["bias"], hx.shape[:2] + dense["bias"].shape)
+
+  (qx, qp, q0), (kx, kp, k0) = project("query"), project("key")
+  content = ops.standard_logits(qx + q0, kx + k0)
+  cross = ops.standard_logits(qx, kp) + ops.standard_logits(qp, kx)
+  return content, ops.standard_logits(qx + qp + q0, kx + kp + k0) - content - cross, cross
+
+
+def logit_term_shares(x, p, block_params, *, pre_norm: bool = True, keep=None) -> dict[str, float]:
+  """Shares of the logit variance over keys (what softmax sees: a row's constant cancels) of the `logit_terms`:
+  within-row sums of squares about the row mean over the kept pairs (keep: boolean, broadcastable to
+  [b, heads, n, n]), each over their total -> {content, position, cross}."""
+  terms = logit_terms(x, p, block_params, pre_norm=pre_norm)
+  keep = jnp.broadcast_to(jnp.ones((), bool) if keep is None else keep, terms[0].shape).astype(jnp.float32)
+  count = jnp.maximum(jnp.sum(keep, axis=-1, keepdims=True), 1.0)
+  squares = [jnp.sum(keep * jnp.square(t - jnp.sum(t * keep, axis=-1, keepdims=True) / count)) for t in terms]
+  total = sum(squares)
+  return {name: float(value / total) for name, value in zip(("content", "position", "cross"), squares)}
+
+
+def cross_term_share(model: nn.Module, params, inputs) -> dict:
+  """Method.md section 4's cross-term share at the model's first layer on `inputs` -> {cross_share,
+  content_share, position_share, note}: `logit_term_shares` with the layer's own masks (padding, causal)
+  when the stack adds a position table to the tokens; otherwise cross_share is 0.0 by construction (BSA,
+  ALiBi, no positions) or None (RoPE: the logits do not split into additive terms)."""
+  _, (stack, block, *_) = _apply(model, params, inputs, (Transformer, Block))
+  config = stack.module.config
+  if not config.additive_positions:
+    if config.attention == "rope":
+      return {"cross_share": None, "note": "rope rotates q and k by position: no additive split of the logits"}
+    return {"cross_share": 0.0, "note": f"attention={config.attention!r} adds no position table to the tokens: "
+                                        "no cross terms by construction"}
+  mask, n = block.kwargs["mask"], block.args[0].shape[1]
+  keep = jnp.ones((1, 1, n, n), bool) if mask is None else mask & jnp.swapaxes(mask, -1, -2)
+  keep = keep & ops.causal_mask(n, n) if block.kwargs["is_causal"] else keep
+  shares = logit_term_shares(stack.args[0], block.kwargs["pos_embed"], block.variables["params"],
+                             pre_norm=config.norm == "pre", keep=keep)
+  return {"cross_share": shares["cross"], "content_share": shares["content"],
+          "position_share": shares["position"],
+          "note": "shares of the within-row (over keys) sum of squares of the first layer's logits"}
+
+
+LONG_RANGE_STACK = dict(num_layers=2, num_heads=4, model_dim=64, mlp_dim=128, residual="standard")
+LONG_RANGE_ATTENTIONS = {  # the standard baseline with a sinusoidal table: at initialisation a learned one is ~0
+    "standard": dict(attention="standard", position_table="sinusoidal"),
+    "alibi": dict(attention="alibi", position_table="none"),
+    "bilateral": dict(attention="bilateral", position_table="none"),
+}
+
+
+def _norms(a: jax.Array) -> jax.Array:
+  """[b, ...] -> [b]: the norm of each example."""
+  return jnp.sqrt(jnp.sum(jnp.square(a.reshape(a.shape[0], -1).astype(jnp.float32)), axis=-1))
+
+
+def relative_sensitivity(f, x: jax.Array, d: jax.Array) -> jax.Array:
+  """x, d [b, ...] -> [b]: (||f(x + d) - f(x)|| / ||f(x)||) / (||d|| / ||x||), norms per example."""
+  fx = f(x)
+  return _norms(f(x + d) - fx) / _norms(fx) * _norms(x) / _norms(d)
+
+
+def _attention_output(model: Transformer, params, x, coords) -> jax.Array:
+  """The last block's attention sublayer output [b, n, d] of the stack `model` on x [b, n, d]."""
+  return _apply(model, params, x, MultiHeadAttention, coords=coords)[1][-1].output
+
+
+def long_range_stability(attentions=tuple(LONG_RANGE_ATTENTIONS), lengths=(64, 128, 256, 512, 1024), *,
+                         seeds: int = 2, samples: int = 2, relative_size: float = 1e-3, seed: int = 0,
+                         **stack) -> dict:
+  """Model-free: for each attention kind (`LONG_RANGE_ATTENTIONS`) a stack (`LONG_RANGE_STACK`, updated by
+  `stack`) at `seeds` random initialisations, and for each N `samples` inputs x ~ N(0, I) [N, model_dim]
+  (the same for every kind) with a random perturbation d, ||d|| = relative_size ||x||: the mean
+  `relative_sensitivity` of the last block's attention output. -> {N: [...], kind: [...] per kind}."""
+  lengths = [int(n) for n in lengths]
+  result = {"N": lengths}
+  for kind in attentions:
+    config = TransformerConfig(**(LONG_RANGE_STACK | {"max_length": max(lengths)} | LONG_RANGE_ATTENTIONS[kind]
+                                  | stack))
+    model = Transformer(config)
+    output = jax.jit(functools.partial(_attention_output, model))
+    start = (jnp.zeros((1, 1, config.model_dim)), ops.sequence_coordinates(1))
+    inits = [model.init(key, start[0], coords=start[1])["params"]
+             for key in jax.random.split(jax.random.key(seed), seeds)]
+    ratios = []
+    for n in lengths:
+      x_key, d_key = jax.random.split(jax.random.fold_in(jax.random.key(seed + 1), n))
+      x = jax.random.normal(x_key, (samples, n, config.model_dim))
+      d = jax.random.normal(d_key, x.shape)
+      d = d * (relative_size * _norms(x) / _norms(d))[:, None, None]
+      coords = ops.sequence_coordinates(n)
+      ratios.append(float(np.mean([relative_sensitivity(lambda v, p=params: output(p, v, coords), x, d)
+                                   for params in inits])))
+    result[kind] = ratios
+  return result

@@ -51,3 +51,20 @@ def curves(runs: dict[str, list[dict]], out: str | pathlib.Path) -> pathlib.Path
   figure.savefig(out, dpi=100)
   plt.close(figure)
   return out
+
+
+def against(series: dict[str, tuple[list, list, list | None]], out: str | pathlib.Path, *, xlabel: str,
+            ylabel: str, title: str = "") -> pathlib.Path:
+  """series: {label: (x, mean, std or None)} -> one panel of lines (with ±std bars) at `out`."""
+  figure, axis = plt.subplots(figsize=(5, 3.6))
+  for label, (x, mean, std) in series.items():
+    axis.errorbar(x, mean, yerr=std, marker="o", markersize=3, capsize=2, label=label)
+  axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
+  axis.grid(alpha=0.3)
+  axis.legend(fontsize=7)
+  figure.tight_layout()
+  out = pathlib.Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  figure.savefig(out, dpi=100)
+  plt.close(figure)
+  return out

@@ -1,15 +1,21 @@
-"""What each backbone is trained to do: weighted loss sums and metric sums for a batch.
+"""What each backbone is trained to do, as a registry of `Task`s keyed by `config.model.name`: the loss
+and metric sums of a batch, the metrics, what its input is, which attacks apply, and its per-example
+transforms. The trainer, eval.py, diagnose.py and study.py ask the task instead of testing names.
 
 Sums (not means) so that gradient accumulation and multi-batch evaluation add up exactly; the final
 metric is the sum divided by `weight`.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
+
+from bilateral_jax.data import augment
 
 
 def _weighted_sums(logits, labels, weight, label_probs=None) -> dict[str, jnp.ndarray]:
@@ -53,13 +59,83 @@ def segmentation(logits, batch) -> dict[str, jnp.ndarray]:
   return sums | {"intersection": intersection, "union": union}
 
 
-TASKS: dict[str, Callable] = {"classifier": classification, "vit": classification, "lm": language_modeling,
-                              "segmenter": segmentation}
+Transform = Callable[[dict, object], dict]  # (example, numpy rng or None) -> example
+
+PER_IMAGE_AUGMENTATION = ("random_resized_crop", "hflip", "rand_augment_ops", "random_erasing")
 
 
-def finalize(sums: dict) -> dict[str, float]:
+def _refuse(augment_config: ml_collections.ConfigDict, names: tuple[str, ...], why: str) -> None:
+  used = [name for name in names if (augment_config[name] > 1 if name == "repeats" else augment_config[name])]
+  if used:
+    raise ValueError(f"augment.{', augment.'.join(used)} {why}")
+
+
+def no_transforms(augment_config, info, data_name: str) -> tuple[None, None]:
+  _refuse(augment_config, PER_IMAGE_AUGMENTATION + ("cutmix_alpha", "repeats"),
+          f"apply to image datasets, not {data_name!r}")
+  return None, None
+
+
+def image_transforms(augment_config, info, data_name: str) -> tuple[Transform, Transform]:
+  """Normalisation with the data's pixel statistics, and `config.augment` when training."""
+  if info.image_stats is None:
+    raise ValueError(f"dataset {data_name!r} has no images (no pixel statistics) for an image model")
+  mean, std = info.image_stats
+  size = dict(size=info.image_size, crop_fraction=info.crop_fraction)
+  return tuple(augment.image_transform(augment_config, mean, std, train=train, **size) for train in (True, False))
+
+
+def segmentation_transforms(augment_config, info, data_name: str) -> tuple[Transform, Transform]:
+  """Segmentation's own crop-and-flip recipe, on image and mask together."""
+  _refuse(augment_config, PER_IMAGE_AUGMENTATION, f"apply to image classification, not segmentation "
+          f"({data_name!r} crops, scales and flips image and mask together)")
+  mean, std = info.image_stats
+  return tuple(augment.segmentation_transform(mean, std, size=info.image_size, scale_range=info.scale_range,
+                                              train=train) for train in (True, False))
+
+
+INPUT_KINDS = ("tokens", "images", "token_stream")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """sums(logits, batch) -> weighted sums; metrics: what `finalize` reports (the best-checkpoint metric is
+  one of them); inputs: `tokens` (int ids [b, n], 0 = padding), `images` (normalised float [b, h, w, c])
+  or `token_stream` (windows of a text, next-token targets); attacks: those of `robustness.ATTACKS` that
+  apply; epsilons: their default radii (`robustness`: images in 1/255, token embeddings in fractions of
+  the mean embedding norm); mixes: whether mixup, cutmix and label smoothing apply; transforms(augment
+  config, info, data name) -> (train, eval) per-example transforms (None: none)."""
+  sums: Callable[[jnp.ndarray, dict], dict]
+  metrics: tuple[str, ...]
+  inputs: str
+  attacks: tuple[str, ...]
+  mixes: bool
+  transforms: Callable = no_transforms
+  epsilons: tuple[float, ...] = ()
+
+
+TASKS: dict[str, Task] = {
+    "classifier": Task(classification, ("loss", "accuracy"), "tokens", ("fgsm", "pgd"), mixes=True,
+                       epsilons=(0.05, 0.1, 0.2, 0.4)),
+    "vit": Task(classification, ("loss", "accuracy"), "images", ("fgsm", "pgd"), mixes=True,
+                transforms=image_transforms, epsilons=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0)),
+    "lm": Task(language_modeling, ("loss", "accuracy", "perplexity"), "token_stream", ("contamination",),
+               mixes=False),
+    "segmenter": Task(segmentation, ("loss", "accuracy", "mean_iou"), "images", (), mixes=False,
+                      transforms=segmentation_transforms),
+}
+
+
+def get(name: str) -> Task:
+  if name not in TASKS:
+    raise ValueError(f"model.name={name!r} is not one of: {', '.join(sorted(TASKS))}")
+  return TASKS[name]
+
+
+def finalize(sums: dict, task: Task | None = None) -> dict[str, float]:
   """Sums -> means over the weight (loss, accuracy); `examples` is the weight itself (an integer count); per-class
-  intersection and union -> `mean_iou` over the classes that occur (in the labels or the predictions)."""
+  intersection and union -> `mean_iou` over the classes that occur (in the labels or the predictions);
+  `perplexity` = exp(loss) when the task reports it."""
   weight = max(float(sums["weight"]), 1e-12)
   metrics = {name: float(value) / weight for name, value in sums.items()
              if name not in ("weight", "intersection", "union")}
@@ -68,4 +144,6 @@ def finalize(sums: dict) -> dict[str, float]:
     union = np.asarray(sums["union"], np.float64)
     occurring = union > 0
     metrics["mean_iou"] = float(np.mean(np.asarray(sums["intersection"])[occurring] / union[occurring]))
+  if task is not None and "perplexity" in task.metrics:
+    metrics["perplexity"] = float(np.exp(min(metrics["loss"], 700.0)))
   return metrics

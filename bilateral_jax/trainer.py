@@ -23,12 +23,12 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from bilateral_jax import parallel, tasks
+from bilateral_jax import parallel, robustness, tasks
 from bilateral_jax import workdir as workdir_lib
 from bilateral_jax.checkpointing import Checkpointer, abstract_with_shardings
 from bilateral_jax.data import augment, pipeline, sources
 from bilateral_jax.metric_writer import MetricWriter
-from bilateral_jax.models import MODELS, TransformerConfig, build_model
+from bilateral_jax.models import TransformerConfig, build_model
 
 SCHEDULES = ("cosine", "linear", "constant", "rsqrt")
 
@@ -85,11 +85,11 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
   return optax.chain(*chain), schedule
 
 
-def resolve_from_data(config: ml_collections.ConfigDict, info: dict) -> ml_collections.ConfigDict:
+def resolve_from_data(config: ml_collections.ConfigDict, info: sources.DatasetInfo) -> ml_collections.ConfigDict:
   """Fills model sizes the data decides (`vocab_size: 0` = the dataset's vocabulary) and checks the
   given ones against the data."""
   config = config.copy_and_resolve_references()
-  for field, value in info.items():
+  for field, value in info.model_sizes().items():
     if field not in config.model:
       continue
     if config.model[field] == 0:
@@ -104,7 +104,7 @@ def resolve_from_data(config: ml_collections.ConfigDict, info: dict) -> ml_colle
 def check_settings(config: ml_collections.ConfigDict) -> None:
   """Every setting that does not need the data, checked before any data is built."""
   tc, opt = config.train, config.optimizer
-  metrics = ("loss", "accuracy") + (("mean_iou",) if config.model.name == "segmenter" else ())
+  metrics = tasks.get(config.model.name).metrics
   checks = [
       (tc.best_mode in ("max", "min"), f"train.best_mode={tc.best_mode!r} is not one of: max, min"),
       (tc.best_metric in metrics, f"train.best_metric={tc.best_metric!r} is not one of: {', '.join(metrics)}"),
@@ -126,37 +126,11 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
   for ok, message in checks:
     if not ok:
       raise ValueError(message)
-  if config.model.name not in MODELS:
-    raise ValueError(f"model.name={config.model.name!r} is not one of: {', '.join(sorted(MODELS))}")
   TransformerConfig(**config.model.transformer.to_dict())
   mesh_size = parallel.mesh_size(config.mesh.data, config.mesh.fsdp)
   if tc.batch_size % (mesh_size * tc.grad_accum_steps):
     raise ValueError(f"train.batch_size {tc.batch_size} must be divisible by devices ({mesh_size}) x "
                      f"grad_accum_steps ({tc.grad_accum_steps})")
-
-
-def _refuse_switches(augment_config: ml_collections.ConfigDict, names: tuple[str, ...], why: str) -> None:
-  used = [name for name in names if (augment_config[name] > 1 if name == "repeats" else augment_config[name])]
-  if used:
-    raise ValueError(f"augment.{', augment.'.join(used)} {why}")
-
-
-def _image_transforms(config: ml_collections.ConfigDict, info: dict):
-  """(train, eval) per-example transforms for image datasets (normalisation and `config.augment`)."""
-  per_image = ("random_resized_crop", "hflip", "rand_augment_ops", "random_erasing")
-  if "image_stats" not in info:
-    _refuse_switches(config.augment, per_image + ("cutmix_alpha", "repeats"),
-                     f"apply to image datasets, not {config.data.name!r}")
-    return None, None
-  mean, std = info["image_stats"]
-  if "scale_range" in info:  # semantic segmentation: its own crop-and-flip recipe, on image and mask
-    _refuse_switches(config.augment, per_image, f"apply to image classification, not segmentation "
-                     f"({config.data.name!r} crops, scales and flips image and mask together)")
-    return tuple(augment.segmentation_transform(mean, std, size=info["image_size"], scale_range=info["scale_range"],
-                                                train=train) for train in (True, False))
-  size = dict(size=info["image_size"], crop_fraction=info["crop_fraction"])
-  return (augment.image_transform(config.augment, mean, std, train=True, **size),
-          augment.image_transform(config.augment, mean, std, train=False, **size))
 
 
 def example_batch(source, batch_size: int, transform=None) -> dict[str, np.ndarray]:
@@ -178,14 +152,15 @@ class Experiment:
   def __post_init__(self):
     check_settings(self.config)
     self.info_source = sources.load_split(self.config.data, self.info_split)
-    self.config = config = resolve_from_data(self.config, self.info_source.info)
-    self.train_transform, self.eval_transform = _image_transforms(config, self.info_source.info)
+    self.info = self.info_source.info
+    self.config = config = resolve_from_data(self.config, self.info)
+    self.task = task = tasks.get(config.model.name)
+    self.train_transform, self.eval_transform = task.transforms(config.augment, self.info, config.data.name)
     self.mixes = bool(config.augment.mixup_alpha or config.augment.cutmix_alpha or config.augment.label_smoothing)
-    if self.mixes and config.model.name not in ("classifier", "vit"):
+    if self.mixes and not task.mixes:
       raise ValueError("augment.mixup_alpha, cutmix_alpha and label_smoothing apply to classifiers, not "
                        f"{config.model.name!r}")
     self.model = make_model(config)
-    self.task = tasks.TASKS[config.model.name]
     self.tx, self.schedule = make_optimizer(config)
     self.mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     # Evaluation pads its last batch with weight-0 rows anyway: round the batch up to the devices.
@@ -193,7 +168,7 @@ class Experiment:
     example = example_batch(self.info_source, 1, self.eval_transform)
     inputs = example["inputs"]
     self.identity = model_settings(config) | {"inputs": [list(inputs.shape[1:]), str(inputs.dtype)]}
-    self.tokens_per_example = inputs.shape[-1] if config.model.name == "lm" else None
+    self.tokens_per_example = inputs.shape[-1] if task.inputs == "token_stream" else None
     init = lambda rng: self._initial_state(rng, inputs)
     abstract = jax.eval_shape(init, jax.random.key(0))
     self.state_sharding = parallel.fsdp_sharding(self.mesh, abstract)
@@ -234,7 +209,7 @@ class Experiment:
   def _sums(self, params, batch, rng):
     logits = self.model.apply({"params": params}, batch["inputs"], deterministic=rng is None,
                               rngs=None if rng is None else {"dropout": rng})
-    return self.task(logits, batch)
+    return self.task.sums(logits, batch)
 
   def _train_step(self, state: TrainState, batch):
     rng = jax.random.fold_in(jax.random.key(self.config.seed), state.step)
@@ -271,18 +246,34 @@ class Experiment:
   def _eval_step(self, params, batch):
     return self._sums(params, batch, None)
 
-  def evaluate(self, params, split: str, source=None) -> dict[str, float]:
-    """Metrics of `split` (the whole split, once, in order) under `params`."""
+  def attack_step(self, attack: str, settings: robustness.AttackSettings):
+    """jit: (params, batch, epsilon, rng) -> the task's sums on the batch attacked by `attack` at epsilon
+    (compiled once per batch shape; epsilon is traced)."""
+
+    def step(params, batch, epsilon, rng):
+      logits, _ = robustness.attacked_logits(self.model, params, batch, attack=attack, epsilon=epsilon,
+                                             input_kind=self.task.inputs, settings=settings,
+                                             image_stats=self.info.image_stats, rng=rng)
+      return self.task.sums(logits, batch)
+
+    replicated = parallel.replicated(self.mesh)
+    return jax.jit(step, in_shardings=(self.state_sharding.params, parallel.batch_sharding(self.mesh), replicated,
+                                       replicated), out_shardings=replicated)
+
+  def evaluate(self, params, split: str, source=None, step=None) -> dict[str, float]:
+    """Metrics of `split` (the whole split, once, in order; `source` if given) under `params`, by
+    `step(params, batch) -> sums` (default: the clean eval step)."""
     source = sources.load_split(self.config.data, split) if source is None else source
+    step = step or self.eval_step
     batches = pipeline.eval_batches(source, global_batch=self.eval_batch_size,
                                     process_index=jax.process_index(), process_count=jax.process_count(),
                                     transform=self.eval_transform)
     totals: dict[str, float] = {}
     for local in batches:
-      sums = jax.device_get(self.eval_step(params, parallel.global_batch(local, self.mesh)))
+      sums = jax.device_get(step(params, parallel.global_batch(local, self.mesh)))
       for name, value in sums.items():
         totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64)
-    return tasks.finalize(totals)
+    return tasks.finalize(totals, self.task)
 
 
 def parameter_summaries(params) -> dict[str, jax.Array]:
@@ -502,17 +493,31 @@ def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fre
   return final
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
-                        best: bool = False) -> tuple[int, dict[str, dict[str, float]]]:
-  """Restores the parameters of a checkpoint of `workdir` (the newest that restores, `step`, or the best)
-  read-only, so it can run beside a training -> (step, metrics by split)."""
+def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
+                   best: bool = False) -> tuple[Experiment, int, Any]:
+  """-> (the Experiment of `config` on its first eval split, the step, its parameters) of a checkpoint of
+  `workdir` (the newest that restores, `step`, or the best), opened read-only."""
   experiment = Experiment(config, info_split=config.eval.splits[0])
   checkpointer = experiment.checkpointer(workdir, read_only=True)
   try:
     step, params, _, _, _ = checkpointer.restore(experiment.abstract_state.params, step=step, best=best)
   finally:
     checkpointer.close()
-  return step, {split: experiment.evaluate(params, split) for split in experiment.config.eval.splits}
+  return experiment, step, params
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
+                        best: bool = False, attacks: tuple[str, ...] = (),
+                        attack_settings: robustness.AttackSettings | None = None) -> tuple[int, dict, dict]:
+  """Restores the parameters of a checkpoint of `workdir` (the newest that restores, `step`, or the best)
+  read-only, so it can run beside a training -> (step, metrics by split, {split: attack results} (see
+  `robustness.evaluate`), empty without attacks)."""
+  experiment, step, params = restore_params(config, workdir, step, best)
+  splits = experiment.config.eval.splits
+  results = {split: experiment.evaluate(params, split) for split in splits}
+  attacked = {split: robustness.evaluate(experiment, params, split, attacks, attack_settings)
+              for split in splits} if attacks else {}
+  return step, results, attacked
 
 
 def parameter_counts(params) -> dict[str, int]:

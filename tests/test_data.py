@@ -134,7 +134,7 @@ def test_wikitext_vocabulary_unk_eos_and_contiguous_windows(tmp_path):
   write_wikitext(tmp_path)
   config = data_config(name="wikitext", directory=str(tmp_path), tfds_dir=str(tmp_path / "tfds"), max_length=8)
   train, test = sources.load_split(config, "train"), sources.load_split(config, "test")
-  assert train.info == test.info and train.info["vocab_size"] == 3 + len(set(
+  assert train.info == test.info and train.info.vocab_size == 3 + len(set(
       (tmp_path / "wiki.train.tokens").read_text().split()) - {"<unk>"})
   np.testing.assert_array_equal(train.arrays["inputs"][:, 1:], train.arrays["targets"][:, :-1])
   np.testing.assert_array_equal(train.arrays["inputs"][1:, 0], train.arrays["targets"][:-1, -1])
@@ -281,7 +281,7 @@ def test_image_folders(tmp_path):
   images = data_config(name="imagenet", directory=str(tmp_path / "imagenet"), image_size=24,
                        crop_fraction=0.875)
   val = sources.load_split(images, "validation")
-  assert len(val) == 6 and val.info["num_classes"] == 2
+  assert len(val) == 6 and val.info.num_classes == 2
   from bilateral_jax.data import augment
   eval_transform = augment.image_transform(data_config(random_resized_crop=False, hflip=False, rand_augment_ops=0,
                                                        random_erasing=0.0), augment.IMAGENET_MEAN,
@@ -339,7 +339,7 @@ def test_pathfinder_generator_labels_markers_and_tfds_build(tmp_path):
   config = data_config(name="pathfinder_generated", side=32, contour_length=9, distractors=1, train_size=8,
                        validation_size=4, test_size=40, seed=1, tfds_dir=str(tmp_path))
   test = sources.load_split(config, "test")  # the test split is seeded seed + 2 = 3, as above
-  assert len(test) == 40 and test.info == {"vocab_size": 257, "num_classes": 2}
+  assert len(test) == 40 and test.info.model_sizes() == {"vocab_size": 257, "num_classes": 2}
   for i in (0, 7, 39):
     np.testing.assert_array_equal(test[i]["inputs"], examples[i].image.ravel().astype(np.int32) + 1)
     assert test[i]["label"] == examples[i].label
@@ -355,10 +355,10 @@ def test_text_corpus_chars_and_bytes(tmp_path):
     stream = np.concatenate([train.arrays["inputs"].ravel(), train.arrays["targets"][-1, -1:]])
     expected = "".join(t[: int(0.9 * len(t))] for t in texts)
     if tokenizer == "bytes":
-      assert train.info["vocab_size"] == 257
+      assert train.info.vocab_size == 257
       assert bytes(int(i) - 1 for i in stream).decode() == expected[: len(stream)]
     else:
-      assert train.info["vocab_size"] == 2 + len(set(expected))
+      assert train.info.vocab_size == 2 + len(set(expected))
       assert len(test) == (len("".join(t[int(0.95 * len(t)):] for t in texts)) - 1) // 8
   with pytest.raises(FileNotFoundError, match="no files match"):
     sources.load_split(data_config(name="text_corpus", directory=str(tmp_path), glob="*.txt", tokenizer="chars",
@@ -381,7 +381,7 @@ def test_catalog_datasets_through_tfds_data_sources(tmp_path):
     assert all(split[0]["inputs"].shape == (1024,) for split in gray)  # mock_data ignores train[:90%] slices
     imagenet = sources.load_split(data_config(name="imagenet", directory="", tfds_dir="", image_size=16,
                                               crop_fraction=0.875), "validation")
-    assert len(imagenet) == 12 and imagenet.info["num_classes"] == 1000
+    assert len(imagenet) == 12 and imagenet.info.num_classes == 1000
     assert imagenet[0]["inputs"].ndim == 3 and imagenet[0]["inputs"].dtype == np.uint8
   with pytest.raises(FileNotFoundError, match="tfds build imdb_reviews --file_format=array_record"):
     sources.load_split(data_config(name="lra_text", directory="", tfds_dir=str(tmp_path), seed=0, max_length=64,
@@ -392,8 +392,8 @@ def test_cifar100_python_files(tmp_path):
   write_cifar100(tmp_path, per_file=10)
   config = data_config(name="cifar100", directory=str(tmp_path), tfds_dir="", seed=0, validation_size=4)
   train, test = sources.load_split(config, "train"), sources.load_split(config, "test")
-  assert (len(train), len(test)) == (6, 10) and train.info["num_classes"] == 100
-  np.testing.assert_allclose(train.info["image_stats"][0], [0.5071, 0.4865, 0.4409])
+  assert (len(train), len(test)) == (6, 10) and train.info.num_classes == 100
+  np.testing.assert_allclose(train.info.image_stats[0], [0.5071, 0.4865, 0.4409])
   with (tmp_path / "test").open("rb") as handle:
     raw = pickle.load(handle, encoding="bytes")
   assert test.arrays["label"].tolist() == list(raw[b"fine_labels"])
@@ -405,11 +405,11 @@ def test_ade20k_release_layout_and_its_crops(tmp_path):
   config = data_config(name="ade20k", directory=str(tmp_path), tfds_dir="", image_size=16, scale_range=(0.5, 2.0))
   train, validation = sources.load_split(config, "train"), sources.load_split(config, "validation")
   assert (len(train), len(validation), len(sources.load_split(config, "test"))) == (3, 3, 3)
-  assert train.info["num_classes"] == 150
+  assert train.info.num_classes == 150
   for i, annotation in enumerate(written["validation"]):  # PNG annotations round-trip exactly
     np.testing.assert_array_equal(validation[i]["label"], annotation)
     assert validation[i]["inputs"].shape == annotation.shape + (3,)
-  mean, std = train.info["image_stats"]
+  mean, std = train.info.image_stats
   evaluate = augment.segmentation_transform(mean, std, size=16, scale_range=(0.5, 2.0), train=False)
   example = evaluate(validation[0], None)  # 24 x 40 -> 16 x 27 -> centre 16 x 16
   assert example["inputs"].shape == (16, 16, 3) and example["label"].shape == (16, 16)

@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from bilateral_jax import diagnostics, trainer
-from tests.test_training import ROOT, run_script, tiny_config
+from bilateral_jax import diagnostics, ops, trainer
+from tests.test_training import ROOT, run_script, small_config, tiny_config
 
 
 def softmax64(z):
@@ -70,12 +70,123 @@ def test_hidden_states_with_noise_at_the_stack_input():
   np.testing.assert_array_equal(diagnostics.hidden_states(experiment.model, params, inputs, 0 * noise)[1], clean[1])
 
 
+def tiny_model(**transformer):
+  """A tiny ListOps classifier at initialisation, its params and 4 padded examples."""
+  experiment = trainer.Experiment(tiny_config(**{f"model.transformer.{k}": v for k, v in transformer.items()}))
+  inputs = np.stack([experiment.info_source[i]["inputs"] for i in range(4)])
+  return experiment.model, experiment.init(jax.random.key(0)).params, inputs
+
+
+def test_attention_maps_average_the_sown_weights_and_their_distance():
+  model, params, inputs = tiny_model(num_layers=2)
+  _, state = model.apply({"params": params}, inputs, mutable=["intermediates"])
+  sown = state["intermediates"]["transformer"]
+  maps = diagnostics.attention_maps(model, params, inputs)
+  assert len(maps) == 2
+  for layer, got in enumerate(maps):
+    want = np.asarray(sown[f"block_{layer}"]["attention"]["attention_weights"][0]).mean(axis=(0, 1))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(np.sum(got, axis=-1), 1.0, rtol=1e-5)
+  n = maps[0].shape[0]
+  coords = diagnostics.stack_coordinates(model, params, inputs)
+  np.testing.assert_array_equal(coords, np.arange(n)[:, None])
+  i, j = np.indices((n, n))
+  np.testing.assert_allclose(diagnostics.mean_attention_distance(maps[1], coords),
+                             np.sum(np.asarray(maps[1]) * np.abs(i - j)) / n, rtol=1e-5)
+  # a CLS token (no place) in front of a 2 x 2 patch grid: distances among patches only, the CLS row on the grid
+  a = np.random.default_rng(0).dirichlet(np.ones(5), 5)
+  grid_coords = np.array([[np.nan, np.nan], [0, 0], [0, 1], [1, 0], [1, 1]])
+  r = grid_coords[1:]
+  want = np.sum(a[1:, 1:] * np.linalg.norm(r[:, None] - r[None], axis=-1)) / 4
+  np.testing.assert_allclose(diagnostics.mean_attention_distance(a, grid_coords), want, rtol=1e-5)
+  np.testing.assert_allclose(diagnostics.attention_grid(a, grid_coords), a[0, 1:].reshape(2, 2))
+  np.testing.assert_allclose(diagnostics.attention_grid(a[1:, 1:], r), a[1:, 1:].mean(0).reshape(2, 2))
+
+
+def numpy_logit_terms(x, p, block, pre_norm):
+  """content, position, cross logits [b, h, n, n] of (x + p) through a Block's norm and q, k, in float64."""
+  x, p = np.asarray(x, np.float64), np.broadcast_to(np.asarray(p, np.float64), x.shape)
+  block = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float64), block)
+  if pre_norm:
+    norm = block["norm_attention"]
+    s = norm["scale"] / np.sqrt((x + p).var(-1, keepdims=True) + 1e-6)
+    hx, hp, h0 = (x - x.mean(-1, keepdims=True)) * s, (p - p.mean(-1, keepdims=True)) * s, norm["bias"]
+  else:
+    hx, hp, h0 = x, p, np.zeros(x.shape[-1])
+  q, k = block["attention"]["query"], block["attention"]["key"]
+  project = lambda dense: [h @ dense["kernel"].reshape(x.shape[-1], -1) for h in (hx, hp, h0)]
+  (qx, qp, q0), (kx, kp, k0) = project(q), project(k)
+  q0, k0 = q0 + q["bias"].ravel(), k0 + k["bias"].ravel()
+  heads, head_dim = q["bias"].shape
+
+  def logits(a, b):
+    a, b = np.broadcast_to(a, x.shape[:2] + a.shape[-1:]), np.broadcast_to(b, x.shape[:2] + b.shape[-1:])
+    a, b = a.reshape(*a.shape[:2], heads, head_dim), b.reshape(*b.shape[:2], heads, head_dim)
+    return np.einsum("bihd,bjhd->bhij", a, b) / np.sqrt(head_dim)
+
+  content = logits(qx + q0, kx + k0)
+  position = logits(qp, kp) + logits(qp, k0) + logits(q0, kp)
+  return content, position, logits(qx, kp) + logits(qp, kx)
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_cross_term_share_against_numpy(norm):
+  model, params, inputs = tiny_model(attention="standard", position_table="sinusoidal", norm=norm)
+  x = diagnostics.stack_input(model, params, inputs)
+  n = x.shape[1]
+  p = ops.sinusoidal_table(model.config.max_length, model.config.model_dim)[:n]
+  terms = numpy_logit_terms(x, p, params["transformer"]["block_0"], norm == "pre")
+  real = inputs != 0
+  keep = real[:, None, :, None] & real[:, None, None, :]
+  # the three terms sum to the layer's logits: softmax over the real keys gives its sown weights
+  _, state = model.apply({"params": params}, inputs, mutable=["intermediates"])
+  logits = np.where(real[:, None, None, :], sum(terms), -np.inf)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  sown = state["intermediates"]["transformer"]["block_0"]["attention"]["attention_weights"][0]
+  np.testing.assert_allclose(sown, weights / weights.sum(-1, keepdims=True), atol=2e-5)
+  squares = []
+  for t in terms:
+    mean = np.sum(t * keep, -1, keepdims=True) / np.maximum(keep.sum(-1, keepdims=True), 1)
+    squares.append(np.sum(keep * (t - mean) ** 2))
+  got = diagnostics.cross_term_share(model, params, inputs)
+  want = np.array(squares) / sum(squares)
+  np.testing.assert_allclose([got["content_share"], got["position_share"], got["cross_share"]], want, rtol=1e-4)
+  assert 0 < got["cross_share"] < 1
+
+
+def test_cross_term_share_without_additive_positions():
+  model, params, inputs = tiny_model()  # BSA
+  assert diagnostics.cross_term_share(model, params, inputs)["cross_share"] == 0.0
+  model, params, inputs = tiny_model(attention="rope")
+  assert diagnostics.cross_term_share(model, params, inputs)["cross_share"] is None
+
+
+def test_relative_sensitivity_and_long_range_stability():
+  rng = np.random.default_rng(0)
+  x, d = rng.standard_normal((3, 5, 4)), 1e-3 * rng.standard_normal((3, 5, 4))
+  np.testing.assert_allclose(diagnostics.relative_sensitivity(lambda v: v, x, d), 1.0, rtol=1e-5)
+  norm = lambda a: np.linalg.norm(a.reshape(3, -1), axis=-1)
+  np.testing.assert_allclose(diagnostics.relative_sensitivity(lambda v: 3 * v + 1, x, d),
+                             norm(3 * d) / norm(3 * x + 1) * norm(x) / norm(d), rtol=1e-4)
+  small = dict(lengths=(8, 32), seeds=1, samples=2, num_layers=1, num_heads=2, model_dim=16, mlp_dim=32)
+  result = diagnostics.long_range_stability(**small)
+  assert set(result) == {"N", "standard", "alibi", "bilateral"} and result["N"] == [8, 32]
+  assert all(np.isfinite(v) and v > 0 for kind in ("standard", "alibi", "bilateral") for v in result[kind])
+  doubled = diagnostics.long_range_stability(**small, relative_size=2e-3)  # in the linear regime: the same ratio
+  for kind in ("standard", "alibi", "bilateral"):
+    np.testing.assert_allclose(doubled[kind], result[kind], rtol=0.02)
+
+
 def test_diagnose_commands(tmp_path):
-  model_free = subprocess.run([sys.executable, "diagnose.py", "--lipschitz", f"--workdir={tmp_path / 'lip'}",
-                               "--lengths=10,100", "--samples=20"], cwd=ROOT, capture_output=True, text=True)
+  model_free = subprocess.run([sys.executable, "diagnose.py", "--lipschitz", "--long_range",
+                               f"--workdir={tmp_path / 'free'}", "--lengths=10,100", "--samples=20"], cwd=ROOT,
+                              capture_output=True, text=True)
   assert model_free.returncode == 0, model_free.stderr
-  written = json.loads((tmp_path / "lip" / "diagnostics" / "lipschitz.json").read_text())
-  assert written["N"] == [10, 100] and (tmp_path / "lip" / "diagnostics" / "lipschitz.png").exists()
+  out = tmp_path / "free" / "diagnostics"
+  assert json.loads((out / "lipschitz.json").read_text())["N"] == [10, 100] and (out / "lipschitz.png").exists()
+  long_range = json.loads((out / "long_range.json").read_text())
+  assert set(long_range) == {"N", "standard", "alibi", "bilateral"} and long_range["N"] == [10, 100]
+  assert (out / "long_range.png").exists()
   trainer.train_and_evaluate(tiny_config(), str(tmp_path / "run"))
   result = run_script("diagnose.py", tmp_path / "run", {}, devices=1, extra=["--examples=8"])
   assert result.returncode == 0, result.stderr
@@ -83,6 +194,26 @@ def test_diagnose_commands(tmp_path):
   assert depth["step"] == 6 and depth["layer"] == [0, 1] and (tmp_path / "run" / "diagnostics" / "depth.png").exists()
   assert abs(depth["snr_db"][0] - 20.0) < 1.0  # noise 0.1 x the RMS of U, and Y_0 = U
   assert all(-1 <= u <= 1 for u in depth["token_uniformity"])
+  attention = json.loads((tmp_path / "run" / "diagnostics" / "attention.json").read_text())
+  assert attention["layer"] == [1] and attention["distance_unit"] == "tokens" and attention["examples"] == 8
+  maps = np.load(tmp_path / "run" / "diagnostics" / "attention.npz")["maps"]
+  assert maps.shape == (1, attention["length"], attention["length"])
+  assert (tmp_path / "run" / "diagnostics" / "attention.png").exists()
+  cross = json.loads((tmp_path / "run" / "diagnostics" / "cross_terms.json").read_text())
+  assert cross["cross_share"] == 0.0 and "by construction" in cross["note"]  # BSA
   missing = run_script("diagnose.py", tmp_path / "none", {}, devices=1)
   assert missing.returncode == 2 and "no checkpoints in" in missing.stderr
   assert not (tmp_path / "none" / "diagnostics").exists()  # (its tfds/ is run_script's data dir)
+
+
+def test_diagnose_vision_run(tmp_path):
+  """A ViT with a CLS token and additive positions: the attention over the image, patch distances, cross terms."""
+  config = small_config("vit_cifar10", tmp_path, **{"model.transformer.attention": "standard",
+                                                     "model.transformer.position_table": "sinusoidal"})
+  trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  result = run_script("diagnose.py", tmp_path / "run", {}, devices=1, extra=["--examples=4"])
+  assert result.returncode == 0, result.stderr
+  out = tmp_path / "run" / "diagnostics"
+  attention = json.loads((out / "attention.json").read_text())
+  assert attention["distance_unit"] == "patches" and attention["length"] == 1 + 8 * 8
+  assert (out / "attention.png").exists() and 0 < json.loads((out / "cross_terms.json").read_text())["cross_share"] < 1

@@ -59,6 +59,10 @@ def small_config(name, tmp_path, **overrides):
   """Any config at test size, with a tiny sample of its data in the published format under tmp_path."""
   if name in ("default", "lra_listops"):
     return tiny_config(name, **overrides)
+  if name == "digits_vit":  # the data ships with scikit-learn
+    config = __import__("configs.digits_vit", fromlist=["get_config"]).get_config()
+    config.update_from_flattened_dict(TINY_MODEL_AND_LOOP | {"model.transformer.max_length": 17} | overrides)
+    return config
   if name == "lra_pathfinder_generated":
     config = __import__("configs.lra_pathfinder", fromlist=["get_config"]).get_config()
     config.update_from_flattened_dict(TINY_MODEL_AND_LOOP | {"model.transformer.max_length": 1025,
@@ -181,7 +185,7 @@ def test_damaged_newest_checkpoint_falls_back_with_identical_continuation(tmp_pa
       path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a partial copy
   with pytest.raises(CheckpointError, match="checkpoints/6 does not restore"):
     trainer.evaluate_checkpoint(config, str(damaged), step=6)
-  step, _ = trainer.evaluate_checkpoint(config, str(damaged))
+  step, _, _ = trainer.evaluate_checkpoint(config, str(damaged))
   assert step == 3 and "checkpoints/6 does not restore" in caplog.text
   assert (damaged / "checkpoints" / "6").is_dir()  # kept for a look
   trainer.train_and_evaluate(config, str(damaged))
@@ -199,7 +203,7 @@ def test_resume_refuses_changes_that_would_corrupt_the_run(tmp_path):
   no_clip = tiny_config(**{"optimizer.clip_norm": 0.0})
   with pytest.raises(trainer.ResumeRefused, match=r"optimizer.clip_norm changed.*--fresh_optimizer"):
     trainer.train_and_evaluate(no_clip, str(tmp_path))
-  step, _ = trainer.evaluate_checkpoint(no_clip, str(tmp_path))  # parameters only: any optimiser will do
+  step, _, _ = trainer.evaluate_checkpoint(no_clip, str(tmp_path))  # parameters only: any optimiser will do
   assert step == 3
   trainer.train_and_evaluate(no_clip, str(tmp_path), fresh_optimizer=True)
   assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["clip_norm"] == 0.0
@@ -293,7 +297,7 @@ def test_one_and_eight_devices_and_two_processes_give_the_same_losses(tmp_path):
 def test_eval_restores_onto_one_device_and_reproduces_the_logged_numbers(tmp_path):
   config = tiny_config()
   final = trainer.train_and_evaluate(config, str(tmp_path))
-  step, again = trainer.evaluate_checkpoint(config, str(tmp_path))
+  step, again, _ = trainer.evaluate_checkpoint(config, str(tmp_path))
   assert step == 6 and again == final
   result = run_script("eval.py", tmp_path, {}, devices=1)  # the run's own config.json
   assert result.returncode == 0, result.stderr
@@ -319,7 +323,7 @@ def test_half_written_step_is_skipped_and_other_models_are_refused(tmp_path, cap
   half = tmp_path / "checkpoints" / "9.orbax-checkpoint-tmp-1700000000000000"
   half.mkdir()
   (half / "params").mkdir()
-  step, _ = trainer.evaluate_checkpoint(config, str(tmp_path))
+  step, _, _ = trainer.evaluate_checkpoint(config, str(tmp_path))
   assert step == 6 and half.is_dir()  # read-only: it may be a training's save in progress
   trainer.train_and_evaluate(config, str(tmp_path))  # complete: evaluates and returns
   assert "half-written checkpoint" in caplog.text and not half.exists()
@@ -399,7 +403,7 @@ def test_fsdp_mesh_and_bfloat16_train_and_restore_onto_another_mesh(tmp_path):
   assert sharded, "no parameter is sharded over the fsdp axis"
   np.testing.assert_allclose([m["loss"] for m in read_metrics(tmp_path / "fsdp")],
                              [m["loss"] for m in read_metrics(tmp_path / "data_only")], rtol=2e-5)
-  _, results = trainer.evaluate_checkpoint(data_only, str(tmp_path / "fsdp"))
+  _, results, _ = trainer.evaluate_checkpoint(data_only, str(tmp_path / "fsdp"))
   np.testing.assert_allclose(results["test"]["loss"], read_metrics(tmp_path / "fsdp", "test")[-1]["loss"],
                              rtol=1e-5)
   bf16 = tiny_config(**{"model.transformer.dtype": "bfloat16"})

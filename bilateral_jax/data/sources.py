@@ -5,6 +5,8 @@ fills the last evaluation batch). Classification: `inputs` int32 [length] (0 = p
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import pathlib
 from typing import Any, Callable
 
@@ -16,11 +18,31 @@ from bilateral_jax.data import augment, builders, listops, pathfinder
 SPLITS = ("train", "validation", "test")
 
 
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What a dataset tells the model and the task. vocab_size: token ids (0 = padding); num_classes;
+  image_stats: per-channel (mean, std) of the pixels in [0, 1], which the pipeline normalises with;
+  image_size and crop_fraction (classification) or scale_range (segmentation) for the image transforms;
+  vocabulary (id -> token) and tokenizer (`words`, `chars`, `bytes`) of a language-model corpus."""
+  vocab_size: int | None = None
+  num_classes: int | None = None
+  image_stats: tuple[np.ndarray, np.ndarray] | None = None
+  image_size: int | None = None
+  crop_fraction: float | None = None
+  scale_range: tuple[float, float] | None = None
+  vocabulary: tuple | None = None
+  tokenizer: str | None = None
+
+  def model_sizes(self) -> dict[str, int]:
+    """The sizes a model config may take from the data (`vocab_size`, `num_classes`) that it has."""
+    return {name: getattr(self, name) for name in ("vocab_size", "num_classes") if getattr(self, name) is not None}
+
+
 class ArraySource:
   """A random-access source over equal-length numpy arrays (the interface grain reads)."""
 
-  def __init__(self, info: dict | None = None, **arrays: np.ndarray):
-    self.info = info or {}
+  def __init__(self, info: DatasetInfo = DatasetInfo(), **arrays: np.ndarray):
+    self.info = info
     lengths = {len(a) for a in arrays.values()}
     if len(lengths) != 1:
       raise ValueError(f"arrays of different lengths: { {k: len(a) for k, a in arrays.items()} }")
@@ -48,14 +70,14 @@ def _classification_source(sequences: list[tuple[np.ndarray, int, str]], config,
   inputs = np.stack([fit_length(ids, config.max_length, config.overlength, where)
                      for ids, _, where in sequences])
   labels = np.asarray([label for _, label, _ in sequences], np.int32)
-  return ArraySource(dict(vocab_size=vocab_size, num_classes=num_classes), inputs=inputs, label=labels,
+  return ArraySource(DatasetInfo(vocab_size=vocab_size, num_classes=num_classes), inputs=inputs, label=labels,
                      weight=np.ones(len(labels), np.float32))
 
 
 class PaddedSource:
   """A TFDS data source's examples with `inputs` fitted to `max_length` and a `weight` of 1."""
 
-  def __init__(self, source, info: dict, max_length: int, overlength: str):
+  def __init__(self, source, info: DatasetInfo, max_length: int, overlength: str):
     self.source, self.info, self.max_length, self.overlength = source, info, max_length, overlength
 
   def __len__(self) -> int:
@@ -75,7 +97,7 @@ def _listops(config: ml_collections.ConfigDict, split: str, builder_config) -> P
     raise ValueError(f"ListOps {split} has sequences of up to {longest} tokens, more than data.max_length "
                      f"{config.max_length}; set data.overlength='truncate' to cut them, or raise data.max_length")
   return PaddedSource(builder.as_data_source(split=split),
-                      dict(vocab_size=len(listops.VOCABULARY), num_classes=listops.NUM_CLASSES),
+                      DatasetInfo(vocab_size=len(listops.VOCABULARY), num_classes=listops.NUM_CLASSES),
                       config.max_length, config.overlength)
 
 
@@ -109,16 +131,26 @@ def _language_model_windows(builder_config, config: ml_collections.ConfigDict, s
   builder = builders.prepare(builders.TokenStream, builder_config, config.tfds_dir)
   chunks = builder.as_data_source(split=split)
   stream = np.concatenate([chunks[i]["ids"] for i in range(len(chunks))]) if len(chunks) else np.zeros(0, np.int32)
-  length = config.max_length
-  windows = (len(stream) - 1) // length
-  if windows < 1:
+  if len(stream) <= config.max_length:
     files = ", ".join(path for path, _, _ in builder_config.files[split])
-    raise ValueError(f"{config.name} {split} ({files}): {len(stream)} tokens, fewer than one window of {length} "
-                     "+ 1; is the file complete?")
+    raise ValueError(f"{config.name} {split} ({files}): {len(stream)} tokens, fewer than one window of "
+                     f"{config.max_length} + 1; is the file complete?")
+  vocabulary = tuple(builder.info.metadata["vocabulary"])
+  info = DatasetInfo(vocab_size=len(vocabulary), vocabulary=vocabulary, tokenizer=builder_config.tokenizer)
+  return stream_windows(stream, config.max_length, info)
+
+
+def stream_windows(stream: np.ndarray, length: int, info: DatasetInfo) -> ArraySource:
+  """A token stream [tokens] -> contiguous windows: `inputs` [windows, length] and next-token `targets`."""
+  windows = (len(stream) - 1) // length
   inputs = stream[: windows * length].reshape(windows, length)
   targets = stream[1: windows * length + 1].reshape(windows, length)
-  return ArraySource(dict(vocab_size=len(builder.info.metadata["vocabulary"])), inputs=inputs,
-                     targets=targets, weight=np.ones(inputs.shape, np.float32))
+  return ArraySource(info, inputs=inputs, targets=targets, weight=np.ones(inputs.shape, np.float32))
+
+
+def window_stream(source: ArraySource) -> np.ndarray:
+  """The token stream that `stream_windows` cut `source` from (up to its last target)."""
+  return np.concatenate([source.arrays["inputs"].ravel(), source.arrays["targets"][-1, -1:]])
 
 
 def wikitext(config: ml_collections.ConfigDict, split: str) -> ArraySource:
@@ -199,7 +231,7 @@ def _cifar(name: str):
     """uint8 images [32, 32, 3] (the pipeline normalises them); validation is `data.validation_size`
     train images held out by a seeded permutation."""
     images, labels = _images_and_labels(*held_out_split(lambda part: _cifar_part(name, config, part), config, split))
-    info = dict(num_classes=builders.CIFAR_FILES[name][3], image_stats=CIFAR_STATS[name], image_size=32, crop_fraction=None)
+    info = DatasetInfo(num_classes=builders.CIFAR_FILES[name][3], image_stats=CIFAR_STATS[name], image_size=32)
     return ArraySource(info, inputs=images, label=labels, weight=np.ones(len(labels), np.float32))
 
   return load
@@ -245,7 +277,7 @@ def lra_retrieval(config: ml_collections.ConfigDict, split: str) -> ArraySource:
   where = lambda i: f"{builders.AAN_FILES[split]} pair {i}"
   pairs = [np.stack([fit_length(builders.byte_ids(e[part]), config.max_length, config.overlength, where(i))
                      for part in ("first", "second")]) for i, e in enumerate(examples)]
-  return ArraySource(dict(vocab_size=builders.BYTE_VOCABULARY, num_classes=2), inputs=np.stack(pairs),
+  return ArraySource(DatasetInfo(vocab_size=builders.BYTE_VOCABULARY, num_classes=2), inputs=np.stack(pairs),
                      label=np.asarray([e["label"] for e in examples], np.int32),
                      weight=np.ones(len(examples), np.float32))
 
@@ -268,7 +300,7 @@ def lra_image(config: ml_collections.ConfigDict, split: str) -> ArraySource:
   source = _cifar_part("cifar10", config, LRA_IMAGE_SPLITS[split])
   images, labels = _images_and_labels(source, range(len(source)))
   inputs = builders.byte_ids(rgb_to_grayscale(images).reshape(len(images), -1))
-  return ArraySource(dict(vocab_size=builders.BYTE_VOCABULARY, num_classes=10), inputs=inputs, label=labels,
+  return ArraySource(DatasetInfo(vocab_size=builders.BYTE_VOCABULARY, num_classes=10), inputs=inputs, label=labels,
                      weight=np.ones(len(labels), np.float32))
 
 
@@ -290,7 +322,7 @@ def lra_pathfinder(config: ml_collections.ConfigDict, split: str) -> ArraySource
                             f"{'/'.join(difficulties.values())} from lra_release/pathfinder{{32,64,128}}")
   source = builders.converted("pathfinder", str(root), config.tfds_dir, LRA_PATHFINDER_SPLITS[split])
   examples = [example for example in (source[i] for i in range(len(source))) if example["image"].size]
-  return ArraySource(dict(vocab_size=builders.BYTE_VOCABULARY, num_classes=2),
+  return ArraySource(DatasetInfo(vocab_size=builders.BYTE_VOCABULARY, num_classes=2),
                      inputs=np.stack([builders.byte_ids(e["image"]).ravel() for e in examples]),
                      label=np.asarray([e["label"] for e in examples], np.int32),
                      weight=np.ones(len(examples), np.float32))
@@ -300,7 +332,7 @@ class PixelSource:
   """A TFDS data source of uint8 images as sequences of pixel ids 1..256 (0 is padding)."""
 
   def __init__(self, source, num_classes: int):
-    self.source, self.info = source, dict(vocab_size=builders.BYTE_VOCABULARY, num_classes=num_classes)
+    self.source, self.info = source, DatasetInfo(vocab_size=builders.BYTE_VOCABULARY, num_classes=num_classes)
 
   def __len__(self) -> int:
     return len(self.source)
@@ -325,7 +357,7 @@ class DecodedSource:
   """A random-access source that decodes each example when it is read: decode(example) -> dict of arrays,
   for (path, ...) tuples of files or a TFDS source's examples."""
 
-  def __init__(self, examples, decode: Callable[[Any], dict], info: dict):
+  def __init__(self, examples, decode: Callable[[Any], dict], info: DatasetInfo):
     self.examples, self.decode, self.info = examples, decode, info
 
   def __len__(self) -> int:
@@ -356,11 +388,11 @@ def imagenet(config: ml_collections.ConfigDict, split: str) -> DecodedSource:
   """ImageNet-1k in the train/val folder layout in `data.directory` (`train/<wnid>/*.JPEG`,
   `val/<wnid>/*.JPEG`; classes are the sorted train folder names), or, with no directory, TFDS
   `imagenet2012` in `data.tfds_dir`. The validation and test splits are both ImageNet's validation set."""
-  info = dict(image_stats=(augment.IMAGENET_MEAN, augment.IMAGENET_STD), image_size=config.image_size,
-              crop_fraction=config.crop_fraction)
+  info = DatasetInfo(image_stats=(augment.IMAGENET_MEAN, augment.IMAGENET_STD), image_size=config.image_size,
+                     crop_fraction=config.crop_fraction)
   if not config.directory:
     source = catalog_source("imagenet2012", config, "train" if split == "train" else "validation")
-    return DecodedSource(source, _labelled_image, info | dict(num_classes=1000))
+    return DecodedSource(source, _labelled_image, dataclasses.replace(info, num_classes=1000))
   root = pathlib.Path(config.directory)
   folder = root / ("train" if split == "train" else "val")
   if not (root / "train").is_dir() or not folder.is_dir():
@@ -369,7 +401,7 @@ def imagenet(config: ml_collections.ConfigDict, split: str) -> DecodedSource:
   classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
   files = [(path, label) for label, name in enumerate(classes)
            for path in sorted((folder / name).glob("*")) if path.is_file()]
-  return DecodedSource(files, _labelled_image, info | dict(num_classes=len(classes)))
+  return DecodedSource(files, _labelled_image, dataclasses.replace(info, num_classes=len(classes)))
 
 
 def _scene_parse(example) -> dict[str, np.ndarray]:
@@ -390,8 +422,8 @@ def ade20k(config: ml_collections.ConfigDict, split: str) -> DecodedSource:
   (ADEChallengeData2016: images/{training,validation}/*.jpg, annotations/{training,validation}/*.png), or,
   with no directory, from TFDS `scene_parse150` in `data.tfds_dir`. The validation and test splits are
   both ADE20K's validation set (its test labels are not public)."""
-  info = dict(num_classes=150, image_stats=(augment.IMAGENET_MEAN, augment.IMAGENET_STD),
-              image_size=config.image_size, scale_range=tuple(config.scale_range))
+  info = DatasetInfo(num_classes=150, image_stats=(augment.IMAGENET_MEAN, augment.IMAGENET_STD),
+                     image_size=config.image_size, scale_range=tuple(config.scale_range))
   if not config.directory:
     source = catalog_source("scene_parse150", config, "train" if split == "train" else "test")
     return DecodedSource(source, _scene_parse, info)
@@ -412,6 +444,30 @@ def ade20k(config: ml_collections.ConfigDict, split: str) -> DecodedSource:
   return DecodedSource(pairs, _scene_parse, info)
 
 
+def sklearn_digits(config: ml_collections.ConfigDict, split: str) -> ArraySource:
+  """The 1,797 handwritten digits (8 x 8, 17 grey levels, UCI's optdigits test part) that scikit-learn
+  ships as `sklearn/datasets/data/digits.csv.gz` (read directly; scikit-learn is not imported). Levels
+  0..16 become uint8 pixels round(v * 255 / 16) [8, 8, 1]. A permutation seeded by `data.seed` holds out
+  `data.test_size`, then `data.validation_size` examples; the rest is train. image_stats: of the train
+  pixels."""
+  spec = importlib.util.find_spec("sklearn")
+  path = pathlib.Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+  if path is None or not path.is_file():
+    raise FileNotFoundError("sklearn_digits: scikit-learn's digits.csv.gz not found; `make venv` installs "
+                            "scikit-learn (without its dependencies), or `pip install --no-deps scikit-learn`")
+  table = np.loadtxt(path, delimiter=",", dtype=np.int64)
+  images = np.round(table[:, :64] * (255 / 16)).astype(np.uint8).reshape(-1, 8, 8, 1)
+  labels = table[:, 64].astype(np.int32)
+  order = np.random.default_rng(config.seed).permutation(len(labels))
+  test, validation = order[:config.test_size], order[config.test_size:config.test_size + config.validation_size]
+  train = order[config.test_size + config.validation_size:]
+  pixels = images[train].astype(np.float64) / 255.0
+  stats = (np.asarray([pixels.mean()], np.float32), np.asarray([pixels.std()], np.float32))
+  chosen = {"train": train, "validation": validation, "test": test}[split]
+  return ArraySource(DatasetInfo(num_classes=10, image_stats=stats, image_size=8), inputs=images[chosen],
+                     label=labels[chosen], weight=np.ones(len(chosen), np.float32))
+
+
 DATASETS: dict[str, Callable[[ml_collections.ConfigDict, str], Any]] = {
     "listops_generated": listops_generated,
     "listops_release": listops_release,
@@ -426,6 +482,7 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict, str], Any]] = {
     "pathfinder_generated": pathfinder_generated,
     "imagenet": imagenet,
     "ade20k": ade20k,
+    "sklearn_digits": sklearn_digits,
 }
 
 

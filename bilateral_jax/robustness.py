@@ -1,0 +1,243 @@
+"""Attacks of the paper's robustness claims, as pure jax over a model's apply function.
+
+- `linf_attack`: L-infinity FGSM (one step of the whole radius from the clean input) and PGD (steps of
+  `step_fraction` x radius from a uniform random start, projected back onto the ball each step),
+  maximising the cross-entropy of `labels`.
+- What is perturbed, per task input (`tasks.Task.inputs`), and what ε means:
+  * images, `normalized` convention (default; as cleverhans evaluates DeiT with no labels given): the
+    normalised model input x, radius ε/255 in its units, no clipping, the attack's labels are the model's
+    own clean predictions (no label leaking); accuracy is counted against the true labels.
+  * images, `pixel` convention: the pixels p = x std + mean in [0, 1], radius ε/255, p + δ clipped to
+    [0, 1], then normalised; the attack's labels are the true labels.
+  * tokens (ListOps, Text): the token embeddings e (the output of the model's `nn.Embed`), radius
+    ε m / sqrt(d) per coordinate, where m is the mean L2 norm of the embedding rows (padding excluded) and
+    d their width: a corner of the ball moves a token by ε m in L2, so ε is a fraction of a typical
+    embedding's length. True labels.
+- `contaminate`: the word-swap contamination of a language model's evaluation text (the authors' group
+  replaces 1.5% of WikiText-103's words, stopwords excepted): exactly round(fraction x eligible) words
+  (words with a letter, not stopwords, chosen by a seeded draw) become a word outside the vocabulary
+  (`oov`: `<unk>` for word vocabularies; for character or byte vocabularies a random string of letters of
+  the same length that is not a word of the text) or a random vocabulary word (`random`; characters: a
+  word of the text of the same length).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bilateral_jax.data import sources
+
+IMAGE_ATTACKS = ("fgsm", "pgd")
+ATTACKS = IMAGE_ATTACKS + ("contamination",)
+CONVENTIONS = ("normalized", "pixel")
+REPLACEMENTS = ("oov", "random")
+
+# NLTK's English stopword list.
+STOPWORDS = frozenset("""
+i me my myself we our ours ourselves you your yours yourself yourselves he him his himself she her hers
+herself it its itself they them their theirs themselves what which who whom this that these those am is
+are was were be been being have has had having do does did doing a an the and but if or because as until
+while of at by for with about against between into through during before after above below to from up
+down in out on off over under again further then once here there when where why how all any both each few
+more most other some such no nor not only own same so than too very s t can will just don should now d ll
+m o re ve y ain aren couldn didn doesn hadn hasn haven isn ma mightn mustn needn shan shouldn wasn weren
+won wouldn""".split())
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSettings:
+  """epsilons: in the task's units (images: 1/255; tokens: fractions of the mean embedding norm; for
+  `contamination` the fraction of eligible words is `contamination`)."""
+  epsilons: tuple[float, ...]
+  convention: str = "normalized"
+  pgd_steps: int = 20
+  pgd_step_fraction: float = 0.15
+  random_start: bool = True
+  contamination: float = 0.015
+  replacement: str = "oov"
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.convention not in CONVENTIONS:
+      raise ValueError(f"attack convention {self.convention!r} is not one of: {', '.join(CONVENTIONS)}")
+    if self.replacement not in REPLACEMENTS:
+      raise ValueError(f"contamination replacement {self.replacement!r} is not one of: {', '.join(REPLACEMENTS)}")
+    if min(self.epsilons, default=0) < 0 or self.pgd_steps < 1 or self.pgd_step_fraction <= 0:
+      raise ValueError("epsilons must be >= 0, pgd_steps >= 1 and pgd_step_fraction > 0")
+    if not 0 <= self.contamination <= 1:
+      raise ValueError(f"contamination={self.contamination} must lie in [0, 1]")
+
+
+def linf_attack(loss_fn, shape, *, radius, steps: int, step_size, random_start: bool, rng, bounds=None):
+  """-> δ of `shape` with |δ| <= radius (and low <= δ <= high for bounds=(low, high)) that ascends
+  loss_fn(δ): `steps` signed-gradient steps of `step_size` from 0 or a uniform random start."""
+  low, high = (-radius, radius) if bounds is None else (jnp.maximum(bounds[0], -radius), jnp.minimum(bounds[1], radius))
+  project = lambda delta: jnp.clip(delta, low, high)
+  start = jax.random.uniform(rng, shape, minval=-1.0, maxval=1.0) * radius if random_start else jnp.zeros(shape)
+  ascend = lambda _, delta: project(delta + step_size * jnp.sign(jax.grad(loss_fn)(delta)))
+  return jax.lax.fori_loop(0, steps, ascend, project(start))
+
+
+def _embedding_perturbation(model: nn.Module, params, tokens, delta):
+  """Logits of `model` on `tokens` with δ added to the output of its token embedding."""
+
+  def add(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if isinstance(context.module, nn.Embed) and context.method_name == "__call__":
+      out = out + delta.reshape(out.shape).astype(out.dtype)
+    return out
+
+  with nn.intercept_methods(add):
+    return model.apply({"params": params}, tokens)
+
+
+def mean_embedding_norm(params) -> jax.Array:
+  """The mean L2 norm of the token embedding rows (row 0, padding, excluded)."""
+  table = params["embed"]["embedding"].astype(jnp.float32)
+  return jnp.mean(jnp.linalg.norm(table[1:], axis=-1))
+
+
+def attacked_logits(model: nn.Module, params, batch, *, attack: str, epsilon, input_kind: str, settings: AttackSettings,
+                    image_stats=None, rng=None):
+  """Logits of `model` on `batch["inputs"]` perturbed by FGSM or PGD at `epsilon` (see the module
+  docstring for the units and labels of each input kind and convention)."""
+  inputs, weight = batch["inputs"], batch["weight"]
+  if input_kind == "images":
+    if settings.convention == "normalized":
+      apply = lambda delta: model.apply({"params": params}, inputs + delta)
+      bounds = None
+    else:
+      mean, std = (jnp.asarray(value, jnp.float32) for value in image_stats)
+      pixels = inputs * std + mean
+      apply = lambda delta: model.apply({"params": params}, (jnp.clip(pixels + delta, 0.0, 1.0) - mean) / std)
+      bounds = (-pixels, 1.0 - pixels)
+    radius = epsilon / 255.0
+    shape = inputs.shape
+  elif input_kind == "tokens":
+    dim = params["embed"]["embedding"].shape[-1]
+    apply = lambda delta: _embedding_perturbation(model, params, inputs, delta)
+    radius, bounds, shape = epsilon * mean_embedding_norm(params) / np.sqrt(dim), None, inputs.shape + (dim,)
+  else:
+    raise ValueError(f"FGSM and PGD perturb images or token embeddings, not {input_kind!r} inputs")
+  clean = apply(jnp.zeros(shape))
+  labels = (jnp.argmax(clean, -1) if input_kind == "images" and settings.convention == "normalized"
+            else batch["label"])
+  loss = lambda delta: jnp.sum(weight * optax.softmax_cross_entropy_with_integer_labels(
+      apply(delta).astype(jnp.float32), labels))
+  if attack == "fgsm":
+    delta = linf_attack(loss, shape, radius=radius, steps=1, step_size=radius, random_start=False, rng=rng,
+                        bounds=bounds)
+  elif attack == "pgd":
+    delta = linf_attack(loss, shape, radius=radius, steps=settings.pgd_steps,
+                        step_size=settings.pgd_step_fraction * radius, random_start=settings.random_start,
+                        rng=rng, bounds=bounds)
+  else:
+    raise ValueError(f"unknown attack {attack!r}; known: {', '.join(IMAGE_ATTACKS)}")
+  return apply(delta), delta
+
+
+WORD = re.compile(r"[A-Za-z]+")
+
+
+def _eligible(word: str) -> bool:
+  return bool(WORD.search(word)) and word.lower() not in STOPWORDS and not word.startswith("<")
+
+
+def contaminate(ids: np.ndarray, info: sources.DatasetInfo, fraction: float, *, seed: int = 0,
+                replacement: str = "oov") -> tuple[np.ndarray, int, int]:
+  """A token stream [n] -> (the contaminated stream [n], words replaced, eligible words); see the
+  module docstring. Deterministic for a seed; the stream keeps its length."""
+  rng = np.random.default_rng(seed)
+  ids = np.asarray(ids)
+  if info.tokenizer == "words":
+    vocabulary = np.asarray([str(token) for token in info.vocabulary], object)
+    eligible_vocab = np.asarray([_eligible(token) for token in vocabulary])
+    positions = np.flatnonzero(eligible_vocab[ids])
+    chosen = np.sort(rng.choice(positions, round(fraction * len(positions)), replace=False))
+    out = ids.copy()
+    out[chosen] = 1 if replacement == "oov" else rng.choice(np.flatnonzero(eligible_vocab), len(chosen))
+    return out, len(chosen), len(positions)
+  if info.tokenizer == "chars":
+    index = {token: i for i, token in enumerate(info.vocabulary)}
+    text = "".join(info.vocabulary[i] if i >= 2 else "\0" for i in ids)  # <pad>, <unk>: no letter
+    encode = lambda string: [index.get(char, 1) for char in string]
+    letters = [char for char in "abcdefghijklmnopqrstuvwxyz" if char in index]
+  elif info.tokenizer == "bytes":
+    text = "".join(chr(i - 1) if i else "\0" for i in ids)
+    encode = lambda string: [ord(char) + 1 for char in string]
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+  else:
+    raise ValueError(f"contamination needs a word, char or byte vocabulary, not {info.tokenizer!r}")
+  words = [match for match in WORD.finditer(text) if _eligible(match.group())]
+  known = {match.group().lower() for match in WORD.finditer(text)}
+  by_length: dict[int, list[str]] = {}
+  for word in sorted(known):
+    by_length.setdefault(len(word), []).append(word)
+  chosen = np.sort(rng.choice(len(words), round(fraction * len(words)), replace=False))
+  out = ids.copy()
+  for k in chosen:
+    match = words[k]
+    length = len(match.group())
+    if replacement == "random" and len(by_length.get(length, [])) > 1:
+      new = match.group().lower()
+      while new == match.group().lower():
+        new = by_length[length][rng.integers(len(by_length[length]))]
+    else:
+      for _ in range(100):  # a short word may have no unused spelling: then the last draw stands
+        new = "".join(rng.choice(letters, length))
+        if new not in known:
+          break
+    out[match.start():match.end()] = encode(new)
+  return out, len(chosen), len(words)
+
+
+def contaminated_source(source: sources.ArraySource, fraction: float, *, seed: int = 0,
+                        replacement: str = "oov") -> tuple[sources.ArraySource, int, int]:
+  """A language model's windows with the text under them contaminated -> (source, replaced, eligible)."""
+  length = source.arrays["inputs"].shape[1]
+  stream, replaced, eligible = contaminate(sources.window_stream(source), source.info, fraction, seed=seed,
+                                           replacement=replacement)
+  return sources.stream_windows(stream, length, source.info), replaced, eligible
+
+
+def evaluate(experiment, params, split: str, attacks: tuple[str, ...], settings: AttackSettings) -> dict:
+  """Metrics of `split` under each attack: {attack: {ε or fraction (str): metrics}} (contamination adds
+  `replaced` and `eligible` word counts). `experiment` is a `trainer.Experiment`."""
+  refused = [attack for attack in attacks if attack not in experiment.task.attacks]
+  if refused:
+    raise ValueError(f"attacks {', '.join(refused)} do not apply to model {experiment.config.model.name!r}; "
+                     f"its attacks: {', '.join(experiment.task.attacks) or 'none'}")
+  source = sources.load_split(experiment.config.data, split)
+  results = {}
+  for attack in attacks:
+    if attack == "contamination":
+      contaminated, replaced, eligible = contaminated_source(source, settings.contamination, seed=settings.seed,
+                                                             replacement=settings.replacement)
+      results[attack] = {str(settings.contamination): experiment.evaluate(params, split, contaminated)
+                         | {"replaced": replaced, "eligible": eligible}}
+      continue
+    step = experiment.attack_step(attack, settings)
+    results[attack] = {}
+    for epsilon in settings.epsilons:
+      keys = (jax.random.fold_in(jax.random.key(settings.seed), i) for i in range(10**9))
+      attacked = lambda p, batch: step(p, batch, jnp.float32(epsilon), next(keys))
+      results[attack][f"{epsilon:g}"] = experiment.evaluate(params, split, source, attacked)
+  return results
+
+
+def headline(task) -> str:
+  """The metric an attack is reported by: perplexity for language models, else accuracy."""
+  return "perplexity" if "perplexity" in task.metrics else "accuracy"
+
+
+def curve(clean: dict, attacked: dict, metric: str) -> dict[str, tuple[list, list]]:
+  """One split's clean metrics and attack results -> {attack: (ε or fraction with 0 first, metric)}."""
+  return {attack: ([0.0] + [float(key) for key in by_strength],
+                   [clean[metric]] + [result[metric] for result in by_strength.values()])
+          for attack, by_strength in attacked.items()}
