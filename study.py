@@ -5,8 +5,8 @@
 
 Per variant and seed (the seed drives initialisation and shuffling; the data is the same) it trains
 WORKDIR/<variant>/seed_<s> (train.py's loop: a run interrupted midway resumes from its checkpoint),
-evaluates the final parameters on the eval splits, under the attacks that apply to the task (all of
-them unless --attacks says), and measures SNR and token uniformity per layer (diagnose.py's depth
+evaluates the final parameters on the eval splits and, on the last of them (the one the summary
+reports), under the attacks that apply to the task (all of them unless --attacks says), and measures SNR and token uniformity per layer (diagnose.py's depth
 diagnostics), then writes that run's `result.json`; a run with a `result.json` is done and not
 retrained. Then: WORKDIR/summary.json, summary.md (mean ± std over seeds per variant and metric, and
 each modification against the baseline) and plots (curves.png, robustness.png, snr.png,
@@ -40,13 +40,12 @@ def slug(variant: str) -> str:
 def run_one(config, run_dir: pathlib.Path, attacks, settings) -> dict:
   """Trains (or resumes) one run, evaluates it, and writes its result.json."""
   start = time.perf_counter()
-  trainer.train_and_evaluate(config, str(run_dir))
+  final = trainer.train_and_evaluate(config, str(run_dir))
   trained = time.perf_counter() - start
   experiment, step, params = trainer.restore_params(config, str(run_dir))
-  splits = experiment.config.eval.splits
-  result = {"step": step, "results": {split: experiment.evaluate(params, split) for split in splits}}
-  result["attacks"] = {split: robustness.evaluate(experiment, params, split, attacks, settings)
-                       for split in splits} if attacks else {}
+  result = {"step": step, "results": final}
+  split = experiment.config.eval.splits[-1]  # the attacks on the split the summary reports
+  result["attacks"] = {split: robustness.evaluate(experiment, params, split, attacks, settings)} if attacks else {}
   inputs, mask = diagnostics.eval_inputs(experiment, cli.FLAGS.examples)
   result["depth"] = diagnostics.depth_profile(experiment.model, jax.device_get(params), inputs, mask,
                                               noise=cli.FLAGS.noise, seed=config.seed)

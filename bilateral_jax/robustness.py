@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 
 import flax.linen as nn
@@ -225,8 +226,9 @@ def evaluate(experiment, params, split: str, attacks: tuple[str, ...], settings:
     step = experiment.attack_step(attack, settings)
     results[attack] = {}
     for epsilon in settings.epsilons:
-      keys = (jax.random.fold_in(jax.random.key(settings.seed), i) for i in range(10**9))
-      attacked = lambda p, batch: step(p, batch, jnp.float32(epsilon), next(keys))
+      batches = itertools.count()  # PGD's random start: its own key per batch, the same in every run
+      attacked = lambda p, batch: step(p, batch, jnp.float32(epsilon),
+                                       jax.random.fold_in(jax.random.key(settings.seed), next(batches)))
       results[attack][f"{epsilon:g}"] = experiment.evaluate(params, split, source, attacked)
   return results
 

@@ -116,7 +116,7 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "classifier": Task(classification, ("loss", "accuracy"), "tokens", ("fgsm", "pgd"), mixes=True,
-                       epsilons=(0.05, 0.1, 0.2, 0.4)),
+                       epsilons=(0.1, 0.25, 0.5, 1.0)),
     "vit": Task(classification, ("loss", "accuracy"), "images", ("fgsm", "pgd"), mixes=True,
                 transforms=image_transforms, epsilons=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0)),
     "lm": Task(language_modeling, ("loss", "accuracy", "perplexity"), "token_stream", ("contamination",),

@@ -7,7 +7,8 @@ handwritten digits (8 x 8 grey images that the scikit-learn package ships; offli
 2 x 2 patches (a 4 x 4 grid plus CLS), 2 layers of width 64, 4 heads, MLP 128, dropout 0.1, no
 augmentation; test 360 and validation 180 images held out by a seeded permutation, 1,257 to train;
 1,000 steps of 64 (about 30 s on a 2-core CPU).
-Expected: see the README's study table (`study.py --config configs/digits_vit.py`).
+Expected (seeds 0, 1, 2): test accuracy 0.896 ± 0.006; standard attention + standard residual 0.969 ±
+0.003 (the README's study, `study.py --config configs/digits_vit.py`).
 """
 import ml_collections
 

@@ -211,7 +211,7 @@ def test_diagnose_vision_run(tmp_path):
   config = small_config("vit_cifar10", tmp_path, **{"model.transformer.attention": "standard",
                                                      "model.transformer.position_table": "sinusoidal"})
   trainer.train_and_evaluate(config, str(tmp_path / "run"))
-  result = run_script("diagnose.py", tmp_path / "run", {}, devices=1, extra=["--examples=4"])
+  result = run_script("diagnose.py", tmp_path / "run", {}, devices=1, extra=["--examples=4", "--best"])
   assert result.returncode == 0, result.stderr
   out = tmp_path / "run" / "diagnostics"
   attention = json.loads((out / "attention.json").read_text())

@@ -163,3 +163,8 @@ def test_contaminated_language_model_evaluation(tmp_path):
     assert contaminated["replaced"] == round(0.5 * contaminated["eligible"]) > 0
     assert contaminated["examples"] == record["results"][split]["examples"]  # the same windows, other text
     assert contaminated["perplexity"] != record["results"][split]["perplexity"]
+  swapped = run_script("eval.py", tmp_path / "run", {"eval.splits": "('test',)"}, devices=1,
+                       extra=["--attacks=contamination", "--contamination=0.5", "--replacement=random"])
+  assert swapped.returncode == 0, swapped.stderr
+  record = json.loads(next((tmp_path / "run" / "eval").glob("*.json")).read_text())
+  assert record["attack_settings"]["replacement"] == "random" and "contamination" in swapped.stdout.split("perplexity under attack")[1]
