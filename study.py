@@ -8,7 +8,7 @@ WORKDIR/<variant>/seed_<s> (train.py's loop: a run interrupted midway resumes fr
 evaluates the final parameters on the eval splits and, on the last of them (the one the summary
 reports), under the attacks that apply to the task (all of them unless --attacks says), and measures SNR and token uniformity per layer (diagnose.py's depth
 diagnostics), then writes that run's `result.json`; a run with a `result.json` is done and not
-retrained. Then: WORKDIR/summary.json, summary.md (mean ± std over seeds per variant and metric, and
+retrained (evaluated again, from its checkpoint, when the attack or diagnostics flags changed). Then: WORKDIR/summary.json, summary.md (mean ± std over seeds per variant and metric, and
 each modification against the baseline) and plots (curves.png, robustness.png, snr.png,
 uniformity.png). One process, runs one after the other.
 """
@@ -50,8 +50,17 @@ def run_one(config, run_dir: pathlib.Path, attacks, settings) -> dict:
   result["depth"] = diagnostics.depth_profile(experiment.model, jax.device_get(params), inputs, mask,
                                               noise=cli.FLAGS.noise, seed=config.seed)
   result["seconds"] = {"train": trained, "total": time.perf_counter() - start}
-  (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+  result["evaluated_with"] = evaluated_with(attacks, settings)
+  partial = run_dir / "result.json.tmp"  # written whole, then renamed: an interruption leaves no half file
+  partial.write_text(json.dumps(result, indent=2))
+  partial.replace(run_dir / "result.json")
   return result
+
+
+def evaluated_with(attacks, settings) -> dict:
+  """What a run's evaluation depends on besides its checkpoint: a done run evaluated otherwise is redone."""
+  return {"attacks": list(attacks), "attack_settings": dataclasses.asdict(settings) | {"epsilons": list(settings.epsilons)},
+          "examples": cli.FLAGS.examples, "noise": cli.FLAGS.noise}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -155,9 +164,13 @@ def main(argv):
       run_dir = root / slug(variant) / f"seed_{seed}"
       done = run_dir / "result.json"
       if done.exists():
-        print(f"{variant}, seed {seed}: done ({done})", flush=True)
-        results[variant][seed] = json.loads(done.read_text())
-        continue
+        result = json.loads(done.read_text())
+        if result.get("evaluated_with") == evaluated_with(attacks, settings):
+          print(f"{variant}, seed {seed}: done ({done})", flush=True)
+          results[variant][seed] = result
+          continue
+        print(f"{variant}, seed {seed}: evaluated with other attacks or diagnostics settings; evaluating again",
+              flush=True)
       print(f"\n=== {variant}, seed {seed} -> {run_dir}", flush=True)
       config = base.copy_and_resolve_references()
       config.seed = seed

@@ -32,3 +32,11 @@ def test_study_trains_the_four_variants_once_and_summarises_them(tmp_path):
   assert second.stdout.count(": done (") == 3 and "resumed from step 4" in second.stdout
   again = json.loads((tmp_path / "BSA_GRC" / "seed_0" / "result.json").read_text())
   assert again["results"] == result["results"] and again["attacks"] == result["attacks"]
+
+  # other attack settings: every run is evaluated again from its checkpoint, none is retrained
+  third = run_script("study.py", tmp_path, overrides, devices=1, extra=STUDY_FLAGS[:1] + ["--attacks=fgsm", "--epsilons=0.25"]
+                     + STUDY_FLAGS[2:], timeout=600)
+  assert third.returncode == 0, third.stderr
+  assert third.stdout.count("evaluating again") == 4 and third.stdout.count("resumed from step 4") == 4
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["attacks"] == ["fgsm"] and "fgsm 0.25" in summary["variants"]["BSA + GRC"]
