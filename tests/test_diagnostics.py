@@ -26,6 +26,15 @@ def test_softmax_lipschitz_is_the_spectral_norm_of_the_jacobian(n, scale):
   assert np.linalg.norm(softmax64(z[0] + d) - s) / np.linalg.norm(d) <= want[0] * 1.01
 
 
+def test_softmax_lipschitz_never_exceeds_one_half():
+  rng = np.random.default_rng(0)
+  z = np.concatenate([scale * rng.standard_normal((8, 64)) for scale in (0.1, 1.0, 10.0, 100.0)])
+  values = np.asarray(diagnostics.softmax_lipschitz(z))
+  two_tied = np.asarray(diagnostics.softmax_lipschitz(np.array([[5.0, 5.0] + [-80.0] * 30])))
+  assert np.all(values <= 0.5 + 1e-6) and values.max() > 0.3
+  np.testing.assert_allclose(two_tied, [0.5], rtol=1e-5)  # the bound, reached by two equal winners
+
+
 def test_softmax_lipschitz_limits():
   np.testing.assert_allclose(diagnostics.softmax_lipschitz(np.zeros((1, 40))), [1 / 40], rtol=1e-5)  # J = (I - 11'/N)/N
   two = diagnostics.softmax_lipschitz(np.array([[0.3, -1.1]]))  # N = 2: J has eigenvalue 2 s1 s2
