@@ -54,7 +54,7 @@ def lipschitz(out: pathlib.Path) -> None:
     raise ValueError("--samples must be >= 1")
   result = diagnostics.lipschitz_study(lengths((100, 200, 500, 1000, 2000, 5000, 10000)), samples=cli.FLAGS.samples)
   (out / "lipschitz.json").write_text(json.dumps(result, indent=2))
-  from bilateral_jax.plots import plt  # noqa: PLC0415 - matplotlib (Agg) only when drawing
+  from bilateral_jax.plots import plt, save  # noqa: PLC0415 - matplotlib (Agg) only when drawing
   n = np.asarray(result["N"], np.float64)
   figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
   left.loglog(n, result["lipschitz"], "o", label="mean spectral norm of J")
@@ -64,8 +64,7 @@ def lipschitz(out: pathlib.Path) -> None:
   left.set(xlabel="N", title="softmax Lipschitz constant at z ~ N(0, I)")
   right.set(xlabel="N", title="E||softmax(c + eta) - softmax(c)||")
   left.legend(fontsize=8)
-  figure.tight_layout()
-  figure.savefig(out / "lipschitz.png", dpi=100)
+  save(figure, out / "lipschitz.png")
   for n_, value, change in zip(result["N"], result["lipschitz"], result["perturbation"]):
     print(f"N {n_:>6}  Lipschitz {value:.5f}  perturbation {change:.5f}")
   print(f"fit: {result['fit_a']:.4f} / sqrt(N) + {result['fit_b']:.5f}")
@@ -74,7 +73,7 @@ def lipschitz(out: pathlib.Path) -> None:
 def long_range(out: pathlib.Path) -> None:
   result = diagnostics.long_range_stability(lengths=lengths((64, 128, 256, 512, 1024)))
   (out / "long_range.json").write_text(json.dumps(result, indent=2))
-  from bilateral_jax.plots import plt  # noqa: PLC0415 - matplotlib (Agg) only when drawing
+  from bilateral_jax.plots import plt, save  # noqa: PLC0415 - matplotlib (Agg) only when drawing
   figure, axes = plt.subplots(figsize=(5, 3.6))
   kinds = [kind for kind in result if kind != "N"]
   for kind in kinds:
@@ -82,8 +81,7 @@ def long_range(out: pathlib.Path) -> None:
   axes.set(xlabel="N", ylabel="relative output change / relative input change")
   axes.set_title("attention output under a 1e-3 perturbation (random init)", fontsize=9)
   axes.legend(fontsize=8)
-  figure.tight_layout()
-  figure.savefig(out / "long_range.png", dpi=100)
+  save(figure, out / "long_range.png")
   print("N         " + " ".join(f"{n:>7}" for n in result["N"]))
   for kind in kinds:
     print(f"{kind:<10}" + " ".join(f"{value:7.4f}" for value in result[kind]))
@@ -111,14 +109,13 @@ def depth(run: Restored, out: pathlib.Path) -> None:
   result = run.meta | diagnostics.depth_profile(run.model, run.params, run.inputs, run.mask, noise=cli.FLAGS.noise,
                                                 seed=run.config.seed)
   (out / "depth.json").write_text(json.dumps(result, indent=2))
-  from bilateral_jax.plots import plt  # noqa: PLC0415 - matplotlib (Agg) only when drawing
+  from bilateral_jax.plots import plt, save  # noqa: PLC0415 - matplotlib (Agg) only when drawing
   figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
   left.plot(result["layer"], result["snr_db"], "o-")
   right.plot(result["layer"], result["token_uniformity"], "o-")
   left.set(xlabel="layer (0 = embeddings)", ylabel="dB", title=f"SNR (noise {cli.FLAGS.noise} x RMS)")
   right.set(xlabel="layer (0 = embeddings)", title="token uniformity (mean pairwise cosine)")
-  figure.tight_layout()
-  figure.savefig(out / "depth.png", dpi=100)
+  save(figure, out / "depth.png")
   print("layer " + " ".join(f"{layer:>7}" for layer in result["layer"]))
   print("SNR dB " + " ".join(f"{value:7.2f}" for value in result["snr_db"]))
   print("unif.  " + " ".join(f"{value:7.4f}" for value in result["token_uniformity"]))
@@ -135,7 +132,7 @@ def attention(run: Restored, out: pathlib.Path) -> None:
                        "distance_unit": "tokens" if coords.shape[-1] == 1 else "patches",
                        "maps": "attention.npz"}
   (out / "attention.json").write_text(json.dumps(result, indent=2))
-  from bilateral_jax.plots import plt  # noqa: PLC0415 - matplotlib (Agg) only when drawing
+  from bilateral_jax.plots import plt, save  # noqa: PLC0415 - matplotlib (Agg) only when drawing
   figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
   if inputs.ndim == 4 and np.issubdtype(inputs.dtype, np.floating) and hasattr(model, "patch_size"):
     image = inputs[0].astype(np.float64)
@@ -153,8 +150,7 @@ def attention(run: Restored, out: pathlib.Path) -> None:
   figure.colorbar(shown, ax=left)
   right.plot(result["layer"], result["mean_distance"], "o-")
   right.set(xlabel="layer", ylabel=result["distance_unit"], title="mean attention distance", xticks=result["layer"])
-  figure.tight_layout()
-  figure.savefig(out / "attention.png", dpi=100)
+  save(figure, out / "attention.png")
   print("attention distance " + " ".join(f"{d:.2f}" for d in result["mean_distance"]) + f" {result['distance_unit']}")
 
 

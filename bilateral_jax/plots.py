@@ -11,6 +11,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def save(figure, out: str | pathlib.Path) -> pathlib.Path:
+  """Lays out `figure`, writes it as a PNG at `out` (creating its folder) and closes it."""
+  figure.tight_layout()
+  out = pathlib.Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  figure.savefig(out, dpi=100)
+  plt.close(figure)
+  return out
+
+
 def _series(rows: list[dict], split: str, name: str):
   points = [(row["step"], row[name]) for row in rows if row["split"] == split and row.get(name) is not None]
   steps = [step for step, _ in points]
@@ -45,12 +55,7 @@ def curves(runs: dict[str, list[dict]], out: str | pathlib.Path) -> pathlib.Path
       axis.set_yscale("log")
     axis.legend(fontsize=7)
     axis.grid(alpha=0.3)
-  figure.tight_layout()
-  out = pathlib.Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  figure.savefig(out, dpi=100)
-  plt.close(figure)
-  return out
+  return save(figure, out)
 
 
 def against(series: dict[str, tuple[list, list, list | None]], out: str | pathlib.Path, *, xlabel: str,
@@ -62,9 +67,4 @@ def against(series: dict[str, tuple[list, list, list | None]], out: str | pathli
   axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
   axis.grid(alpha=0.3)
   axis.legend(fontsize=7)
-  figure.tight_layout()
-  out = pathlib.Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  figure.savefig(out, dpi=100)
-  plt.close(figure)
-  return out
+  return save(figure, out)
