@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -36,6 +37,15 @@ def classification(logits, batch) -> dict[str, jnp.ndarray]:
   probs = batch.get("label_probs")
   labels = batch["label"] if probs is None else jnp.argmax(probs, axis=-1)
   return _weighted_sums(logits, labels, batch["weight"], probs)
+
+
+def image_classification(logits, batch) -> dict[str, jnp.ndarray]:
+  """`classification`'s sums and `top5_accuracy`: the label among the 5 highest logits (all of them when
+  there are fewer classes)."""
+  sums = classification(logits, batch)
+  labels = jnp.argmax(batch["label_probs"], axis=-1) if "label_probs" in batch else batch["label"]
+  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+  return sums | {"top5_accuracy": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * batch["weight"])}
 
 
 def language_modeling(logits, batch) -> dict[str, jnp.ndarray]:
@@ -117,7 +127,7 @@ class Task:
 TASKS: dict[str, Task] = {
     "classifier": Task(classification, ("loss", "accuracy"), "tokens", ("fgsm", "pgd"), mixes=True,
                        epsilons=(0.1, 0.25, 0.5, 1.0)),
-    "vit": Task(classification, ("loss", "accuracy"), "images", ("fgsm", "pgd"), mixes=True,
+    "vit": Task(image_classification, ("loss", "accuracy", "top5_accuracy"), "images", ("fgsm", "pgd"), mixes=True,
                 transforms=image_transforms, epsilons=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0)),
     "lm": Task(language_modeling, ("loss", "accuracy", "perplexity"), "token_stream", ("contamination",),
                mixes=False),

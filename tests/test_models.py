@@ -213,3 +213,52 @@ def test_sharded_batch_over_eight_devices_matches_one_device():
   out = jax.jit(model.apply)(params, sharded)
   assert len(out.sharding.device_set) == 8
   np.testing.assert_allclose(out, model.apply(params, tokens), rtol=1e-5, atol=1e-6)
+
+
+# ViT logits at dropout 0.1 in training mode, recorded before drop-path existed (commit 527144d, under
+# conftest's XLA flags): a model with
+# drop_path_rate 0 must still give exactly these.
+BEFORE_DROP_PATH = {
+    "bilateral": [-0.9403908848762512, 0.31635919213294983, -1.0351535081863403, -0.6510494947433472,
+                  0.1785607635974884, -0.36586013436317444, -0.658998429775238, -1.1260589361190796,
+                  0.8323860168457031, -1.6019091606140137],
+    "standard": [-0.5531405210494995, -2.5328738689422607, -1.5835444927215576, 0.1108132004737854,
+                 -1.2729750871658325, 0.2665693461894989, -0.7307608127593994, -1.4019050598144531,
+                 0.22660405933856964, -1.2675646543502808],
+}
+
+
+def _drop_path_vit(attention, drop_path_rate=0.0, num_layers=3):
+  residual = "grc" if attention == "bilateral" else "standard"
+  return build_model("vit", dict(num_layers=num_layers, num_heads=2, model_dim=16, mlp_dim=32, max_length=17,
+                                 attention=attention, residual=residual, dropout_rate=0.1,
+                                 drop_path_rate=drop_path_rate), num_classes=5, patch_size=2)
+
+
+@pytest.mark.parametrize("attention", sorted(BEFORE_DROP_PATH))
+def test_drop_path_rate_zero_is_the_model_before_drop_path_bit_for_bit(attention):
+  model = _drop_path_vit(attention)
+  images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+  params = model.init(jax.random.key(0), images)["params"]
+  logits = model.apply({"params": params}, images, deterministic=False, rngs={"dropout": jax.random.key(2)})
+  np.testing.assert_array_equal(np.asarray(logits).ravel(), np.float32(BEFORE_DROP_PATH[attention]))
+
+
+def test_drop_path_rises_linearly_from_zero_and_is_identity_at_evaluation():
+  assert [tiny(num_layers=4, drop_path_rate=0.3).drop_path(layer) for layer in range(4)] == pytest.approx(
+      [0.0, 0.1, 0.2, 0.3])
+  with pytest.raises(ValueError, match="drop_path_rate"):
+    tiny(drop_path_rate=1.0)
+  model, plain = _drop_path_vit("bilateral", 0.9, num_layers=2), _drop_path_vit("bilateral", 0.0, num_layers=2)
+  images = jax.random.normal(jax.random.key(1), (4000, 4, 4, 3))
+  params = model.init(jax.random.key(0), images[:1])["params"]
+  np.testing.assert_array_equal(model.apply({"params": params}, images), plain.apply({"params": params}, images))
+  # Standard residuals: an example passes a layer unchanged exactly when both of its branches are dropped.
+  model = _drop_path_vit("standard", 0.9, num_layers=2)
+  params = model.init(jax.random.key(0), images[:1])["params"]
+  _, state = model.apply({"params": params}, images, deterministic=False, rngs={"dropout": jax.random.key(3)},
+                         mutable=["intermediates"])
+  y0, y1, y2 = (np.asarray(y) for y in state["intermediates"]["transformer"]["hidden_states"])
+  unchanged = lambda before, after: np.all(before == after, axis=(1, 2))
+  assert not unchanged(y0, y1).any()  # layer 0: rate 0
+  assert np.mean(unchanged(y1, y2)) == pytest.approx(0.9 ** 2, abs=0.025)  # layer 1: rate 0.9 per branch

@@ -29,3 +29,17 @@ def test_segmentation_sums_and_mean_iou_match_a_numpy_reference():
   metrics = tasks.finalize({name: np.asarray(value, np.float64) for name, value in sums.items()})
   np.testing.assert_allclose(metrics["mean_iou"], np.mean(ious), rtol=1e-12)
   np.testing.assert_allclose(metrics["accuracy"], sums["accuracy"] / counted.sum(), rtol=1e-6)
+
+
+def test_top5_accuracy_matches_a_numpy_reference():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(64, 12)).astype(np.float32)
+  labels = rng.integers(0, 12, 64).astype(np.int32)
+  weight = (rng.random(64) < 0.8).astype(np.float32)
+  sums = jax.device_get(tasks.image_classification(logits, {"label": labels, "weight": weight}))
+  label_logit = np.take_along_axis(logits, labels[:, None], -1)
+  in_top5 = np.sum(logits > label_logit, axis=-1) < 5  # fewer than 5 classes score above the label
+  assert sums["top5_accuracy"] == np.sum(in_top5 * weight) and 0 < sums["top5_accuracy"] < sums["weight"]
+  assert sums["accuracy"] == np.sum((logits.argmax(-1) == labels) * weight)
+  few = jax.device_get(tasks.image_classification(logits[:, :3], {"label": labels % 3, "weight": weight}))
+  assert few["top5_accuracy"] == few["weight"]  # with 3 classes the label is always among the top 5

@@ -37,6 +37,9 @@ class TransformerConfig:
     Connection (method.md section 3); `boost` applies to the attention sublayer only, the MLP always
     uses `convex`.
   norm: `pre` or `post` LayerNorm.
+  drop_path_rate: stochastic depth (DeiT/timm): each sublayer's branch F(y) of layer l is dropped per
+    example with probability drop_path_rate * l / (num_layers - 1) (0 at the first layer) and scaled by
+    1 / keep probability when kept; identity at evaluation.
   attention_implementation: how BSA is computed (the same numbers either way; `ops.dispatch`): `xla`
     (explicit logits), `folded` (spatial features appended to q and k, one `jax.nn.dot_product_attention`;
     kernels `ops.folded.foldable` accepts), `pallas` (flash kernel, memory linear in the length: spatial
@@ -61,6 +64,7 @@ class TransformerConfig:
   grc_per_channel: bool = False
   norm: str = "pre"
   dropout_rate: float = 0.0
+  drop_path_rate: float = 0.0
   dtype: str = "float32"
   attention_implementation: str = "auto"
 
@@ -88,10 +92,15 @@ class TransformerConfig:
       raise ValueError(f"spatial_bandwidth_range must satisfy 0 < low <= high, got {(low, high)}")
     if not 0.0 < self.grc_t_init < 1.0:
       raise ValueError(f"grc_t_init must lie in (0, 1) (t = sigmoid(theta)), got {self.grc_t_init}")
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f"dropout_rate must lie in [0, 1), got {self.dropout_rate}")
+    for field in ("dropout_rate", "drop_path_rate"):
+      if not 0.0 <= getattr(self, field) < 1.0:
+        raise ValueError(f"{field} must lie in [0, 1), got {getattr(self, field)}")
     if self.uses_position_table and self.position_table == "none":
       raise ValueError("attention='bilateral' with spatial='dot' needs position_table learned|sinusoidal")
+
+  def drop_path(self, layer: int) -> float:
+    """The stochastic-depth rate of `layer` (0-based): linear from 0 to drop_path_rate over the stack."""
+    return self.drop_path_rate * layer / max(self.num_layers - 1, 1)
 
   @property
   def head_dim(self) -> int:

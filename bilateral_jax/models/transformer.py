@@ -99,9 +99,10 @@ class Block(nn.Module):
 
   Each sublayer's residual is standard (y + F(y)) or, if listed in `grc_sublayers`, generalized with its
   own learnable t = sigmoid(theta) (a scalar, or one per channel; for `boost`, the channels of the value
-  space, heads x head_dim).
+  space, heads x head_dim). drop_path: this layer's stochastic-depth rate, applied to each branch F(y).
   """
   config: TransformerConfig
+  drop_path: float = 0.0
 
   def _t(self, name):
     cfg = self.config
@@ -114,6 +115,8 @@ class Block(nn.Module):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     drop = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
+    # One keep-or-drop draw per example (broadcast over tokens and channels), scaled by 1 / keep.
+    drop_branch = nn.Dropout(self.drop_path, broadcast_dims=(1, 2), deterministic=deterministic)
     grc = set(cfg.grc_sublayers) if cfg.residual == "grc" else set()
     attention = MultiHeadAttention(cfg, name="attention")
     mlp = Mlp(cfg, name="mlp")
@@ -131,7 +134,7 @@ class Block(nn.Module):
         t = None  # boosting happened inside the filter; the residual itself is the standard one
       else:
         fy = attention(h, coords=coords, pos_embed=pos_embed, mask=mask, is_causal=is_causal)
-      fy = drop(fy)
+      fy = drop_branch(drop(fy))
       y = y + fy if t is None else ops.generalized_residual(y, fy, y0, t)
       if cfg.norm == "post":
         y = norm(y)
@@ -165,7 +168,7 @@ class Transformer(nn.Module):
     self.sow("intermediates", "hidden_states", y0)
     y = y0
     for layer in range(cfg.num_layers):
-      y = Block(cfg, name=f"block_{layer}")(y, y0, coords=coords, pos_embed=pos_embed,
+      y = Block(cfg, cfg.drop_path(layer), name=f"block_{layer}")(y, y0, coords=coords, pos_embed=pos_embed,
                                             mask=attention_mask, is_causal=is_causal,
                                             deterministic=deterministic)
       self.sow("intermediates", "hidden_states", y)
