@@ -40,9 +40,10 @@ def main(argv):
     record |= {"attacks": attacked, "attack_settings": dataclasses.asdict(settings)}
   out.write_text(json.dumps(record, indent=2))
   names = sorted({name for metrics in results.values() for name in metrics})
-  print(f"step {step:<5}" + "".join(f"  {name:>10}" for name in names))
+  widths = {name: max(10, len(name)) for name in names}
+  print(f"step {step:<5}" + "".join(f"  {name:>{widths[name]}}" for name in names))
   for split, metrics in results.items():
-    print(f"{split:<10}" + "".join(f"  {cli.number(metrics[name]):>10}" for name in names))
+    print(f"{split:<10}" + "".join(f"  {cli.number(metrics[name]):>{widths[name]}}" for name in names))
   if attacked:
     metric = robustness.headline(task)
     convention = f", {settings.convention} convention" if task.inputs == "images" else ""

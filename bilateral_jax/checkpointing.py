@@ -14,6 +14,7 @@ import logging
 import pathlib
 import time
 
+import flax
 import jax
 import orbax.checkpoint as ocp
 
@@ -22,6 +23,7 @@ from bilateral_jax.workdir import differences
 
 
 logs.drop("Given directory is read only")  # what a read-only Checkpointer asks for
+logs.drop("Metadata file does not exist")  # an item's metadata read without its step's (restore_matching)
 
 
 class CheckpointError(RuntimeError):
@@ -176,3 +178,37 @@ class Checkpointer:
 
 def abstract_with_shardings(abstract_tree, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)
+
+
+def restore_matching(workdir: str | pathlib.Path, abstract_params, replicated) -> tuple[str, dict, dict]:
+  """The parameters of another run (`workdir`'s best checkpoint, else its newest) whose path and shape
+  match a leaf of `abstract_params` (ShapeDtypeStructs with shardings) -> (the checkpoint's path,
+  {path: array restored onto the leaf's sharding and dtype}, a report {`not_found`: paths here that the
+  checkpoint lacks, `shape_differs`: {path: (checkpoint shape, shape here)}, `unused`: checkpoint paths
+  not here}). Whatever model wrote it: only paths and shapes must agree. `replicated`: where to put
+  the leaves that are read but not used."""
+  reader = Checkpointer(workdir, {}, read_only=True)
+  try:
+    best = reader.latest_step(best=True) is not None
+    step = reader.latest_step(best=best)
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {reader.root} to initialise from")
+    path = reader.managers[best].directory / str(step)
+    saved = ocp.StandardCheckpointer().metadata(path / "params").item_metadata.tree
+    saved = {"/".join(str(k.key) for k in keys): leaf for keys, leaf in jax.tree_util.tree_leaves_with_path(saved)}
+    here = {"/".join(str(k.key) for k in keys): leaf
+            for keys, leaf in jax.tree_util.tree_leaves_with_path(abstract_params)}
+    matched = {name for name, leaf in saved.items() if name in here and tuple(leaf.shape) == here[name].shape}
+    target = {name: here[name] if name in matched else jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated)
+              for name, leaf in saved.items()}
+    nested = lambda flat: flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+    restored = reader.managers[best].restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(nested(target))))["params"]
+  finally:
+    reader.close()
+  restored = flax.traverse_util.flatten_dict(restored, sep="/")
+  report = {"not_found": sorted(set(here) - set(saved)),
+            "shape_differs": {name: (list(saved[name].shape), list(here[name].shape))
+                              for name in sorted(set(here) & set(saved) - matched)},
+            "unused": sorted(set(saved) - set(here))}
+  return str(path), {name: restored[name] for name in matched}, report

@@ -158,6 +158,8 @@ def eval_inputs(experiment, examples: int) -> tuple[np.ndarray, np.ndarray | Non
   source = experiment.info_source
   transform = experiment.eval_transform or (lambda example, rng: example)
   inputs = np.stack([transform(source[i], None)["inputs"] for i in range(min(examples, len(source)))])
+  if experiment.sliding_window:  # the first window of each image's canvas
+    inputs = inputs[:, :experiment.info.image_size, :experiment.info.image_size]
   return inputs, (inputs != 0 if experiment.task.inputs == "tokens" and inputs.ndim == 2 else None)
 
 

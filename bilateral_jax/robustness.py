@@ -198,13 +198,14 @@ def contaminate(ids: np.ndarray, info: sources.DatasetInfo, fraction: float, *, 
   return out, len(chosen), len(words)
 
 
-def contaminated_source(source: sources.ArraySource, fraction: float, *, seed: int = 0,
-                        replacement: str = "oov") -> tuple[sources.ArraySource, int, int]:
-  """A language model's windows with the text under them contaminated -> (source, replaced, eligible)."""
-  length = source.arrays["inputs"].shape[1]
+def contaminated_source(source, fraction: float, *, seed: int = 0, replacement: str = "oov") -> tuple:
+  """A language model's windows (contiguous or sliding) with the text under them contaminated -> (the
+  same windows of the contaminated text, replaced, eligible)."""
   stream, replaced, eligible = contaminate(sources.window_stream(source), source.info, fraction, seed=seed,
                                            replacement=replacement)
-  return sources.stream_windows(stream, length, source.info), replaced, eligible
+  if isinstance(source, sources.StreamWindows):
+    return sources.StreamWindows(stream, source.length, source.stride, source.info), replaced, eligible
+  return sources.stream_windows(stream, source.arrays["inputs"].shape[1], source.info), replaced, eligible
 
 
 def evaluate(experiment, params, split: str, attacks: tuple[str, ...], settings: AttackSettings) -> dict:

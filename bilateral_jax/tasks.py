@@ -48,9 +48,16 @@ def image_classification(logits, batch) -> dict[str, jnp.ndarray]:
   return sums | {"top5_accuracy": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * batch["weight"])}
 
 
-def language_modeling(logits, batch) -> dict[str, jnp.ndarray]:
-  """logits [b, n, vocab], batch targets [b, n], weight [b, n] (0 = padding) -> per-token sums."""
-  return _weighted_sums(logits, batch["targets"], batch["weight"])
+def language_modeling(output, batch) -> dict[str, jnp.ndarray]:
+  """logits [b, n, vocab] (or an adaptive-softmax output, `models.backbones.AdaptiveOutput`: anything with
+  `target_log_probs(targets) -> (log p(target), argmax id)`, each [b, n]), batch targets [b, n], weight
+  [b, n] (0 = padding or not scored) -> per-token sums."""
+  targets, weight = batch["targets"], batch["weight"]
+  if not hasattr(output, "target_log_probs"):
+    return _weighted_sums(output, targets, weight)
+  log_prob, predicted = output.target_log_probs(targets)
+  return {"loss": jnp.sum(-log_prob * weight), "accuracy": jnp.sum((predicted == targets) * weight),
+          "weight": jnp.sum(weight)}
 
 
 def segmentation(logits, batch) -> dict[str, jnp.ndarray]:
@@ -80,28 +87,47 @@ def _refuse(augment_config: ml_collections.ConfigDict, names: tuple[str, ...], w
     raise ValueError(f"augment.{', augment.'.join(used)} {why}")
 
 
-def no_transforms(augment_config, info, data_name: str) -> tuple[None, None]:
-  _refuse(augment_config, PER_IMAGE_AUGMENTATION + ("cutmix_alpha", "repeats"),
-          f"apply to image datasets, not {data_name!r}")
+def no_transforms(config, info) -> tuple[None, None]:
+  _refuse(config.augment, PER_IMAGE_AUGMENTATION + ("cutmix_alpha", "repeats"),
+          f"apply to image datasets, not {config.data.name!r}")
   return None, None
 
 
-def image_transforms(augment_config, info, data_name: str) -> tuple[Transform, Transform]:
+def image_transforms(config, info) -> tuple[Transform, Transform]:
   """Normalisation with the data's pixel statistics, and `config.augment` when training."""
   if info.image_stats is None:
-    raise ValueError(f"dataset {data_name!r} has no images (no pixel statistics) for an image model")
+    raise ValueError(f"dataset {config.data.name!r} has no images (no pixel statistics) for an image model")
   mean, std = info.image_stats
   size = dict(size=info.image_size, crop_fraction=info.crop_fraction)
-  return tuple(augment.image_transform(augment_config, mean, std, train=train, **size) for train in (True, False))
+  return tuple(augment.image_transform(config.augment, mean, std, train=train, **size) for train in (True, False))
 
 
-def segmentation_transforms(augment_config, info, data_name: str) -> tuple[Transform, Transform]:
-  """Segmentation's own crop-and-flip recipe, on image and mask together."""
-  _refuse(augment_config, PER_IMAGE_AUGMENTATION, f"apply to image classification, not segmentation "
-          f"({data_name!r} crops, scales and flips image and mask together)")
+SEGMENTATION_INFERENCE = ("single_scale", "sliding_window")
+
+
+def segmentation_inference(config) -> str:
+  """`config.eval.inference` of a segmenter: `single_scale` (the centre crop, the default) or
+  `sliding_window` (with `eval.window_stride` and `eval.canvas`)."""
+  inference = config.eval.get("inference", "single_scale")
+  if inference not in SEGMENTATION_INFERENCE:
+    raise ValueError(f"eval.inference={inference!r} is not one of: {', '.join(SEGMENTATION_INFERENCE)}")
+  if inference == "sliding_window" and not (
+      0 < config.eval.window_stride <= config.data.image_size <= config.eval.canvas):
+    raise ValueError(f"eval.window_stride={config.eval.window_stride} and eval.canvas={config.eval.canvas} must "
+                     f"satisfy 0 < window_stride <= data.image_size ({config.data.image_size}) <= canvas")
+  return inference
+
+
+def segmentation_transforms(config, info) -> tuple[Transform, Transform]:
+  """Segmentation's own crop-and-flip recipe, on image and mask together; evaluation per
+  `segmentation_inference`."""
+  _refuse(config.augment, PER_IMAGE_AUGMENTATION, f"apply to image classification, not segmentation "
+          f"({config.data.name!r} crops, scales and flips image and mask together)")
   mean, std = info.image_stats
-  return tuple(augment.segmentation_transform(mean, std, size=info.image_size, scale_range=info.scale_range,
-                                              train=train) for train in (True, False))
+  size = dict(size=info.image_size, scale_range=info.scale_range)
+  canvas = config.eval.canvas if segmentation_inference(config) == "sliding_window" else None
+  return (augment.segmentation_transform(mean, std, train=True, **size),
+          augment.segmentation_transform(mean, std, train=False, canvas=canvas, **size))
 
 
 INPUT_KINDS = ("tokens", "images", "token_stream")
@@ -113,8 +139,8 @@ class Task:
   one of them); inputs: `tokens` (int ids [b, n], 0 = padding), `images` (normalised float [b, h, w, c])
   or `token_stream` (windows of a text, next-token targets); attacks: those of `robustness.ATTACKS` that
   apply; epsilons: their default radii (`robustness`: images in 1/255, token embeddings in fractions of
-  the mean embedding norm); mixes: whether mixup, cutmix and label smoothing apply; transforms(augment
-  config, info, data name) -> (train, eval) per-example transforms (None: none)."""
+  the mean embedding norm); mixes: whether mixup, cutmix and label smoothing apply; transforms(config,
+  info) -> (train, eval) per-example transforms (None: none)."""
   sums: Callable[[jnp.ndarray, dict], dict]
   metrics: tuple[str, ...]
   inputs: str

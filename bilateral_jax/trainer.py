@@ -5,6 +5,7 @@ runs. Both work the same on one CPU, several devices, or several processes (`jax
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
@@ -23,12 +24,12 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from bilateral_jax import parallel, robustness, tasks
+from bilateral_jax import checkpointing, parallel, robustness, tasks
 from bilateral_jax import workdir as workdir_lib
 from bilateral_jax.checkpointing import Checkpointer, abstract_with_shardings
 from bilateral_jax.data import augment, pipeline, sources
 from bilateral_jax.metric_writer import MetricWriter
-from bilateral_jax.models import TransformerConfig, build_model
+from bilateral_jax.models import TransformerConfig, build_model, sliding_window_logits
 
 SCHEDULES = ("cosine", "linear", "constant", "rsqrt")
 
@@ -49,6 +50,8 @@ def model_settings(config: ml_collections.ConfigDict) -> dict:
   computed is not part of it)."""
   settings = config.model.to_dict()
   settings["transformer"].pop("attention_implementation", None)
+  if not settings["transformer"].get("drop_path_rate"):  # checkpoints from before stochastic depth restore
+    settings["transformer"].pop("drop_path_rate", None)
   return settings
 
 
@@ -134,7 +137,8 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
 
 
 def example_batch(source, batch_size: int, transform=None) -> dict[str, np.ndarray]:
-  example = source[0] if transform is None else transform(source[0], None)
+  """Zeros shaped as a batch of `source` after the (training) `transform`."""
+  example = source[0] if transform is None else transform(source[0], np.random.default_rng(0))
   return {name: np.zeros((batch_size,) + np.shape(value), np.asarray(value).dtype)
           for name, value in example.items()}
 
@@ -155,17 +159,18 @@ class Experiment:
     self.info = self.info_source.info
     self.config = config = resolve_from_data(self.config, self.info)
     self.task = task = tasks.get(config.model.name)
-    self.train_transform, self.eval_transform = task.transforms(config.augment, self.info, config.data.name)
+    self.train_transform, self.eval_transform = task.transforms(config, self.info)
     self.mixes = bool(config.augment.mixup_alpha or config.augment.cutmix_alpha or config.augment.label_smoothing)
     if self.mixes and not task.mixes:
       raise ValueError("augment.mixup_alpha, cutmix_alpha and label_smoothing apply to classifiers, not "
                        f"{config.model.name!r}")
     self.model = make_model(config)
+    self.sliding_window = tasks.segmentation_inference(config) == "sliding_window"
     self.tx, self.schedule = make_optimizer(config)
     self.mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     # Evaluation pads its last batch with weight-0 rows anyway: round the batch up to the devices.
     self.eval_batch_size = -(-config.eval.batch_size // self.mesh.size) * self.mesh.size
-    example = example_batch(self.info_source, 1, self.eval_transform)
+    example = example_batch(self.info_source, 1, self.train_transform)
     inputs = example["inputs"]
     self.identity = model_settings(config) | {"inputs": [list(inputs.shape[1:]), str(inputs.dtype)]}
     self.tokens_per_example = inputs.shape[-1] if task.inputs == "token_stream" else None
@@ -207,8 +212,13 @@ class Experiment:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
 
   def _sums(self, params, batch, rng):
-    logits = self.model.apply({"params": params}, batch["inputs"], deterministic=rng is None,
-                              rngs=None if rng is None else {"dropout": rng})
+    segment = lambda images: self.model.apply({"params": params}, images, deterministic=rng is None,
+                                              rngs=None if rng is None else {"dropout": rng})
+    if self.sliding_window and rng is None:
+      logits = sliding_window_logits(segment, batch["inputs"], batch["size"], window=self.info.image_size,
+                                     stride=self.config.eval.window_stride)
+    else:
+      logits = segment(batch["inputs"])
     return self.task.sums(logits, batch)
 
   def _train_step(self, state: TrainState, batch):
@@ -394,7 +404,10 @@ def _resume(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fr
   changed = workdir_lib.changes(saved_config, config) if saved_config is not None else {}
   optimizer = experiment.optimizer_structure
   if checkpointer.latest_step() is None:
-    return experiment.init(jax.random.key(config.seed)), None, {"best": None}, 0
+    state = experiment.init(jax.random.key(config.seed))
+    if config.train.init_from:
+      state = state.replace(params=initialise_from(experiment, state.params, config.train.init_from))
+    return state, None, {"best": None}, 0
   step, params, _, data_state, progress = checkpointer.restore(experiment.abstract_state.params)
   if changed:
     print("resuming with changed settings: " + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()),
@@ -420,6 +433,31 @@ def _resume(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fr
   state = TrainState(step=step_array, params=params, opt_state=opt_state)
   print(f"resumed from step {step} in {workdir}", flush=True)
   return state, data_state, progress, step
+
+
+def initialise_from(experiment: Experiment, params, workdir: str):
+  """`params` with every leaf whose path and shape match one of `workdir`'s checkpoint (its best, else its
+  newest) replaced by that checkpoint's value (e.g. a ViT's encoder in a Segmenter); prints what was
+  restored and what stays newly initialised."""
+  path, restored, report = checkpointing.restore_matching(workdir, experiment.abstract_state.params,
+                                                          parallel.replicated(experiment.mesh))
+  if not restored:
+    raise ValueError(f"train.init_from={workdir!r}: no parameter of {path} matches this model's (paths and "
+                     f"shapes); the checkpoint holds: {', '.join(report['unused'][:8])}")
+  flat = flax.traverse_util.flatten_dict(params, sep="/") | restored
+  if jax.process_index() == 0:
+    by_module = lambda names: ", ".join(f"{module} ({count} arrays)" for module, count in
+                                        collections.Counter(name.split("/")[0] for name in names).items())
+    values = sum(int(np.prod(value.shape)) for value in restored.values())
+    lines = [f"initialised from {path}: {len(restored)} of {len(flat)} parameter arrays ({values:,} values)"]
+    if report["not_found"]:
+      lines.append(f"  newly initialised, not in the checkpoint: {by_module(report['not_found'])}")
+    lines += [f"  newly initialised, shape differs: {name} (checkpoint {a}, here {b})"
+              for name, (a, b) in report["shape_differs"].items()]
+    if report["unused"]:
+      lines.append(f"  not used from the checkpoint: {by_module(report['unused'])}")
+    print("\n".join(lines), flush=True)
+  return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
 def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fresh_optimizer: bool):

@@ -48,7 +48,8 @@ SAMPLES = {  # config -> (writes a tiny sample of its data format, data override
     "lra_pathfinder": (write_pathfinder, {"data.name": "lra_pathfinder"}),
     "deit_tiny_imagenet": (write_image_folders, {"data.image_size": 32, "model.patch_size": 16,
                                                  "model.num_classes": 0}),
-    "segmenter_ade20k": (write_ade20k, {"data.image_size": 32, "model.patch_size": 8}),
+    "segmenter_ade20k": (write_ade20k, {"data.image_size": 32, "model.patch_size": 8, "eval.window_stride": 16,
+                                        "eval.canvas": 64}),
 }
 
 
@@ -82,13 +83,15 @@ def read_metrics(workdir, split="train"):
   return [line for line in lines if line["split"] == split]
 
 
-def run_script(script, workdir, overrides, devices=8, extra=(), timeout=300, **popen):
-  """Runs train.py/eval.py as a user would, with `devices` host CPU devices and TFDS data in the workdir
-  (so that the processes of a multi-process run build their data together)."""
+def run_script(script, workdir, overrides, devices=8, extra=(), timeout=300, config=None, **popen):
+  """Runs train.py/eval.py as a user would (`config`: the --config file, default.py if None), with `devices`
+  host CPU devices and TFDS data in the workdir (so that the processes of a multi-process run build their
+  data together)."""
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
              "--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu", TFDS_DATA_DIR=str(pathlib.Path(workdir) / "tfds"))
   flags = [f"--config.{key}={value}" for key, value in overrides.items()]
-  command = [sys.executable, str(ROOT / script), f"--workdir={workdir}", *flags, *extra]
+  command = [sys.executable, str(ROOT / script), f"--workdir={workdir}", *([f"--config={config}"] if config else []),
+             *flags, *extra]
   if popen:
     return subprocess.Popen(command, cwd=ROOT, env=env, text=True, **popen)
   return subprocess.run(command, cwd=ROOT, env=env, text=True, capture_output=True, timeout=timeout)
@@ -508,3 +511,20 @@ def test_pip_install_into_a_fresh_venv_imports_from_another_directory(tmp_path):
   check = subprocess.run([str(venv / "bin" / "python"), "-c", "import bilateral_jax.trainer, pytest, portpicker; "
                           "print(bilateral_jax.trainer.__file__)"], cwd=tmp_path, capture_output=True, text=True)
   assert check.returncode == 0 and str(ROOT) in check.stdout, check.stderr
+
+
+def test_deit_variants_follow_deits_recipe():
+  """`configs/deit_tiny_imagenet.py` and its `:small` (DeiT-Small) variant, as the docstring states them."""
+  module = __import__("configs.deit_tiny_imagenet", fromlist=["get_config"])
+  for variant, (width, heads) in (("", (192, 3)), ("small", (384, 6))):
+    config = module.get_config(variant)
+    trainer.check_settings(config)
+    stack, opt = config.model.transformer, config.optimizer
+    assert (stack.num_layers, stack.model_dim, stack.num_heads, stack.mlp_dim, stack.drop_path_rate) == (
+        12, width, heads, 4 * width, 0.1)
+    assert (opt.learning_rate, opt.b1, opt.b2, opt.weight_decay, opt.clip_norm, opt.warmup_steps) == (
+        1e-3, 0.9, 0.999, 0.05, 0.0, 6_250)
+    assert opt.learning_rate * opt.final_learning_rate_fraction == pytest.approx(1e-5)
+    assert config.train.num_steps * config.train.batch_size == pytest.approx(300 * 1_281_167, rel=1e-3)
+  with pytest.raises(ValueError, match="unknown config variant 'base'"):
+    module.get_config("base")

@@ -146,32 +146,43 @@ def image_transform(augment, mean, std, *, size: int, crop_fraction: float | Non
   return transform
 
 
-def segmentation_transform(mean, std, *, size: int, scale_range: tuple[float, float], train: bool):
+def segmentation_transform(mean, std, *, size: int, scale_range: tuple[float, float], train: bool,
+                           canvas: int | None = None):
   """(example, rng) -> example for semantic segmentation: uint8 `inputs` [h, w, 3] and annotation
   `label` [h, w] (0 = unlabelled, c = class c - 1) -> float32 [size, size, 3], normalised, and int32
   `label` [size, size] with -1 for pixels that do not count.
 
   Train: the shorter side resized to size x U(scale_range), a random size x size crop (padded with
   uncounted pixels where the image is smaller), a random horizontal flip. Evaluation: the shorter side
-  resized to size and the centre crop (single scale, no sliding window).
+  resized to size and the centre crop; or, with `canvas` (sliding-window inference), the whole image with
+  its shorter side resized to size (less where the longer side would exceed canvas) at the top left of a
+  canvas x canvas frame of black, uncounted pixels (as a training crop is padded), and its extent `size`
+  [2] (height, width).
   """
 
   def transform(example, rng):
     image, annotation = Image.fromarray(np.asarray(example["inputs"], np.uint8)), np.asarray(example["label"])
     scale = size / min(image.size) * (rng.uniform(*scale_range) if train else 1.0)
+    if canvas is not None:
+      scale = min(scale, canvas / max(image.size))
     new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     pixels = np.asarray(image.resize(new_size, Image.BILINEAR))
     label = np.asarray(Image.fromarray(annotation.astype(np.uint8)).resize(new_size, Image.NEAREST), np.int32) - 1
-    pad_h, pad_w = max(0, size - label.shape[0]), max(0, size - label.shape[1])
+    frame = canvas or size
+    pad_h, pad_w = max(0, frame - label.shape[0]), max(0, frame - label.shape[1])
+    extent = np.asarray(label.shape, np.int32)
     pixels = np.pad(pixels, ((0, pad_h), (0, pad_w), (0, 0)))
     label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=-1)
-    spare_h, spare_w = label.shape[0] - size, label.shape[1] - size
-    top, left = (rng.integers(0, spare_h + 1), rng.integers(0, spare_w + 1)) if train else (spare_h // 2, spare_w // 2)
-    pixels, label = pixels[top:top + size, left:left + size], label[top:top + size, left:left + size]
+    if canvas is None:
+      spare_h, spare_w = label.shape[0] - size, label.shape[1] - size
+      top, left = ((rng.integers(0, spare_h + 1), rng.integers(0, spare_w + 1)) if train
+                   else (spare_h // 2, spare_w // 2))
+      pixels, label = pixels[top:top + size, left:left + size], label[top:top + size, left:left + size]
     if train and rng.random() < 0.5:
       pixels, label = pixels[:, ::-1], label[:, ::-1]
     normalised = (pixels.astype(np.float32) / 255.0 - mean) / std
-    return dict(example, inputs=normalised, label=np.ascontiguousarray(label))
+    extra = {} if canvas is None else {"size": extent}
+    return dict(example, inputs=normalised, label=np.ascontiguousarray(label), **extra)
 
   return transform
 

@@ -126,18 +126,90 @@ def _require_files(directory: pathlib.Path, names: list[str], what: str, where_t
                             f"expected {', '.join(names)} ({where_to_get})")
 
 
-def _language_model_windows(builder_config, config: ml_collections.ConfigDict, split: str) -> ArraySource:
-  """A TokenStream split cut into contiguous windows of `max_length` inputs with next-token targets."""
-  builder = builders.prepare(builders.TokenStream, builder_config, config.tfds_dir)
+def _read_stream(builder, split: str) -> np.ndarray:
   chunks = builder.as_data_source(split=split)
-  stream = np.concatenate([chunks[i]["ids"] for i in range(len(chunks))]) if len(chunks) else np.zeros(0, np.int32)
+  return np.concatenate([chunks[i]["ids"] for i in range(len(chunks))]) if len(chunks) else np.zeros(0, np.int32)
+
+
+VOCABULARY_ORDERS = ("sorted", "frequency")
+_FREQUENCY_ORDERS: dict[str, np.ndarray] = {}  # builder data dir -> new id -> old id
+
+
+def _frequency_order(builder, tokenizer: str, vocab_size: int, train: np.ndarray | None) -> np.ndarray:
+  """new id -> builder id: the specials (padding, unknown, and `<eos>` for words) keep their ids, the other
+  ids follow by decreasing count in the train split (ties in the builder's sorted order)."""
+  key = str(builder.data_dir)
+  if key not in _FREQUENCY_ORDERS:
+    if tokenizer not in ("words", "chars"):
+      raise ValueError(f"data.vocabulary_order='frequency' needs a word or char vocabulary, not {tokenizer!r}")
+    specials = len(builders.WORD_SPECIALS) if tokenizer == "words" else 2
+    counts = np.bincount(_read_stream(builder, "train") if train is None else train, minlength=vocab_size)
+    rest = specials + np.argsort(-counts[specials:], kind="stable")
+    _FREQUENCY_ORDERS[key] = np.concatenate([np.arange(specials), rest]).astype(np.int32)
+  return _FREQUENCY_ORDERS[key]
+
+
+def _language_model_windows(builder_config, config: ml_collections.ConfigDict, split: str) -> ArraySource:
+  """A TokenStream split cut into windows of `max_length` inputs with next-token targets: contiguous, or
+  for validation and test with `data.eval_stride` (0 or max_length: contiguous) sliding (`StreamWindows`).
+  `data.vocabulary_order`: `sorted` (the builder's ids) or `frequency` (`_frequency_order`: what an
+  adaptive softmax's cutoffs need)."""
+  builder = builders.prepare(builders.TokenStream, builder_config, config.tfds_dir)
+  stream = _read_stream(builder, split)
   if len(stream) <= config.max_length:
     files = ", ".join(path for path, _, _ in builder_config.files[split])
     raise ValueError(f"{config.name} {split} ({files}): {len(stream)} tokens, fewer than one window of "
                      f"{config.max_length} + 1; is the file complete?")
   vocabulary = tuple(builder.info.metadata["vocabulary"])
+  order, stride = config.get("vocabulary_order", "sorted"), config.get("eval_stride", 0)
+  if order not in VOCABULARY_ORDERS:
+    raise ValueError(f"data.vocabulary_order={order!r} is not one of: {', '.join(VOCABULARY_ORDERS)}")
+  if not 0 <= stride <= config.max_length:
+    raise ValueError(f"data.eval_stride={stride} must lie in [0, data.max_length={config.max_length}]")
+  if order == "frequency":
+    new_to_old = _frequency_order(builder, builder_config.tokenizer, len(vocabulary),
+                                  stream if split == "train" else None)
+    old_to_new = np.empty_like(new_to_old)
+    old_to_new[new_to_old] = np.arange(len(new_to_old), dtype=new_to_old.dtype)
+    stream, vocabulary = old_to_new[stream], tuple(vocabulary[i] for i in new_to_old)
   info = DatasetInfo(vocab_size=len(vocabulary), vocabulary=vocabulary, tokenizer=builder_config.tokenizer)
+  if split != "train" and stride not in (0, config.max_length):
+    return StreamWindows(stream, config.max_length, stride, info)
   return stream_windows(stream, config.max_length, info)
+
+
+class StreamWindows:
+  """Sliding windows over a token stream [tokens], made on access: window k holds `inputs` [length] and
+  next-token `targets` [length] from its start, and a `weight` [length] that scores each target of the
+  stream (all but the first token) exactly once. The first window scores all its targets, each later one
+  (moved by `stride`) its last `stride`, and a last window aligned to the stream's end scores those not yet
+  scored. A scored target at window position j is predicted from the j + 1 tokens before it: every target
+  after the first window from at least length - stride + 1 (stride 1: exactly `length`, lmtool-fwms's
+  `eval_sliding_window.py`)."""
+
+  def __init__(self, stream: np.ndarray, length: int, stride: int, info: DatasetInfo):
+    if not 0 < stride <= length < len(stream):
+      raise ValueError(f"need 0 < stride ({stride}) <= length ({length}) < stream length ({len(stream)})")
+    self.stream, self.length, self.stride, self.info = stream, length, stride, info
+    last = len(stream) - 1 - length  # the window whose last target is the stream's last token
+    starts = np.arange(0, last + 1, stride)
+    self.starts = starts if starts[-1] == last else np.append(starts, last)
+    self.first_scored = np.concatenate([[0], self.starts[:-1] + length - self.starts[1:]])
+
+  def __len__(self) -> int:
+    return len(self.starts)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    start = self.starts[index]
+    window = self.stream[start: start + self.length + 1]
+    weight = (np.arange(self.length) >= self.first_scored[index]).astype(np.float32)
+    return {"inputs": window[:-1], "targets": window[1:], "weight": weight}
+
+  @property
+  def arrays(self) -> dict[str, np.ndarray]:
+    """All windows as arrays [windows, length] (materialised: windows x length x 3 numbers)."""
+    examples = [self[i] for i in range(len(self))]
+    return {name: np.stack([example[name] for example in examples]) for name in examples[0]}
 
 
 def stream_windows(stream: np.ndarray, length: int, info: DatasetInfo) -> ArraySource:
@@ -148,8 +220,11 @@ def stream_windows(stream: np.ndarray, length: int, info: DatasetInfo) -> ArrayS
   return ArraySource(info, inputs=inputs, targets=targets, weight=np.ones(inputs.shape, np.float32))
 
 
-def window_stream(source: ArraySource) -> np.ndarray:
-  """The token stream that `stream_windows` cut `source` from (up to its last target)."""
+def window_stream(source: ArraySource | StreamWindows) -> np.ndarray:
+  """The token stream that `stream_windows` cut `source` from (up to its last target), or the whole stream
+  of `StreamWindows`."""
+  if isinstance(source, StreamWindows):
+    return source.stream
   return np.concatenate([source.arrays["inputs"].ravel(), source.arrays["targets"][-1, -1:]])
 
 

@@ -1,5 +1,5 @@
 """Flax Linen modules of BSA/GRC Transformers and the backbone registry."""
-from bilateral_jax.models.backbones import (MODELS, CausalLM, SequenceClassifier, VisionTransformer,
-                                            build_model)
+from bilateral_jax.models.backbones import (MODELS, CausalLM, MaskTransformer, Segmenter, SequenceClassifier,
+                                            VisionTransformer, build_model, sliding_window_logits)
 from bilateral_jax.models.config import TransformerConfig
 from bilateral_jax.models.transformer import Block, MultiHeadAttention, Transformer

@@ -168,9 +168,9 @@ class Transformer(nn.Module):
     self.sow("intermediates", "hidden_states", y0)
     y = y0
     for layer in range(cfg.num_layers):
-      y = Block(cfg, cfg.drop_path(layer), name=f"block_{layer}")(y, y0, coords=coords, pos_embed=pos_embed,
-                                            mask=attention_mask, is_causal=is_causal,
-                                            deterministic=deterministic)
+      block = Block(cfg, cfg.drop_path(layer), name=f"block_{layer}")
+      y = block(y, y0, coords=coords, pos_embed=pos_embed, mask=attention_mask, is_causal=is_causal,
+                deterministic=deterministic)
       self.sow("intermediates", "hidden_states", y)
     if cfg.norm == "pre":
       y = nn.LayerNorm(dtype=jnp.dtype(cfg.dtype), name="norm_final")(y)

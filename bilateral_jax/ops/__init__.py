@@ -1,4 +1,6 @@
 """Pure-jax math of BSA and GRC: the public functional API (no Flax)."""
+from bilateral_jax.ops.adaptive import (AdaptiveSoftmax, adaptive_embed, adaptive_log_probs,
+                                        adaptive_target_log_probs, cluster_bounds, cluster_dims)
 from bilateral_jax.ops.attention import (attention_weights, bilateral_attention, causal_mask,
                                          filter_values, standard_attention, standard_logits)
 from bilateral_jax.ops.kernels import (CONTENT_KERNELS, SPATIAL_KERNELS, bilateral_logits,
