@@ -194,19 +194,17 @@ def restore_matching(workdir: str | pathlib.Path, abstract_params, replicated) -
     if step is None:
       raise CheckpointError(f"no checkpoint in {reader.root} to initialise from")
     path = reader.managers[best].directory / str(step)
-    saved = ocp.StandardCheckpointer().metadata(path / "params").item_metadata.tree
-    saved = {"/".join(str(k.key) for k in keys): leaf for keys, leaf in jax.tree_util.tree_leaves_with_path(saved)}
-    here = {"/".join(str(k.key) for k in keys): leaf
-            for keys, leaf in jax.tree_util.tree_leaves_with_path(abstract_params)}
+    flat = lambda tree: flax.traverse_util.flatten_dict(tree, sep="/")
+    saved = flat(ocp.StandardCheckpointer().metadata(path / "params").item_metadata.tree)
+    here = flat(abstract_params)
     matched = {name for name, leaf in saved.items() if name in here and tuple(leaf.shape) == here[name].shape}
     target = {name: here[name] if name in matched else jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated)
               for name, leaf in saved.items()}
-    nested = lambda flat: flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
     restored = reader.managers[best].restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(nested(target))))["params"]
+        params=ocp.args.StandardRestore(flax.traverse_util.unflatten_dict(target, sep="/"))))["params"]
   finally:
     reader.close()
-  restored = flax.traverse_util.flatten_dict(restored, sep="/")
+  restored = flat(restored)
   report = {"not_found": sorted(set(here) - set(saved)),
             "shape_differs": {name: (list(saved[name].shape), list(here[name].shape))
                               for name in sorted(set(here) & set(saved) - matched)},

@@ -31,21 +31,24 @@ def _weighted_sums(logits, labels, weight, label_probs=None) -> dict[str, jnp.nd
   return {"loss": jnp.sum(loss * weight), "accuracy": jnp.sum(correct * weight), "weight": jnp.sum(weight)}
 
 
+def _labels(batch) -> jnp.ndarray:
+  """The integer labels [b]: `label`, or the argmax of soft `label_probs` (mixup/cutmix/label smoothing)."""
+  probs = batch.get("label_probs")
+  return batch["label"] if probs is None else jnp.argmax(probs, axis=-1)
+
+
 def classification(logits, batch) -> dict[str, jnp.ndarray]:
   """logits [b, classes], batch label [b] (or soft `label_probs` [b, classes] from mixup/cutmix/label
   smoothing, whose argmax is then the label for accuracy), weight [b] -> sums of loss, correct, weight."""
-  probs = batch.get("label_probs")
-  labels = batch["label"] if probs is None else jnp.argmax(probs, axis=-1)
-  return _weighted_sums(logits, labels, batch["weight"], probs)
+  return _weighted_sums(logits, _labels(batch), batch["weight"], batch.get("label_probs"))
 
 
 def image_classification(logits, batch) -> dict[str, jnp.ndarray]:
   """`classification`'s sums and `top5_accuracy`: the label among the 5 highest logits (all of them when
   there are fewer classes)."""
-  sums = classification(logits, batch)
-  labels = jnp.argmax(batch["label_probs"], axis=-1) if "label_probs" in batch else batch["label"]
   top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-  return sums | {"top5_accuracy": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * batch["weight"])}
+  in_top5 = jnp.any(top5 == _labels(batch)[:, None], axis=-1)
+  return classification(logits, batch) | {"top5_accuracy": jnp.sum(in_top5 * batch["weight"])}
 
 
 def language_modeling(output, batch) -> dict[str, jnp.ndarray]:

@@ -205,12 +205,6 @@ class StreamWindows:
     weight = (np.arange(self.length) >= self.first_scored[index]).astype(np.float32)
     return {"inputs": window[:-1], "targets": window[1:], "weight": weight}
 
-  @property
-  def arrays(self) -> dict[str, np.ndarray]:
-    """All windows as arrays [windows, length] (materialised: windows x length x 3 numbers)."""
-    examples = [self[i] for i in range(len(self))]
-    return {name: np.stack([example[name] for example in examples]) for name in examples[0]}
-
 
 def stream_windows(stream: np.ndarray, length: int, info: DatasetInfo) -> ArraySource:
   """A token stream [tokens] -> contiguous windows: `inputs` [windows, length] and next-token `targets`."""
