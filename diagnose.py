@@ -11,13 +11,17 @@ random 2-layer stacks with standard attention (+ sinusoidal positions), ALiBi an
 (`long_range.json` with keys N and one list per attention kind, `long_range.png`).
 
 With a trained run it measures on the first `--examples` of the first eval split:
-- `depth.json`, `depth.png`: SNR and token uniformity per layer (0 = embeddings). Noise with `--noise`
-  times the RMS of the stack's input U (the embeddings) is added to U, and
-  SNR_l = 20 log10(||Y_l(U)|| / ||Y_l(U + eta) - Y_l(U)||).
+- `depth.json`, `depth.png`: SNR and token uniformity per layer (0 = Y_0, the stack's input after any
+  additive position table). Noise with `--noise` times the RMS of Y_0 is added to Y_0, and
+  SNR_l = 20 log10(||Y_l - mean|| / ||Y_l(Y_0 + eta) - Y_l(Y_0)||), Y_l centred over tokens; both
+  measures count real tokens only (no padding, no CLS or class tokens).
 - `attention.npz` (maps [layers, n, n]: the attention averaged over heads and examples; coords [n, c]),
-  `attention.json` (layer, mean_distance: per layer the mean over queries of sum_j A_ij ||r_i - r_j||, in
-  distance_unit, tokens or patches), `attention.png` (images: the last layer's CLS row, or the mean over
-  queries without a CLS token, of the first example over that image; sequences: the last layer's map).
+  `attention.json` (layer, mean_distance: per layer the mean over real query rows of
+  sum_j A_ij ||r_i - r_j||, in distance_unit, tokens or patches), `attention.png` (images: the last layer's
+  CLS row, or the mean over queries without a CLS token, of the first example over that image;
+  sequences: the last layer's map).
+- The Segmenter's mask-transformer decoder is a second stack, reported apart: `decoder` in depth.json and
+  attention.json (its layer 0 is its own input), `decoder_maps` and `decoder_coords` in attention.npz.
 - `cross_terms.json`: cross_share (with content_share, position_share, note) of the first layer's logits,
   0.0 by construction without additive positions (method.md section 4).
 """
@@ -93,44 +97,57 @@ class Restored(NamedTuple):
   model: Any
   params: Any
   inputs: np.ndarray
-  mask: np.ndarray | None  # real tokens [b, n] of token inputs
 
 
 def restore(workdir: str) -> Restored:
   """The run's checkpoint (--step, --best) and the first --examples of its first eval split."""
   config = cli.run_config(workdir)
   experiment, step, params = trainer.restore_params(config, workdir, cli.FLAGS.step, cli.FLAGS.best)
-  inputs, mask = diagnostics.eval_inputs(experiment, cli.FLAGS.examples)
+  inputs = diagnostics.eval_inputs(experiment, cli.FLAGS.examples)
   meta = {"step": step, "split": config.eval.splits[0], "examples": len(inputs)}
-  return Restored(config, meta, experiment.model, jax.device_get(params), inputs, mask)
+  return Restored(config, meta, experiment.model, jax.device_get(params), inputs)
 
 
 def depth(run: Restored, out: pathlib.Path) -> None:
-  result = run.meta | diagnostics.depth_profile(run.model, run.params, run.inputs, run.mask, noise=cli.FLAGS.noise,
+  result = run.meta | diagnostics.depth_profile(run.model, run.params, run.inputs, noise=cli.FLAGS.noise,
                                                 seed=run.config.seed)
   (out / "depth.json").write_text(json.dumps(result, indent=2))
+  profiles = {"": result} | ({"decoder": result["decoder"]} if "decoder" in result else {})
   from bilateral_jax.plots import plt, save  # noqa: PLC0415 - matplotlib (Agg) only when drawing
   figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
-  left.plot(result["layer"], result["snr_db"], "o-")
-  right.plot(result["layer"], result["token_uniformity"], "o-")
-  left.set(xlabel="layer (0 = embeddings)", ylabel="dB", title=f"SNR (noise {cli.FLAGS.noise} x RMS)")
-  right.set(xlabel="layer (0 = embeddings)", title="token uniformity (mean pairwise cosine)")
+  for name, profile in profiles.items():
+    left.plot(profile["layer"], profile["snr_db"], "o-", label=name or "encoder")
+    right.plot(profile["layer"], profile["token_uniformity"], "o-", label=name or "encoder")
+  left.set(xlabel="layer (0 = Y_0)", ylabel="dB", title=f"SNR (noise {cli.FLAGS.noise} x RMS)")
+  right.set(xlabel="layer (0 = Y_0)", title="token uniformity (mean pairwise cosine)")
+  if len(profiles) > 1:
+    left.legend(fontsize=8)
   save(figure, out / "depth.png")
-  print("layer " + " ".join(f"{layer:>7}" for layer in result["layer"]))
-  print("SNR dB " + " ".join(f"{value:7.2f}" for value in result["snr_db"]))
-  print("unif.  " + " ".join(f"{value:7.4f}" for value in result["token_uniformity"]))
+  for name, profile in profiles.items():
+    print((f"{name}: " if name else "") + "layer " + " ".join(f"{layer:>7}" for layer in profile["layer"]))
+    print("SNR dB " + " ".join(f"{value:7.2f}" for value in profile["snr_db"]))
+    print("unif.  " + " ".join(f"{value:7.4f}" for value in profile["token_uniformity"]))
 
 
 def attention(run: Restored, out: pathlib.Path) -> None:
   model, params, inputs = run.model, run.params, run.inputs
-  maps = np.stack(diagnostics.attention_maps(model, params, inputs))
-  coords = np.asarray(diagnostics.stack_coordinates(model, params, inputs[:1]))
-  np.savez_compressed(out / "attention.npz", maps=maps, coords=coords)
-  distance = diagnostics.mean_attention_distance(maps, coords)
-  result = run.meta | {"layer": list(range(1, len(maps) + 1)), "length": maps.shape[-1],
-                       "mean_distance": [round(float(d), 4) for d in distance],
-                       "distance_unit": "tokens" if coords.shape[-1] == 1 else "patches",
-                       "maps": "attention.npz"}
+  stacks = diagnostics.stacks(model, params, inputs)
+  arrays, result = {}, dict(run.meta)
+  for index, stack in enumerate(stacks):
+    prefix = "" if index == 0 else stack.name.split("/")[0] + "_"
+    maps = np.stack(diagnostics.attention_maps(stack))
+    arrays |= {f"{prefix}maps": maps, f"{prefix}coords": np.asarray(stack.coords)}
+    distance = [diagnostics.mean_attention_distance(weights, stack.coords, stack.real[:, None, :])
+                for weights in stack.attention]
+    summary = {"stack": stack.name, "layer": list(range(1, len(maps) + 1)), "length": maps.shape[-1],
+               "mean_distance": [round(float(d), 4) for d in distance]}
+    if index == 0:
+      result |= summary | {"distance_unit": "tokens" if stack.coords.shape[-1] == 1 else "patches",
+                           "maps": "attention.npz"}
+    else:
+      result[prefix[:-1]] = summary
+  np.savez_compressed(out / "attention.npz", **arrays)
+  maps, coords = arrays["maps"], arrays["coords"]
   (out / "attention.json").write_text(json.dumps(result, indent=2))
   from bilateral_jax.plots import plt, save  # noqa: PLC0415 - matplotlib (Agg) only when drawing
   figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -138,7 +155,8 @@ def attention(run: Restored, out: pathlib.Path) -> None:
     image = inputs[0].astype(np.float64)
     image = (image - image.min()) / max(image.max() - image.min(), 1e-12)
     height, width = image.shape[:2]
-    grid = diagnostics.attention_grid(diagnostics.attention_maps(model, params, inputs[:1])[-1], coords)
+    grid = diagnostics.attention_grid(diagnostics.attention_maps(diagnostics.stacks(model, params, inputs[:1])[0])[-1],
+                                      coords)
     left.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray")
     shown = left.imshow(grid, extent=(0, width, height, 0), alpha=0.5, cmap="inferno", interpolation="bilinear")
     left.set(xticks=[], yticks=[])
@@ -148,10 +166,15 @@ def attention(run: Restored, out: pathlib.Path) -> None:
     left.set(xlabel="key", ylabel="query")
     left.set_title("last layer's attention (mean over heads, examples)", fontsize=9)
   figure.colorbar(shown, ax=left)
-  right.plot(result["layer"], result["mean_distance"], "o-")
+  right.plot(result["layer"], result["mean_distance"], "o-", label="encoder")
+  if "decoder" in result:
+    right.plot(result["decoder"]["layer"], result["decoder"]["mean_distance"], "s-", label="decoder")
+    right.legend(fontsize=8)
   right.set(xlabel="layer", ylabel=result["distance_unit"], title="mean attention distance", xticks=result["layer"])
   save(figure, out / "attention.png")
-  print("attention distance " + " ".join(f"{d:.2f}" for d in result["mean_distance"]) + f" {result['distance_unit']}")
+  print("attention distance " + " ".join(f"{d:.2f}" for d in result["mean_distance"]) + f" {result['distance_unit']}"
+        + ("; decoder " + " ".join(f"{d:.2f}" for d in result["decoder"]["mean_distance"]) if "decoder" in result
+           else ""))
 
 
 def cross_terms(run: Restored, out: pathlib.Path) -> None:

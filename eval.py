@@ -8,7 +8,10 @@ DIR/eval/best_<step>.json). Read-only on the checkpoints: it can run beside the 
 The config is the one the run saved (DIR/config.json), with any --config.<field> overrides on top;
 --config configs/x.py uses that file instead. Attacks (bilateral_jax/robustness.py says what each
 perturbs and in which units) go into the JSON under `attacks` ({split: {attack: {ε: metrics}}}, with
-their settings), into the printed table, and into DIR/eval/robustness.png.
+their settings), into the printed table, and into DIR/eval/robustness.png. FGSM and PGD also report
+`attack_success_rate`: the fraction of the examples correct when clean (`clean_correct`) that the attack
+makes wrong; contamination also reports `uncontaminated_perplexity`, over the targets that are not tokens
+of an inserted word (`uncontaminated_targets`).
 """
 import dataclasses
 import json
@@ -52,6 +55,10 @@ def main(argv):
     for split, by_attack in attacked.items():
       for attack, (strengths, values) in robustness.curve(results[split], by_attack, metric).items():
         print(f"{split:<10} {attack:<13} " + "  ".join(f"{s:g}: {cli.number(v)}" for s, v in zip(strengths, values)))
+        beside = robustness.companion(attack)
+        shown = lambda value: "n/a" if value is None else cli.number(value)
+        print(f"{'':<24} {beside} " + "  ".join(f"{strength}: {shown(r[beside])}"
+                                                for strength, r in by_attack[attack].items()))
         series[f"{split} {attack}"] = (strengths, values, None)
     xlabel = "fraction of words swapped" if "contamination" in attacks else (
         "epsilon (1/255)" if task.inputs == "images" else "epsilon (x mean embedding norm)")

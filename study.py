@@ -1,43 +1,67 @@
-"""The paper's 2 x 2 study: standard attention or BSA x the standard residual or GRC, over seeds.
+"""A study: named variants of one config (name -> config overrides), each over seeds, and their comparison.
 
-    python study.py --config configs/X.py --seeds 0,1,2 --workdir runs/study_X [--attacks fgsm,pgd]
-        [--config.<field>=...] [attack flags as eval.py's]
+    python study.py --config configs/X.py --workdir runs/study_X [--variants studies/Y.py] [--variant NAME ...]
+        [--seeds 0,1,2,3,4] [--nopaired] [--attacks fgsm,pgd] [--config.<field>=...] [attack flags as eval.py's]
+
+--variants: a study file (`bilateral_jax/studies.py`): Python defining `VARIANTS = {name: {key: value}}` (its
+docstring says the command and what it measures) or a JSON object of the same; a key is a dotted config
+path (`model.pooling`) or a TransformerConfig field (`attention` = `model.transformer.attention`). The
+first variant is the baseline. Default: the paper's 2 x 2 (`configs/common.py` ABLATION: standard
+attention or BSA x the standard residual or GRC). --variant NAME (repeatable): run only these variants
+(the baseline always runs). Every variant's config is built and checked before anything trains: an
+unknown key or a bad value stops the study at once.
 
 Per variant and seed (the seed drives initialisation and shuffling; the data is the same) it trains
 WORKDIR/<variant>/seed_<s> (train.py's loop: a run interrupted midway resumes from its checkpoint),
 evaluates the final parameters on the eval splits and, on the last of them (the one the summary
-reports), under the attacks that apply to the task (all of them unless --attacks says), and measures SNR and token uniformity per layer (diagnose.py's depth
-diagnostics), then writes that run's `result.json`; a run with a `result.json` is done and not
-retrained (evaluated again, from its checkpoint, when the attack or diagnostics flags changed). Then: WORKDIR/summary.json, summary.md (mean ± std over seeds per variant and metric, and
-each modification against the baseline) and plots (curves.png, robustness.png, snr.png,
-uniformity.png). One process, runs one after the other.
+reports), under the attacks that apply to the task (all of them unless --attacks says; with the attack's
+success rate on the examples correct when clean, and for contamination the perplexity over the
+uncontaminated targets), and measures SNR and token uniformity per layer (diagnose.py's depth
+diagnostics; the Segmenter's decoder apart), then writes that run's `result.json`; a run with a
+`result.json` is done and not retrained (evaluated again, from its checkpoint, when the attack or
+diagnostics settings changed; a variant whose overrides changed is refused). An interrupted study
+continues where it stopped. Then: WORKDIR/summary.json, summary.md (mean ± std over seeds per variant and
+quantity; each variant's difference from the baseline with its 95% confidence interval and p-value,
+paired by seed by default (every variant runs the same seeds, and a seed fixes the data order and the
+initialisation seed), Welch's t-test with --nopaired; a difference holds only when its interval excludes
+0 with >= 5 seeds per variant) and plots (curves.png, robustness.png, snr.png, uniformity.png). One
+process, runs one after the other.
 """
 import dataclasses
 import json
 import pathlib
+import re
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from bilateral_jax import cli, diagnostics, metric_writer, plots, robustness, tasks, trainer
+from bilateral_jax import cli, diagnostics, metric_writer, plots, robustness, studies, tasks, trainer
 from configs import common
 
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds, one run per variant and seed.")
 flags.DEFINE_integer("examples", 64, "Examples of the first eval split for the depth diagnostics.")
-flags.DEFINE_float("noise", 0.1, "Depth diagnostics: noise relative to the RMS of the stack's input.")
+flags.DEFINE_float("noise", 0.1, "Depth diagnostics: noise relative to the RMS of the stack's Y_0.")
+flags.DEFINE_string("variants", None, "Study file (.py defining VARIANTS, or .json): name -> config overrides, the "
+                    "baseline first; default: the 2 x 2 of configs/common.py ABLATION.")
+flags.DEFINE_multi_string("variant", [], "Run only this variant of the study (repeatable); the baseline always runs.")
+flags.DEFINE_bool("paired", True, "Compare each variant with the baseline by a t-test paired by seed (--nopaired: "
+                  "Welch's t-test).")
 cli.define_attack_flags()
 flags.adopt_module_key_flags(cli)
 
-BASELINE = next(iter(common.ABLATION))
+ABLATION = studies.Study(dict(common.ABLATION), "The paper's 2 x 2: standard attention or BSA x the standard "
+                         "residual or GRC.", "configs/common.py ABLATION")
+MEASUREMENTS = 2  # the version of the evaluation's definitions (method.md section 4): older results are redone
 
 
 def slug(variant: str) -> str:
-  return variant.replace(" + ", "_").replace(" ", "-")
+  """A variant's directory name."""
+  return re.sub(r"[^A-Za-z0-9._=-]+", "-", variant.replace(" + ", "_")).strip("-")
 
 
-def run_one(config, run_dir: pathlib.Path, attacks, settings) -> dict:
+def run_one(config, run_dir: pathlib.Path, attacks, settings, overrides: dict) -> dict:
   """Trains (or resumes) one run, evaluates it, and writes its result.json."""
   start = time.perf_counter()
   final = trainer.train_and_evaluate(config, str(run_dir))
@@ -46,11 +70,12 @@ def run_one(config, run_dir: pathlib.Path, attacks, settings) -> dict:
   result = {"step": step, "results": final}
   split = experiment.config.eval.splits[-1]  # the attacks on the split the summary reports
   result["attacks"] = {split: robustness.evaluate(experiment, params, split, attacks, settings)} if attacks else {}
-  inputs, mask = diagnostics.eval_inputs(experiment, cli.FLAGS.examples)
-  result["depth"] = diagnostics.depth_profile(experiment.model, jax.device_get(params), inputs, mask,
+  inputs = diagnostics.eval_inputs(experiment, cli.FLAGS.examples)
+  result["depth"] = diagnostics.depth_profile(experiment.model, jax.device_get(params), inputs,
                                               noise=cli.FLAGS.noise, seed=config.seed)
   result["seconds"] = {"train": trained, "total": time.perf_counter() - start}
   result["evaluated_with"] = evaluated_with(attacks, settings)
+  result["overrides"] = as_json(overrides)
   partial = run_dir / "result.json.tmp"  # written whole, then renamed: an interruption leaves no half file
   partial.write_text(json.dumps(result, indent=2))
   partial.replace(run_dir / "result.json")
@@ -60,55 +85,12 @@ def run_one(config, run_dir: pathlib.Path, attacks, settings) -> dict:
 def evaluated_with(attacks, settings) -> dict:
   """What a run's evaluation depends on besides its checkpoint: a done run evaluated otherwise is redone."""
   return {"attacks": list(attacks), "attack_settings": dataclasses.asdict(settings) | {"epsilons": list(settings.epsilons)},
-          "examples": cli.FLAGS.examples, "noise": cli.FLAGS.noise}
+          "examples": cli.FLAGS.examples, "noise": cli.FLAGS.noise, "measurements": MEASUREMENTS}
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-  values = np.asarray(values, np.float64)
-  return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def scalars(result: dict, split: str, metric: str) -> dict[str, float]:
-  """The numbers a run is summarised by: clean metrics of `split`, attacked `metric` per attack and
-  strength, and SNR and token uniformity at the last layer."""
-  out = {name: value for name, value in result["results"][split].items() if name != "examples"}
-  for attack, by_strength in result["attacks"].get(split, {}).items():
-    out |= {f"{attack} {strength}": values[metric] for strength, values in by_strength.items()}
-  out["SNR dB (last layer)"] = result["depth"]["snr_db"][-1]
-  out["uniformity (last layer)"] = result["depth"]["token_uniformity"][-1]
-  return out
-
-
-def summarize(results: dict[str, dict[int, dict]], split: str, metric: str) -> dict:
-  """{variant: {seed: result}} -> {variant: {quantity: {mean, std, values}}} and each variant's
-  difference from the baseline with its standard error."""
-  summary = {}
-  for variant, by_seed in results.items():
-    per_seed = [scalars(result, split, metric) for result in by_seed.values()]
-    summary[variant] = {name: dict(zip(("mean", "std"), _mean_std([s[name] for s in per_seed])),
-                                   values=[s[name] for s in per_seed]) for name in per_seed[0]}
-  for variant in results:
-    for name, stats in summary[variant].items():
-      base = summary[BASELINE][name]
-      stats["difference"] = stats["mean"] - base["mean"]
-      stats["standard_error"] = float(np.sqrt(stats["std"] ** 2 / len(stats["values"])
-                                              + base["std"] ** 2 / len(base["values"])))
-  return summary
-
-
-def markdown(summary: dict, seeds: list[int], split: str, title: str) -> str:
-  names = list(next(iter(summary.values())))
-  lines = [f"# {title}", "", f"{split} split, mean ± std over seeds {', '.join(map(str, seeds))}.", "",
-           "| variant | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-  for variant, stats in summary.items():
-    lines.append(f"| {variant} | " + " | ".join(f"{stats[n]['mean']:.4f} ± {stats[n]['std']:.4f}" for n in names) + " |")
-  lines += ["", f"Difference from {BASELINE} (± its standard error; `*`: more than twice it):", "",
-            "| variant | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-  for variant, stats in list(summary.items())[1:]:
-    cell = lambda s: f"{s['difference']:+.4f} ± {s['standard_error']:.4f}" + (
-        " *" if abs(s["difference"]) > 2 * s["standard_error"] else "")
-    lines.append(f"| {variant} | " + " | ".join(cell(stats[n]) for n in names) + " |")
-  return "\n".join(lines) + "\n"
+def as_json(value):
+  """`value` as it reads back from JSON (tuples become lists)."""
+  return json.loads(json.dumps(value))
 
 
 def mean_rows(runs: list[list[dict]]) -> list[dict]:
@@ -129,6 +111,7 @@ def plot(root: pathlib.Path, results: dict, split: str, metric: str) -> None:
   plots.curves({variant: mean_rows([metric_writer.read(root / slug(variant) / f"seed_{seed}") for seed in by_seed])
                 for variant, by_seed in results.items()}, root / "curves.png")
   attacked, depth = {}, {"snr_db": {}, "token_uniformity": {}}
+  spread = lambda values: values.std(0, ddof=1) if len(values) > 1 else None
   for variant, by_seed in results.items():
     runs = list(by_seed.values())
     curves = [robustness.curve(r["results"][split], r["attacks"].get(split, {}), metric) for r in runs]
@@ -136,14 +119,33 @@ def plot(root: pathlib.Path, results: dict, split: str, metric: str) -> None:
       values = np.asarray([curve[attack][1] for curve in curves])
       attacked[f"{variant}, {attack}"] = (strengths, values.mean(0), values.std(0, ddof=1) if len(runs) > 1 else None)
     for name in depth:
-      values = np.asarray([r["depth"][name] for r in runs])
-      depth[name][variant] = (runs[0]["depth"]["layer"], values.mean(0), values.std(0, ddof=1) if len(runs) > 1 else None)
+      for suffix, profiles in (("", [r["depth"] for r in runs]),
+                               (" (decoder)", [r["depth"].get("decoder") for r in runs])):
+        if profiles[0] is not None:
+          values = np.asarray([profile[name] for profile in profiles])
+          depth[name][variant + suffix] = (profiles[0]["layer"], values.mean(0), spread(values))
   if attacked:
     plots.against(attacked, root / "robustness.png", xlabel="attack strength (0: clean)", ylabel=metric,
                   title=f"{split}: mean ± std over seeds")
-  plots.against(depth["snr_db"], root / "snr.png", xlabel="layer (0 = embeddings)", ylabel="SNR (dB)")
-  plots.against(depth["token_uniformity"], root / "uniformity.png", xlabel="layer (0 = embeddings)",
+  plots.against(depth["snr_db"], root / "snr.png", xlabel="layer (0 = Y_0)", ylabel="SNR (dB)")
+  plots.against(depth["token_uniformity"], root / "uniformity.png", xlabel="layer (0 = Y_0)",
                 ylabel="mean pairwise cosine")
+
+
+def variant_configs(base, study: studies.Study) -> dict:
+  """Every variant's config, each checked as train.py would before anything trains."""
+  configs = {}
+  for variant, overrides in study.variants.items():
+    config = studies.variant_config(base, variant, overrides)
+    try:
+      trainer.check_settings(config)
+    except ValueError as error:
+      raise ValueError(f"study variant {variant!r}: {error}") from None
+    configs[variant] = config
+  directories = [slug(variant) for variant in configs]
+  if len(set(directories)) < len(directories):
+    raise ValueError(f"study variants {', '.join(map(repr, configs))} share directory names {directories}: rename them")
+  return configs
 
 
 def main(argv):
@@ -155,16 +157,21 @@ def main(argv):
   seeds = [int(seed) for seed in cli.FLAGS.seeds]
   attacks, settings = cli.attack_settings(task, seed=0)
   attacks = attacks or task.attacks
-  trainer.check_settings(base)
+  study = studies.select(studies.load(cli.FLAGS.variants) if cli.FLAGS.variants else ABLATION, cli.FLAGS.variant)
+  configs = variant_configs(base, study)
   split, metric = base.eval.splits[-1], robustness.headline(task)
   results: dict[str, dict[int, dict]] = {}
-  for variant, overrides in common.ABLATION.items():
+  for variant, variant_config in configs.items():
     results[variant] = {}
+    overrides = study.variants[variant]
     for seed in seeds:
       run_dir = root / slug(variant) / f"seed_{seed}"
       done = run_dir / "result.json"
       if done.exists():
         result = json.loads(done.read_text())
+        if result.get("overrides", as_json(overrides)) != as_json(overrides):
+          raise ValueError(f"{run_dir} was trained as variant {variant!r} with overrides {result['overrides']}, not "
+                           f"{as_json(overrides)}: rename the variant, or use another --workdir")
         if result.get("evaluated_with") == evaluated_with(attacks, settings):
           print(f"{variant}, seed {seed}: done ({done})", flush=True)
           results[variant][seed] = result
@@ -172,17 +179,21 @@ def main(argv):
         print(f"{variant}, seed {seed}: evaluated with other attacks or diagnostics settings; evaluating again",
               flush=True)
       print(f"\n=== {variant}, seed {seed} -> {run_dir}", flush=True)
-      config = base.copy_and_resolve_references()
+      config = variant_config.copy_and_resolve_references()
       config.seed = seed
-      config.model.transformer.update(overrides)
-      results[variant][seed] = run_one(config, run_dir, attacks, settings)
-  summary = summarize(results, split, metric)
+      results[variant][seed] = run_one(config, run_dir, attacks, settings, overrides)
+  per_seed = {variant: {seed: studies.run_scalars(result, split, metric) for seed, result in by_seed.items()}
+              for variant, by_seed in results.items()}
+  summary = studies.summarize(per_seed, paired=cli.FLAGS.paired)
   seconds = sum(r["seconds"]["total"] for by_seed in results.values() for r in by_seed.values())
-  record = {"config": cli.config_flags.get_config_filename(cli.FLAGS["config"]), "seeds": seeds, "split": split,
-            "attacks": list(attacks), "attack_settings": dataclasses.asdict(settings), "seconds": seconds,
+  record = {"config": cli.config_flags.get_config_filename(cli.FLAGS["config"]), "study": study.source,
+            "description": study.description, "baseline": study.baseline, "overrides": study.variants,
+            "seeds": seeds, "paired": cli.FLAGS.paired, "split": split, "attacks": list(attacks),
+            "attack_settings": dataclasses.asdict(settings), "seconds": seconds,
             "devices": f"{jax.device_count()} {jax.devices()[0].platform}", "variants": summary}
   (root / "summary.json").write_text(json.dumps(record, indent=2))
-  text = markdown(summary, seeds, split, f"Study of {record['config']}") + (
+  text = studies.markdown(summary, title=f"Study of {record['config']} ({study.source})", split=split, seeds=seeds,
+                          description=study.description) + (
       f"\nWall time of all runs (train, evaluation, attacks, diagnostics): {seconds / 60:.1f} min on "
       f"{record['devices']}.\n")
   (root / "summary.md").write_text(text)

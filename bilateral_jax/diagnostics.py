@@ -3,12 +3,16 @@
 - `softmax_lipschitz(z)`: the tight local Lipschitz constant of softmax at z, the spectral norm of its
   Jacobian diag(s) - s s^T (s = softmax(z)); `lipschitz_study` is the model-free study of the paper's
   Figure 2 (against N, with the fit a / sqrt(N) + b, and E||softmax(c + eta) - softmax(c)||).
-- `token_uniformity(y)`: mean pairwise cosine similarity of the tokens of each example.
-- `snr_db(clean, noisy)`: 20 log10(||Y(U)|| / ||Y(U + eta) - Y(U)||).
-- `hidden_states(model, params, inputs, noise)`: Y_0 .. Y_L of a model, with `noise` added to the input
-  of its Transformer stack (the token or patch embeddings U), for SNR across depth.
-- `attention_maps(model, params, inputs)`: each layer's attention averaged over heads and examples;
-  `mean_attention_distance` and `attention_grid` (a query's attention on the patch grid) summarise them.
+- `stacks(model, params, inputs, y0_noise)`: each Transformer stack of a model (the Segmenter has two: its
+  encoder and its mask-transformer decoder) with its Y_0 .. Y_L, attention weights, coordinates and real
+  tokens (no padding, no CLS or class tokens); `y0_noise` is added to the first stack's Y_0, after any
+  additive position table.
+- `token_uniformity(y, real)`: mean pairwise cosine similarity of the real tokens of each example.
+- `snr_db(clean, noisy, real)`: 20 log10(||Y - mean|| / ||Y(Y_0 + eta) - Y||), centred over the real tokens.
+- `depth_profile`: SNR and token uniformity per layer of each stack (method.md section 4).
+- `attention_maps(stack)`: each layer's attention averaged over heads and examples;
+  `mean_attention_distance` (over real query rows) and `attention_grid` (a query's attention on the patch
+  grid) summarise them.
 - `cross_term_share(model, params, inputs)`: the share of the first layer's logit variance carried by the
   token-position cross terms (`logit_terms` splits the logits); 0 by construction without additive positions.
 - `long_range_stability(attentions, lengths)`: model-free, the relative change of a random stack's
@@ -18,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from typing import Any
 
 import flax.linen as nn
@@ -97,10 +100,15 @@ def token_uniformity(y: jax.Array, mask: jax.Array | None = None) -> jax.Array:
   return jnp.sum(cosine * pairs, axis=(1, 2)) / jnp.maximum(jnp.sum(pairs, axis=(1, 2)), 1.0)
 
 
-def snr_db(clean: jax.Array, noisy: jax.Array) -> jax.Array:
-  """20 log10(||clean|| / ||noisy - clean||), norms over the whole array."""
+def snr_db(clean: jax.Array, noisy: jax.Array, real: jax.Array | None = None) -> jax.Array:
+  """clean, noisy [b, n, d], real [b, n] (the tokens counted; default all) -> 20 log10(||clean - mean|| /
+  ||noisy - clean||): clean centred over each example's real tokens, norms over all real tokens."""
   clean, noisy = clean.astype(jnp.float32), noisy.astype(jnp.float32)
-  return 20.0 * jnp.log10(jnp.linalg.norm(clean) / jnp.maximum(jnp.linalg.norm(noisy - clean), 1e-30))
+  weight = (jnp.ones(clean.shape[:2]) if real is None else real.astype(jnp.float32))[..., None]
+  mean = jnp.sum(clean * weight, axis=1, keepdims=True) / jnp.maximum(jnp.sum(weight, axis=1, keepdims=True), 1.0)
+  signal = jnp.sqrt(jnp.sum(weight * jnp.square(clean - mean)))
+  noise = jnp.sqrt(jnp.sum(weight * jnp.square(noisy - clean)))
+  return 20.0 * jnp.log10(signal / jnp.maximum(noise, 1e-30))
 
 
 @dataclasses.dataclass
@@ -113,15 +121,14 @@ class Call:
   output: Any = None
 
 
-def _apply(model: nn.Module, params, inputs, module_type, edit=None, **kwargs) -> tuple[Any, list[Call]]:
+def _apply(model: nn.Module, params, inputs, module_type, **kwargs) -> tuple[Any, list[Call]]:
   """model.apply with the `intermediates` collection -> (intermediates, the calls of `module_type` modules
-  in call order); `edit(args) -> args` rewrites those calls' positional arguments."""
+  in call order)."""
   calls = []
 
   def intercept(next_fun, args, kwargs, context):
     if not (isinstance(context.module, module_type) and context.method_name == "__call__"):
       return next_fun(*args, **kwargs)
-    args = args if edit is None else edit(args)
     call = Call(context.module, args, kwargs, context.module.variables)
     calls.append(call)
     call.output = next_fun(*args, **kwargs)
@@ -132,19 +139,46 @@ def _apply(model: nn.Module, params, inputs, module_type, edit=None, **kwargs) -
   return state["intermediates"], calls
 
 
-def _sown(intermediates, name: str) -> list[tuple[str, jax.Array]]:
-  """(path, value) of every value sown as `name`, in tree order."""
-  return [(jax.tree_util.keystr(path), value)
-          for path, value in jax.tree_util.tree_flatten_with_path(intermediates)[0]
-          if name in jax.tree_util.keystr(path)]
+@dataclasses.dataclass
+class Stack:
+  """One Transformer stack's call inside a model. name: its module path ("transformer"; the Segmenter's
+  decoder "decoder/transformer"); hidden: Y_0 .. Y_L [b, n, d]; attention: each layer's weights
+  [b, heads, n, n]; coords [n, c] (NaN rows: no place); real [b, n]: the real tokens, those the padding
+  mask keeps that have a place (no padding, no CLS, no class tokens)."""
+  name: str
+  hidden: list[jax.Array]
+  attention: list[jax.Array]
+  coords: jax.Array
+  real: jax.Array
 
 
-def hidden_states(model: nn.Module, params, inputs, noise=None) -> list[jax.Array]:
-  """Y_0 .. Y_L [b, n, d] of `model` on `inputs`; `noise` (shaped as the stack's input) is added to the
-  input of its Transformer stack."""
-  edit = None if noise is None else lambda args: (args[0] + noise.astype(args[0].dtype),) + args[1:]
-  intermediates, _ = _apply(model, params, inputs, Transformer, edit)
-  return [value for _, value in _sown(intermediates, "hidden_states")]
+def stacks(model: nn.Module, params, inputs, y0_noise=None) -> list[Stack]:
+  """The Transformer stacks of `model` on `inputs`, in call order; y0_noise [b, n, d] is added to the
+  first stack's Y_0 (after its additive position table, if any)."""
+  calls = []
+
+  def intercept(next_fun, args, kwargs, context):
+    if isinstance(context.module, Transformer) and context.method_name == "__call__":
+      if not calls and y0_noise is not None:
+        kwargs = kwargs | {"y0_noise": y0_noise}
+      calls.append((context.module.path, args[0].shape[0], kwargs))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(intercept):
+    _, state = model.apply({"params": params}, inputs, mutable=["intermediates"])
+  out = []
+  for path, batch, kwargs in calls:
+    sown = state["intermediates"]
+    for name in path:
+      sown = sown[name]
+    coords = kwargs["coords"]
+    real = jnp.broadcast_to(~jnp.any(jnp.isnan(coords), axis=-1), (batch, coords.shape[0]))
+    if kwargs.get("mask") is not None:
+      real = real & kwargs["mask"]
+    layers = sorted((int(key[len("block_"):]) for key in sown if key.startswith("block_")))
+    attention = [sown[f"block_{layer}"]["attention"]["attention_weights"][0] for layer in layers]
+    out.append(Stack("/".join(path), list(sown["hidden_states"]), attention, coords, real))
+  return out
 
 
 def stack_input(model: nn.Module, params, inputs) -> jax.Array:
@@ -152,30 +186,37 @@ def stack_input(model: nn.Module, params, inputs) -> jax.Array:
   return _apply(model, params, inputs, Transformer)[1][0].args[0]
 
 
-def eval_inputs(experiment, examples: int) -> tuple[np.ndarray, np.ndarray | None]:
-  """The first `examples` inputs of a `trainer.Experiment`'s first eval split (through its eval transform),
-  and for token inputs [b, n] their real-token mask (0 is padding; None otherwise)."""
+def eval_inputs(experiment, examples: int) -> np.ndarray:
+  """The first `examples` inputs of a `trainer.Experiment`'s first eval split (through its eval transform)."""
   source = experiment.info_source
   transform = experiment.eval_transform or (lambda example, rng: example)
   inputs = np.stack([transform(source[i], None)["inputs"] for i in range(min(examples, len(source)))])
   if experiment.sliding_window:  # the first window of each image's canvas
     inputs = inputs[:, :experiment.info.image_size, :experiment.info.image_size]
-  return inputs, (inputs != 0 if experiment.task.inputs == "tokens" and inputs.ndim == 2 else None)
+  return inputs
 
 
-def depth_profile(model: nn.Module, params, inputs, mask=None, *, noise: float, seed: int = 0) -> dict:
-  """SNR (dB) and token uniformity of Y_0 .. Y_L on `inputs` (mask [b, n]: real tokens; a CLS token the
-  stack puts in front counts as real), with Gaussian noise of `noise` x the RMS of the stack's input U
-  added to U -> {noise, layer, snr_db, token_uniformity}."""
-  u = stack_input(model, params, inputs)
-  rms = float(np.sqrt(np.mean(np.square(np.asarray(u, np.float64)))))
-  eta = noise * rms * jax.random.normal(jax.random.key(seed), u.shape)
-  clean, noisy = hidden_states(model, params, inputs), hidden_states(model, params, inputs, eta)
-  if mask is not None and clean[0].shape[1] == mask.shape[1] + 1:
-    mask = np.concatenate([np.ones((len(mask), 1), bool), mask], axis=1)
-  return {"noise": noise, "layer": list(range(len(clean))),
-          "snr_db": [float(snr_db(c, n)) for c, n in zip(clean, noisy)],
-          "token_uniformity": [float(np.mean(token_uniformity(c, mask))) for c in clean]}
+def depth_profile(model: nn.Module, params, inputs, *, noise: float, seed: int = 0) -> dict:
+  """SNR (dB) and token uniformity of Y_0 .. Y_L on `inputs`, over real tokens only (`Stack.real`), with
+  Gaussian noise of `noise` x the RMS of the first stack's Y_0 (its real tokens, after any additive
+  position table) added to that Y_0 -> {noise, stack, layer, snr_db, token_uniformity} of the first stack;
+  each later stack (the Segmenter's mask-transformer decoder, fed by the first) adds its own {stack,
+  layer, snr_db, token_uniformity} under the first part of its module path (`decoder`)."""
+  clean = stacks(model, params, inputs)
+  y0, real = np.asarray(clean[0].hidden[0], np.float64), np.asarray(clean[0].real)
+  rms = float(np.sqrt(np.mean(np.square(y0[real]))))
+  noisy = stacks(model, params, inputs, noise * rms * jax.random.normal(jax.random.key(seed), y0.shape))
+
+  def profile(clean_stack: Stack, noisy_stack: Stack) -> dict:
+    real = clean_stack.real
+    return {"stack": clean_stack.name, "layer": list(range(len(clean_stack.hidden))),
+            "snr_db": [float(snr_db(c, n, real)) for c, n in zip(clean_stack.hidden, noisy_stack.hidden)],
+            "token_uniformity": [float(np.mean(token_uniformity(c, real))) for c in clean_stack.hidden]}
+
+  result = {"noise": noise} | profile(clean[0], noisy[0])
+  for clean_stack, noisy_stack in zip(clean[1:], noisy[1:]):
+    result[clean_stack.name.split("/")[0]] = profile(clean_stack, noisy_stack)
+  return result
 
 
 def stack_coordinates(model: nn.Module, params, inputs) -> jax.Array:
@@ -183,22 +224,23 @@ def stack_coordinates(model: nn.Module, params, inputs) -> jax.Array:
   return _apply(model, params, inputs, Transformer)[1][0].kwargs["coords"]
 
 
-def attention_maps(model: nn.Module, params, inputs) -> list[jax.Array]:
-  """[n, n] per layer (first to last): the sown attention weights [b, heads, n, n] averaged over heads and
-  examples; rows sum to 1."""
-  layers: dict[int, list[jax.Array]] = {}
-  for path, weights in _sown(_apply(model, params, inputs, ())[0], "attention_weights"):
-    layers.setdefault(int(re.search(r"block_(\d+)", path).group(1)), []).append(weights)
-  return [jnp.mean(jnp.concatenate(layers[layer]), axis=(0, 1)) for layer in sorted(layers)]
+def attention_maps(stack: Stack) -> list[jax.Array]:
+  """[n, n] per layer of `stack` (first to last): its attention weights [b, heads, n, n] averaged over
+  heads and examples; rows sum to 1."""
+  return [jnp.mean(weights, axis=(0, 1)) for weights in stack.attention]
 
 
-def mean_attention_distance(maps: jax.Array, coords: jax.Array) -> jax.Array:
-  """maps [..., n, n] (rows sum to 1), coords [n, c] (NaN rows: no place) -> [...]: the mean over placed
-  queries i of sum_j A_ij ||r_i - r_j|| over placed keys j, in coordinate units (tokens, patches)."""
+def mean_attention_distance(weights: jax.Array, coords: jax.Array, queries: jax.Array | None = None) -> jax.Array:
+  """weights [..., n, n] (rows sum to 1), coords [n, c] (NaN rows: no place), queries (boolean,
+  broadcastable to [..., n]: the query rows counted, e.g. real tokens [b, 1, n] for weights
+  [b, heads, n, n]; default all) -> []: the mean over counted placed queries i (and the leading axes) of
+  sum_j A_ij ||r_i - r_j|| over placed keys j, in coordinate units (tokens, patches)."""
   placed = ~jnp.any(jnp.isnan(coords), axis=-1)
   r = jnp.where(placed[:, None], coords, 0.0)
   distance = jnp.sqrt(jnp.sum(jnp.square(r[:, None] - r[None]), axis=-1)) * (placed[:, None] & placed[None])
-  return jnp.sum(maps * distance, axis=(-2, -1)) / jnp.maximum(jnp.sum(placed), 1)
+  counted = jnp.broadcast_to(placed if queries is None else queries & placed, weights.shape[:-1])
+  per_query = jnp.sum(weights * distance, axis=-1)
+  return jnp.sum(per_query * counted) / jnp.maximum(jnp.sum(counted), 1)
 
 
 def attention_grid(attention, coords) -> np.ndarray:

@@ -13,18 +13,24 @@
     ε m / sqrt(d) per coordinate, where m is the mean L2 norm of the embedding rows (padding excluded) and
     d their width: a corner of the ball moves a token by ε m in L2, so ε is a fraction of a typical
     embedding's length. True labels.
+- Attacks are compared at unequal clean accuracy: beside the accuracy under attack, `evaluate` reports
+  `attack_success_rate`, the fraction of the examples classified correctly when clean (`clean_correct` of
+  them) that the attack makes wrong (`success_sums` counts them in the attack step).
 - `contaminate`: the word-swap contamination of a language model's evaluation text (the authors' group
   replaces 1.5% of WikiText-103's words, stopwords excepted): exactly round(fraction x eligible) words
   (words with a letter, not stopwords, chosen by a seeded draw) become a word outside the vocabulary
   (`oov`: `<unk>` for word vocabularies; for character or byte vocabularies a random string of letters of
   the same length that is not a word of the text) or a random vocabulary word (`random`; characters: a
-  word of the text of the same length).
+  word of the text of the same length). Beside the perplexity of the whole contaminated text, `evaluate`
+  reports `uncontaminated_perplexity` (and `_loss`, `_accuracy`) over the `uncontaminated_targets` only:
+  the targets that are not tokens of an inserted word, whose own loss says little about the model.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import re
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -32,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bilateral_jax import parallel
 from bilateral_jax.data import sources
 
 IMAGE_ATTACKS = ("fgsm", "pgd")
@@ -143,6 +150,26 @@ def attacked_logits(model: nn.Module, params, batch, *, attack: str, epsilon, in
   return apply(delta), delta
 
 
+def success_sums(clean_logits, attacked_logits, batch) -> dict[str, jax.Array]:
+  """clean and attacked logits [b, classes], batch label [b], weight [b] -> weighted counts of the examples
+  classified correctly when clean (`clean_correct`) and of those the attack makes wrong
+  (`attack_successes`)."""
+  labels, weight = batch["label"], batch["weight"]
+  correct = jnp.argmax(clean_logits, axis=-1) == labels
+  broken = correct & (jnp.argmax(attacked_logits, axis=-1) != labels)
+  return {"clean_correct": jnp.sum(weight * correct), "attack_successes": jnp.sum(weight * broken)}
+
+
+def _success_rate(metrics: dict) -> dict:
+  """Metrics finalised from sums with `success_sums` (each divided by the weight) -> the same with
+  `clean_correct` as a count and `attack_success_rate` (None when no example is correct when clean)."""
+  metrics = dict(metrics)
+  correct, successes = metrics.pop("clean_correct"), metrics.pop("attack_successes")
+  metrics["clean_correct"] = int(round(correct * metrics["examples"]))
+  metrics["attack_success_rate"] = successes / correct if metrics["clean_correct"] else None
+  return metrics
+
+
 WORD = re.compile(r"[A-Za-z]+")
 
 
@@ -150,10 +177,19 @@ def _eligible(word: str) -> bool:
   return bool(WORD.search(word)) and word.lower() not in STOPWORDS and not word.startswith("<")
 
 
+class Contamination(NamedTuple):
+  """stream [n]: the contaminated token stream; inserted [n]: True at the tokens of inserted words;
+  replaced, eligible: counts of words."""
+  stream: np.ndarray
+  inserted: np.ndarray
+  replaced: int
+  eligible: int
+
+
 def contaminate(ids: np.ndarray, info: sources.DatasetInfo, fraction: float, *, seed: int = 0,
-                replacement: str = "oov") -> tuple[np.ndarray, int, int]:
-  """A token stream [n] -> (the contaminated stream [n], words replaced, eligible words); see the
-  module docstring. Deterministic for a seed; the stream keeps its length."""
+                replacement: str = "oov") -> Contamination:
+  """A token stream [n] -> its `Contamination`; see the module docstring. Deterministic for a seed; the
+  stream keeps its length."""
   rng = np.random.default_rng(seed)
   ids = np.asarray(ids)
   if info.tokenizer == "words":
@@ -161,9 +197,10 @@ def contaminate(ids: np.ndarray, info: sources.DatasetInfo, fraction: float, *, 
     eligible_vocab = np.asarray([_eligible(token) for token in vocabulary])
     positions = np.flatnonzero(eligible_vocab[ids])
     chosen = np.sort(rng.choice(positions, round(fraction * len(positions)), replace=False))
-    out = ids.copy()
+    out, inserted = ids.copy(), np.zeros(len(ids), bool)
     out[chosen] = 1 if replacement == "oov" else rng.choice(np.flatnonzero(eligible_vocab), len(chosen))
-    return out, len(chosen), len(positions)
+    inserted[chosen] = True
+    return Contamination(out, inserted, len(chosen), len(positions))
   if info.tokenizer == "chars":
     index = {token: i for i, token in enumerate(info.vocabulary)}
     text = "".join(info.vocabulary[i] if i >= 2 else "\0" for i in ids)  # <pad>, <unk>: no letter
@@ -181,7 +218,7 @@ def contaminate(ids: np.ndarray, info: sources.DatasetInfo, fraction: float, *, 
   for word in sorted(known):
     by_length.setdefault(len(word), []).append(word)
   chosen = np.sort(rng.choice(len(words), round(fraction * len(words)), replace=False))
-  out = ids.copy()
+  out, inserted = ids.copy(), np.zeros(len(ids), bool)
   for k in chosen:
     match = words[k]
     length = len(match.group())
@@ -195,22 +232,72 @@ def contaminate(ids: np.ndarray, info: sources.DatasetInfo, fraction: float, *, 
         if new not in known:
           break
     out[match.start():match.end()] = encode(new)
-  return out, len(chosen), len(words)
+    inserted[match.start():match.end()] = True
+  return Contamination(out, inserted, len(chosen), len(words))
 
 
-def contaminated_source(source, fraction: float, *, seed: int = 0, replacement: str = "oov") -> tuple:
+@dataclasses.dataclass
+class ContaminatedWindows:
+  """The windows of a contaminated text (`windows`, cut as the clean ones) whose examples also hold
+  `uncontaminated` [length]: 1.0 where the target is not a token of an inserted word (`flags`: the same
+  windows over that 0/1 stream)."""
+  windows: Any
+  flags: Any
+
+  @property
+  def info(self) -> sources.DatasetInfo:
+    return self.windows.info
+
+  def __len__(self) -> int:
+    return len(self.windows)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return self.windows[index] | {"uncontaminated": self.flags[index]["targets"]}
+
+
+def contaminated_source(source, fraction: float, *, seed: int = 0,
+                        replacement: str = "oov") -> tuple[ContaminatedWindows, int, int]:
   """A language model's windows (contiguous or sliding) with the text under them contaminated -> (the
-  same windows of the contaminated text, replaced, eligible)."""
-  stream, replaced, eligible = contaminate(sources.window_stream(source), source.info, fraction, seed=seed,
-                                           replacement=replacement)
+  same windows of the contaminated text with their `uncontaminated` targets, replaced, eligible)."""
+  stream, inserted, replaced, eligible = contaminate(sources.window_stream(source), source.info, fraction,
+                                                     seed=seed, replacement=replacement)
+  clean = (~inserted).astype(np.float32)
   if isinstance(source, sources.StreamWindows):
-    return sources.StreamWindows(stream, source.length, source.stride, source.info), replaced, eligible
-  return sources.stream_windows(stream, source.arrays["inputs"].shape[1], source.info), replaced, eligible
+    cut = lambda s: sources.StreamWindows(s, source.length, source.stride, source.info)
+  else:
+    cut = lambda s: sources.stream_windows(s, source.arrays["inputs"].shape[1], source.info)
+  return ContaminatedWindows(cut(stream), cut(clean)), replaced, eligible
+
+
+def _contamination_step(experiment):
+  """jit: (params, batch of `ContaminatedWindows`) -> the task's sums over every target, and the same sums
+  over the uncontaminated targets (prefixed `uncontaminated_`), from one forward pass."""
+
+  def step(params, batch):
+    output = experiment.model.apply({"params": params}, batch["inputs"])
+    kept = experiment.task.sums(output, batch | {"weight": batch["weight"] * batch["uncontaminated"]})
+    return experiment.task.sums(output, batch) | {f"uncontaminated_{name}": value for name, value in kept.items()}
+
+  return jax.jit(step, out_shardings=parallel.replicated(experiment.mesh))
+
+
+def _uncontaminated(metrics: dict) -> dict:
+  """Metrics finalised from `_contamination_step`'s sums (each divided by the whole weight) -> the same
+  with the uncontaminated targets' own means, perplexity and count."""
+  metrics = dict(metrics)
+  share = metrics.pop("uncontaminated_weight")  # of the scored targets
+  metrics["uncontaminated_targets"] = int(round(share * metrics["examples"]))
+  for name in ("loss", "accuracy"):
+    metrics[f"uncontaminated_{name}"] = metrics[f"uncontaminated_{name}"] / share if share else None
+  metrics["uncontaminated_perplexity"] = (float(np.exp(min(metrics["uncontaminated_loss"], 700.0))) if share
+                                          else None)
+  return metrics
 
 
 def evaluate(experiment, params, split: str, attacks: tuple[str, ...], settings: AttackSettings) -> dict:
-  """Metrics of `split` under each attack: {attack: {ε or fraction (str): metrics}} (contamination adds
-  `replaced` and `eligible` word counts). `experiment` is a `trainer.Experiment`."""
+  """Metrics of `split` under each attack: {attack: {ε or fraction (str): metrics}}. FGSM and PGD add
+  `clean_correct` and `attack_success_rate`; contamination adds the `uncontaminated_` metrics and the
+  `replaced` and `eligible` word counts. `experiment` is a `trainer.Experiment`."""
   refused = [attack for attack in attacks if attack not in experiment.task.attacks]
   if refused:
     raise ValueError(f"attacks {', '.join(refused)} do not apply to model {experiment.config.model.name!r}; "
@@ -221,7 +308,8 @@ def evaluate(experiment, params, split: str, attacks: tuple[str, ...], settings:
     if attack == "contamination":
       contaminated, replaced, eligible = contaminated_source(source, settings.contamination, seed=settings.seed,
                                                              replacement=settings.replacement)
-      results[attack] = {str(settings.contamination): experiment.evaluate(params, split, contaminated)
+      metrics = experiment.evaluate(params, split, contaminated, _contamination_step(experiment))
+      results[attack] = {str(settings.contamination): _uncontaminated(metrics)
                          | {"replaced": replaced, "eligible": eligible}}
       continue
     step = experiment.attack_step(attack, settings)
@@ -230,13 +318,19 @@ def evaluate(experiment, params, split: str, attacks: tuple[str, ...], settings:
       batches = itertools.count()  # PGD's random start: its own key per batch, the same in every run
       attacked = lambda p, batch: step(p, batch, jnp.float32(epsilon),
                                        jax.random.fold_in(jax.random.key(settings.seed), next(batches)))
-      results[attack][f"{epsilon:g}"] = experiment.evaluate(params, split, source, attacked)
+      results[attack][f"{epsilon:g}"] = _success_rate(experiment.evaluate(params, split, source, attacked))
   return results
 
 
 def headline(task) -> str:
   """The metric an attack is reported by: perplexity for language models, else accuracy."""
   return "perplexity" if "perplexity" in task.metrics else "accuracy"
+
+
+def companion(attack: str) -> str:
+  """What is reported beside the headline metric under `attack`: the perplexity over the uncontaminated
+  targets (contamination), else the attack's success rate on the examples correct when clean."""
+  return "uncontaminated_perplexity" if attack == "contamination" else "attack_success_rate"
 
 
 def curve(clean: dict, attacked: dict, metric: str) -> dict[str, tuple[list, list]]:

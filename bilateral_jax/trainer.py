@@ -257,14 +257,15 @@ class Experiment:
     return self._sums(params, batch, None)
 
   def attack_step(self, attack: str, settings: robustness.AttackSettings):
-    """jit: (params, batch, epsilon, rng) -> the task's sums on the batch attacked by `attack` at epsilon
-    (compiled once per batch shape; epsilon is traced)."""
+    """jit: (params, batch, epsilon, rng) -> the task's sums on the batch attacked by `attack` at epsilon,
+    with `robustness.success_sums` (compiled once per batch shape; epsilon is traced)."""
 
     def step(params, batch, epsilon, rng):
       logits, _ = robustness.attacked_logits(self.model, params, batch, attack=attack, epsilon=epsilon,
                                              input_kind=self.task.inputs, settings=settings,
                                              image_stats=self.info.image_stats, rng=rng)
-      return self.task.sums(logits, batch)
+      clean = self.model.apply({"params": params}, batch["inputs"])
+      return self.task.sums(logits, batch) | robustness.success_sums(clean, logits, batch)
 
     replicated = parallel.replicated(self.mesh)
     return jax.jit(step, in_shardings=(self.state_sharding.params, parallel.batch_sharding(self.mesh), replicated,

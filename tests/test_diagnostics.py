@@ -62,21 +62,45 @@ def test_token_uniformity_and_snr_against_numpy():
     want.append((c.sum() - np.trace(c)) / (len(u) * (len(u) - 1)))
   np.testing.assert_allclose(diagnostics.token_uniformity(y, mask), want, rtol=1e-5)
   np.testing.assert_allclose(diagnostics.token_uniformity(np.ones((1, 5, 3))), [1.0], rtol=1e-6)
-  np.testing.assert_allclose(diagnostics.snr_db(y, 1.1 * y), 20.0, rtol=1e-5)
+  noisy = y + 0.3 * rng.standard_normal(y.shape)
+  centred = (y - (y * mask[..., None]).sum(1, keepdims=True) / mask.sum(1)[:, None, None]) * mask[..., None]
+  want = 20 * np.log10(np.linalg.norm(centred) / np.linalg.norm((noisy - y) * mask[..., None]))
+  np.testing.assert_allclose(diagnostics.snr_db(y, noisy, mask), want, rtol=1e-5)  # centred, real tokens only
+  np.testing.assert_allclose(diagnostics.snr_db(y + 5.0, 1.1 * y + 5.0), diagnostics.snr_db(y, 1.1 * y), rtol=1e-5)
 
 
-def test_hidden_states_with_noise_at_the_stack_input():
-  experiment = trainer.Experiment(tiny_config())
-  params = experiment.init(jax.random.key(0)).params
+def test_depth_profile_adds_noise_to_y0_after_the_position_table_and_counts_real_tokens():
+  """A CLS classifier with padding and an additive sinusoidal table: Y_0 = U + table, the noise is scaled
+  to Y_0's RMS, and SNR and uniformity count neither the CLS token nor padding."""
+  experiment = trainer.Experiment(tiny_config(**{"model.pooling": "cls", "model.transformer.attention": "standard",
+                                                 "model.transformer.position_table": "sinusoidal"}))
+  model, params = experiment.model, experiment.init(jax.random.key(0)).params
   inputs = np.stack([experiment.info_source[i]["inputs"] for i in range(4)])
-  u = diagnostics.stack_input(experiment.model, params, inputs)
-  noise = 0.1 * jax.random.normal(jax.random.key(1), u.shape)
-  clean = diagnostics.hidden_states(experiment.model, params, inputs)
-  noisy = diagnostics.hidden_states(experiment.model, params, inputs, noise)
-  assert len(clean) == 2  # Y_0, Y_1 of the one-layer stack
-  np.testing.assert_allclose(noisy[0] - clean[0], noise, atol=1e-6)  # BSA: Y_0 = U, no position table
-  assert not np.allclose(noisy[1], clean[1])
-  np.testing.assert_array_equal(diagnostics.hidden_states(experiment.model, params, inputs, 0 * noise)[1], clean[1])
+  [clean] = diagnostics.stacks(model, params, inputs)
+  u = np.asarray(diagnostics.stack_input(model, params, inputs), np.float64)
+  n = u.shape[1]
+  np.testing.assert_allclose(clean.hidden[0], u + ops.sinusoidal_table(model.config.max_length, u.shape[-1])[:n],
+                             atol=1e-6)
+  real = np.concatenate([np.zeros((4, 1), bool), inputs != 0], axis=1)
+  np.testing.assert_array_equal(clean.real, real)
+  assert len(clean.hidden) == 2 and not real.all()  # Y_0, Y_1; some padding
+
+  profile = diagnostics.depth_profile(model, params, inputs, noise=0.1, seed=3)
+  y0 = np.asarray(clean.hidden[0], np.float64)
+  eta = 0.1 * np.sqrt(np.mean(y0[real] ** 2)) * np.asarray(jax.random.normal(jax.random.key(3), y0.shape))
+  [noisy] = diagnostics.stacks(model, params, inputs, eta)
+  np.testing.assert_allclose(noisy.hidden[0] - clean.hidden[0], eta, atol=1e-5)
+  for layer in range(2):
+    y, z = (np.asarray(h.hidden[layer], np.float64) for h in (clean, noisy))
+    centred = [y[b][real[b]] - y[b][real[b]].mean(0) for b in range(4)]
+    changes = [z[b][real[b]] - y[b][real[b]] for b in range(4)]
+    want = 20 * np.log10(np.sqrt(sum((c**2).sum() for c in centred)) / np.sqrt(sum((c**2).sum() for c in changes)))
+    np.testing.assert_allclose(profile["snr_db"][layer], want, rtol=1e-4)
+    unit = [y[b][real[b]] / np.linalg.norm(y[b][real[b]], axis=-1, keepdims=True) for b in range(4)]
+    cosines = [(v @ v.T).sum() - len(v) for v in unit]
+    want = np.mean([c / (len(v) * (len(v) - 1)) for c, v in zip(cosines, unit)])
+    np.testing.assert_allclose(profile["token_uniformity"][layer], want, rtol=1e-4)
+  assert profile["stack"] == "transformer" and profile["layer"] == [0, 1] and "decoder" not in profile
 
 
 def tiny_model(**transformer):
@@ -90,7 +114,8 @@ def test_attention_maps_average_the_sown_weights_and_their_distance():
   model, params, inputs = tiny_model(num_layers=2)
   _, state = model.apply({"params": params}, inputs, mutable=["intermediates"])
   sown = state["intermediates"]["transformer"]
-  maps = diagnostics.attention_maps(model, params, inputs)
+  [stack] = diagnostics.stacks(model, params, inputs)
+  maps = diagnostics.attention_maps(stack)
   assert len(maps) == 2
   for layer, got in enumerate(maps):
     want = np.asarray(sown[f"block_{layer}"]["attention"]["attention_weights"][0]).mean(axis=(0, 1))
@@ -102,6 +127,12 @@ def test_attention_maps_average_the_sown_weights_and_their_distance():
   i, j = np.indices((n, n))
   np.testing.assert_allclose(diagnostics.mean_attention_distance(maps[1], coords),
                              np.sum(np.asarray(maps[1]) * np.abs(i - j)) / n, rtol=1e-5)
+  # per example, over the real query rows only (the padding rows of each example do not count)
+  weights, real = np.asarray(stack.attention[1], np.float64), inputs != 0
+  assert not real.all()
+  rows = [np.sum(weights[b][:, q] * np.abs(i - j)[q], axis=-1) for b in range(4) for q in np.flatnonzero(real[b])]
+  np.testing.assert_allclose(diagnostics.mean_attention_distance(weights, coords, stack.real[:, None, :]),
+                             np.mean(rows), rtol=1e-5)
   # a CLS token (no place) in front of a 2 x 2 patch grid: distances among patches only, the CLS row on the grid
   a = np.random.default_rng(0).dirichlet(np.ones(5), 5)
   grid_coords = np.array([[np.nan, np.nan], [0, 0], [0, 1], [1, 0], [1, 1]])

@@ -174,8 +174,14 @@ def test_wikitext_frequency_ids_and_sliding_evaluation_windows(tmp_path):
   assert words(sliding)[:len(words(plain))] == words(plain)  # the whole stream (contiguous windows drop a tail)
   assert sum(sliding[k]["weight"].sum() for k in range(len(sliding))) == len(sliding.stream) - 1
   contaminated, replaced, eligible = robustness.contaminated_source(sliding, 0.5, seed=0)
-  assert replaced == round(0.5 * eligible) > 0 and isinstance(contaminated, sources.StreamWindows)
-  assert (contaminated.stride, len(contaminated)) == (3, len(sliding))  # the same windows as the clean score
+  assert replaced == round(0.5 * eligible) > 0 and isinstance(contaminated.windows, sources.StreamWindows)
+  assert (contaminated.windows.stride, len(contaminated)) == (3, len(sliding))  # the same windows as the clean score
+  inserted = robustness.contaminate(sources.window_stream(sliding), sliding.info, 0.5, seed=0).inserted
+  for k in range(len(contaminated)):  # flags: 0 exactly at the targets that are tokens of inserted words
+    start, item = sliding.starts[k], contaminated[k]
+    np.testing.assert_array_equal(item["uncontaminated"], ~inserted[start + 1:start + 1 + sliding.length])
+    np.testing.assert_array_equal(item["weight"], sliding[k]["weight"])
+  assert inserted.any()
 
 
 def test_small_and_medium_are_lmtools_settings():

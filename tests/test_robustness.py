@@ -1,4 +1,5 @@
 """FGSM/PGD and word-swap contamination (bilateral_jax/robustness.py), and eval.py --attacks."""
+import dataclasses
 import json
 
 import jax
@@ -72,6 +73,25 @@ def test_image_attacks_on_a_trained_model(trained_digits):
   assert _attacked_accuracy(experiment, params, "pgd", 0.0, convention="pixel") == clean
 
 
+def test_attack_success_rate_counts_the_clean_correct_examples_made_wrong(trained_digits):
+  experiment, params, _ = trained_digits
+  settings = robustness.AttackSettings(epsilons=(16.0,), convention="pixel")
+  got = robustness.evaluate(experiment, params, "test", ("fgsm",), settings)["fgsm"]["16"]
+  source = sources.load_split(experiment.config.data, "test")
+  batch = {name: np.stack([experiment.eval_transform(source[i], None)[name] for i in range(len(source))])
+           for name in ("inputs", "label", "weight")}
+  clean = np.argmax(experiment.model.apply({"params": params}, batch["inputs"]), -1) == batch["label"]
+  attack = jax.jit(lambda p, b: robustness.attacked_logits(  # jitted as evaluate's (eager FGSM differs: sign(~0))
+      experiment.model, p, b, attack="fgsm", epsilon=16.0, input_kind="images", settings=settings,
+      image_stats=experiment.info.image_stats, rng=None)[0])
+  attacked = np.argmax(attack(params, batch), -1) == batch["label"]
+  assert got["clean_correct"] == clean.sum() and 0 < got["attack_success_rate"] < 1
+  np.testing.assert_allclose(got["attack_success_rate"], np.mean(~attacked[clean]), atol=1 / len(source))
+  np.testing.assert_allclose(got["accuracy"], attacked.mean(), atol=1 / len(source))
+  zero = robustness.evaluate(experiment, params, "test", ("pgd",), dataclasses.replace(settings, epsilons=(0.0,)))
+  assert zero["pgd"]["0"]["attack_success_rate"] == 0.0
+
+
 def test_token_attacks_perturb_the_embeddings_within_the_relative_radius(tmp_path):
   config = tiny_config(**{"train.num_steps": 60, "train.eval_every": 60, "train.checkpoint_every": 60})
   trainer.train_and_evaluate(config, str(tmp_path))
@@ -106,16 +126,17 @@ def test_contamination_of_words_swaps_exactly_the_fraction_of_eligible_words():
   index = {word: i for i, word in enumerate(info.vocabulary)}
   ids = np.asarray([index[w] for w in WORDS * 20])
   eligible = sum(w not in robustness.STOPWORDS and w.isalpha() for w in WORDS) * 20
-  out, replaced, counted = robustness.contaminate(ids, info, 0.1, seed=3)
+  out, inserted, replaced, counted = robustness.contaminate(ids, info, 0.1, seed=3)
   assert counted == eligible and replaced == round(0.1 * eligible)
   changed = out != ids
   assert changed.sum() == replaced and np.all(out[changed] == 1)  # <unk>
+  np.testing.assert_array_equal(inserted, changed)
   assert all(robustness._eligible(info.vocabulary[i]) for i in ids[changed])  # stopwords, <eos>, ',' kept
-  again, _, _ = robustness.contaminate(ids, info, 0.1, seed=3)
-  np.testing.assert_array_equal(out, again)
-  assert not np.array_equal(robustness.contaminate(ids, info, 0.1, seed=4)[0], out)
-  swapped, _, _ = robustness.contaminate(ids, info, 0.1, seed=3, replacement="random")
-  assert all(robustness._eligible(info.vocabulary[i]) for i in swapped[swapped != ids])
+  np.testing.assert_array_equal(out, robustness.contaminate(ids, info, 0.1, seed=3).stream)
+  assert not np.array_equal(robustness.contaminate(ids, info, 0.1, seed=4).stream, out)
+  swapped = robustness.contaminate(ids, info, 0.1, seed=3, replacement="random")
+  assert all(robustness._eligible(info.vocabulary[i]) for i in swapped.stream[swapped.inserted])
+  assert swapped.inserted.sum() == replaced
 
 
 @pytest.mark.parametrize("tokenizer", ["chars", "bytes"])
@@ -128,14 +149,17 @@ def test_contamination_of_characters_keeps_the_length(tokenizer):
     vocabulary = ("<pad>",) + tuple(range(256))
     ids = np.frombuffer(text.encode(), np.uint8).astype(np.int64) + 1
   info = sources.DatasetInfo(vocab_size=len(vocabulary), vocabulary=vocabulary, tokenizer=tokenizer)
-  out, replaced, eligible = robustness.contaminate(ids, info, 0.25, seed=0)
+  out, inserted, replaced, eligible = robustness.contaminate(ids, info, 0.25, seed=0)
   assert out.shape == ids.shape and replaced == round(0.25 * eligible)
   decode = (lambda a: "".join(vocabulary[i] for i in a)) if tokenizer == "chars" else (lambda a: bytes(a - 1).decode())
   before, after = decode(ids).split(), decode(out).split()
   swapped = [(b, a) for b, a in zip(before, after) if b != a]
   assert len(swapped) == replaced and len(before) == len(after)
   assert all(len(a) == len(b) and a not in before and b not in robustness.STOPWORDS for b, a in swapped)
-  np.testing.assert_array_equal(robustness.contaminate(ids, info, 0.25, seed=0)[0], out)
+  letters = out[inserted] if tokenizer == "chars" else out[inserted].astype(np.uint8)  # bytes(): one byte each
+  assert np.all(inserted[out != ids]) and decode(letters).isalpha()  # the inserted words' letters
+  assert replaced <= inserted.sum() <= sum(len(a) for _, a in swapped)
+  np.testing.assert_array_equal(robustness.contaminate(ids, info, 0.25, seed=0).stream, out)
 
 
 def test_eval_attacks_command(trained_digits, tmp_path):
@@ -147,6 +171,9 @@ def test_eval_attacks_command(trained_digits, tmp_path):
   assert set(record["attacks"]["test"]) == {"fgsm", "pgd"} and set(record["attacks"]["test"]["pgd"]) == {"2", "8"}
   assert record["attack_settings"]["convention"] == "pixel" and record["attack_settings"]["pgd_steps"] == 5
   assert (workdir / "eval" / "robustness.png").exists() and "accuracy under attack, pixel convention" in result.stdout
+  pgd = record["attacks"]["test"]["pgd"]["8"]
+  assert 0 <= pgd["attack_success_rate"] <= 1 and pgd["clean_correct"] > 0
+  assert result.stdout.count("attack_success_rate 2: ") == 2  # one line per attack
   refused = run_script("eval.py", workdir, {}, devices=1, extra=["--attacks=contamination"])
   assert refused.returncode == 2 and "do not apply to model 'vit'" in refused.stderr
 
@@ -163,6 +190,22 @@ def test_contaminated_language_model_evaluation(tmp_path):
     assert contaminated["replaced"] == round(0.5 * contaminated["eligible"]) > 0
     assert contaminated["examples"] == record["results"][split]["examples"]  # the same windows, other text
     assert contaminated["perplexity"] != record["results"][split]["perplexity"]
+    assert 0 < contaminated["uncontaminated_targets"] < contaminated["examples"]
+    assert contaminated["uncontaminated_perplexity"] != contaminated["perplexity"]
+  # the uncontaminated perplexity scores the targets outside the inserted words, on the contaminated text
+  experiment, _, params = trainer.restore_params(config, str(tmp_path / "run"))
+  settings = robustness.AttackSettings(epsilons=(), contamination=0.5)
+  got = robustness.evaluate(experiment, params, "test", ("contamination",), settings)["contamination"]["0.5"]
+  windows, _, _ = robustness.contaminated_source(sources.load_split(experiment.config.data, "test"), 0.5)
+  items = [windows[i] for i in range(len(windows))]
+  inputs, targets = (np.stack([item[name] for item in items]) for name in ("inputs", "targets"))
+  kept = np.stack([item["weight"] * item["uncontaminated"] for item in items]).astype(bool)
+  log_probs = jax.nn.log_softmax(np.asarray(experiment.model.apply({"params": params}, inputs), np.float64))
+  losses = -np.take_along_axis(np.asarray(log_probs), targets[..., None], -1)[..., 0]
+  assert got["uncontaminated_targets"] == kept.sum() < np.stack([item["weight"] for item in items]).sum()
+  np.testing.assert_allclose(got["uncontaminated_loss"], losses[kept].mean(), rtol=1e-4)
+  np.testing.assert_allclose(got["uncontaminated_perplexity"], np.exp(losses[kept].mean()), rtol=1e-4)
+  np.testing.assert_allclose(got["loss"], losses[np.stack([item["weight"] for item in items]) > 0].mean(), rtol=1e-4)
   swapped = run_script("eval.py", tmp_path / "run", {"eval.splits": "('test',)"}, devices=1,
                        extra=["--attacks=contamination", "--contamination=0.5", "--replacement=random"])
   assert swapped.returncode == 0, swapped.stderr

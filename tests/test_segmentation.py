@@ -1,5 +1,7 @@
 """Segmenter: the mask-transformer decoder, sliding-window inference against Segmenter's windows, and an
 encoder initialised from a ViT run (`train.init_from`)."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,6 +70,22 @@ def test_mask_transformer_trains_on_ade20k_folders_with_sliding_window_evaluatio
   losses = [line["loss"] for line in read_metrics(tmp_path / "run")]
   assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
   assert 0.0 < final["validation"]["mean_iou"] <= 1.0 and 0.0 < final["validation"]["accuracy"] <= 1.0
+  # diagnose.py (and study.py's depth diagnostics) report the encoder's and the decoder's layers apart
+  diagnosed = run_script("diagnose.py", tmp_path / "run", {}, devices=1, extra=["--examples=2"])
+  assert diagnosed.returncode == 0, diagnosed.stderr
+  out = tmp_path / "run" / "diagnostics"
+  depth = json.loads((out / "depth.json").read_text())
+  classes = config.model.num_classes
+  assert depth["stack"] == "transformer" and depth["layer"] == [0, 1]  # the one-layer encoder
+  assert depth["decoder"]["stack"] == "decoder/transformer" and depth["decoder"]["layer"] == [0, 1, 2]
+  assert all(np.isfinite(depth["decoder"]["snr_db"]))
+  assert all(-1 <= u <= 1 for u in depth["decoder"]["token_uniformity"])
+  attention = json.loads((out / "attention.json").read_text())
+  patches = (config.data.image_size // config.model.patch_size) ** 2
+  assert attention["length"] == patches and attention["decoder"]["length"] == patches + classes
+  arrays = np.load(out / "attention.npz")
+  assert arrays["maps"].shape == (1, patches, patches)
+  assert arrays["decoder_maps"].shape == (2, patches + classes, patches + classes)
   with pytest.raises(ValueError, match="eval.inference='multi_scale' is not one of"):
     trainer.Experiment(small_config("segmenter_ade20k", tmp_path, **{"eval.inference": "multi_scale"}))
 

@@ -1,42 +1,159 @@
-"""study.py end to end at tiny sizes: four variants, their summary and plots, and resuming."""
+"""Study files and the statistics of a study (bilateral_jax/studies.py), and study.py end to end at tiny
+sizes: chosen variants of a study file, their summary and plots, resuming, refusing a bad variant."""
 import json
 
+import numpy as np
+import pytest
+from scipy import stats
+
+from bilateral_jax import studies, trainer
 from configs import common
-from tests.test_training import TINY, run_script
+from tests.test_training import ROOT, TINY, run_script, tiny_config
 
-STUDY_FLAGS = ["--seeds=0", "--epsilons=0.5", "--pgd_steps=2", "--examples=4"]
+STUDY_FLAGS = ["--seeds=0,1", "--epsilons=0.5", "--pgd_steps=2", "--examples=4"]
+VARIANTS = {  # those that already validate (standard, RoPE, BSA with its isotropic Gaussian)
+    "absolute": {"attention": "standard", "position_table": "learned", "residual": "standard"},
+    "RoPE (no table)": {"model.transformer.attention": "rope", "position_table": "none", "residual": "standard"},
+    "BSA": {"attention": "bilateral", "spatial": "gaussian", "residual": "standard"},
+}
 
 
-def test_study_trains_the_four_variants_once_and_summarises_them(tmp_path):
+def test_t_quantiles_and_the_paired_and_welch_intervals():
+  # the t quantiles the intervals use, against published values
+  assert stats.t.ppf(0.975, 4) == pytest.approx(2.7764451051977987, rel=1e-12)
+  assert stats.t.ppf(0.975, 1) == pytest.approx(12.706204736174704, rel=1e-12)
+  a = {0: 0.91, 1: 0.93, 2: 0.90, 3: 0.95, 4: 0.92}
+  b = {0: 0.89, 1: 0.90, 2: 0.90, 3: 0.91, 4: 0.90}
+  paired = studies.compare(a, b, paired=True)
+  d = np.array([a[s] - b[s] for s in range(5)])
+  half = 2.7764451051977987 * d.std(ddof=1) / np.sqrt(5)
+  assert paired["test"] == "paired t" and paired["df"] == 4 and paired["seeds"] == 5
+  np.testing.assert_allclose(paired["ci95"], [d.mean() - half, d.mean() + half], rtol=1e-10)
+  np.testing.assert_allclose(paired["p_value"], stats.ttest_rel(list(a.values()), list(b.values())).pvalue, rtol=1e-10)
+  welch = studies.compare(a, b, paired=False)
+  va, vb = np.var(list(a.values()), ddof=1) / 5, np.var(list(b.values()), ddof=1) / 5
+  df = (va + vb) ** 2 / (va**2 / 4 + vb**2 / 4)  # Welch-Satterthwaite
+  assert welch["test"] == "Welch t" and welch["df"] == pytest.approx(df, rel=1e-12) and 4 < df < 8
+  reference = stats.ttest_ind(list(a.values()), list(b.values()), equal_var=False)
+  np.testing.assert_allclose(welch["p_value"], reference.pvalue, rtol=1e-10)
+  half = stats.t.ppf(0.975, df) * np.sqrt(va + vb)
+  np.testing.assert_allclose(welch["ci95"], [d.mean() - half, d.mean() + half], rtol=1e-10)
+  # two seeds paired: df 1; other seeds than the baseline's: Welch even when paired is asked for
+  two = studies.compare({0: 1.0, 1: 3.0}, {0: 0.0, 1: 0.0})
+  np.testing.assert_allclose(two["ci95"], [2 - 12.706204736174704, 2 + 12.706204736174704], rtol=1e-12)
+  assert studies.compare({0: 1.0, 2: 2.0}, {0: 0.0, 1: 1.0})["test"] == "Welch t"
+  one = studies.compare({0: 1.0}, {0: 0.5})
+  assert one["difference"] == 0.5 and one["ci95"] is None and studies.verdict(one) == "n/a"
+
+
+def test_verdicts_need_an_interval_without_zero_and_five_seeds():
+  five = {s: 1.0 + 0.01 * s for s in range(5)}
+  assert studies.verdict(studies.compare(five, {s: 0.0 for s in range(5)})) == "holds"
+  three = {s: five[s] for s in range(3)}
+  assert studies.verdict(studies.compare(three, {s: 0.0 for s in range(3)})) == "excludes 0, too few seeds"
+  assert studies.verdict(studies.compare(five, {s: 1.02 + 0.01 * (-1) ** s for s in range(5)})) == "includes 0"
+  summary = studies.summarize({"base": {s: {"accuracy": 0.0, "success": None} for s in range(3)},
+                               "new": {s: {"accuracy": three[s], "success": 0.5} for s in range(3)}})
+  assert "difference" not in summary["base"]["accuracy"] and summary["base"]["success"]["mean"] is None
+  assert summary["new"]["accuracy"]["verdict"] == "excludes 0, too few seeds"
+  assert "difference" not in summary["new"]["success"]
+  text = studies.markdown(summary, title="t", split="test", seeds=[0, 1, 2])
+  assert "**3 seeds per variant: not enough for a claim**" in text and "| new | accuracy | +1.0100 | [" in text
+  assert "**holds**" not in text and "| base | 0.0000 ± 0.0000 | n/a |" in text
+  summary = studies.summarize({"base": {s: {"accuracy": 0.0} for s in range(5)},
+                               "new": {s: {"accuracy": v} for s, v in five.items()}})
+  text = studies.markdown(summary, title="t", split="test", seeds=list(range(5)))
+  assert "not enough for a claim" not in text and "| **holds** |" in text
+
+
+def test_study_files_and_variant_configs(tmp_path):
+  study = studies.load(ROOT / "studies" / "digits_positions.py")
+  assert study.baseline == "learned absolute" and len(study.variants) == 7 and "study.py" in study.description
+  base = __import__("configs.digits_vit", fromlist=["get_config"]).get_config()
+  for name in ("learned absolute", "RoPE", "BSA gaussian"):
+    trainer.check_settings(studies.variant_config(base, name, study.variants[name]))
+  config = studies.variant_config(base, "x", study.variants["BSA gaussian, mean pooling"])
+  assert config.model.pooling == "mean" and config.model.transformer.attention == "bilateral"
+  assert base.model.pooling == "cls"  # the base is copied, not changed
+  for name, overrides in common.ABLATION.items():  # the default study: plain TransformerConfig field names
+    assert studies.variant_config(tiny_config(), name, overrides).model.transformer.residual == overrides["residual"]
+  with pytest.raises(ValueError, match="study variant 'x': unknown config key 'attenton'"):
+    studies.variant_config(base, "x", {"attenton": "rope"})
+  with pytest.raises(ValueError, match=r"unknown config key 'model.poling' \(no config.model.poling\)"):
+    studies.variant_config(base, "x", {"model.poling": "mean"})
+  with pytest.raises(ValueError, match="study variant 'x': num_layers='two'"):
+    studies.variant_config(base, "x", {"num_layers": "two"})
+  path = tmp_path / "study.json"
+  path.write_text(json.dumps(VARIANTS))
+  loaded = studies.load(path)
+  assert list(loaded.variants) == list(VARIANTS) and loaded.baseline == "absolute"
+  assert list(studies.select(loaded, ["BSA"]).variants) == ["absolute", "BSA"]
+  with pytest.raises(ValueError, match="--variant 'bsa' not in"):
+    studies.select(loaded, ["bsa"])
+  (tmp_path / "empty.py").write_text("X = 1\n")
+  with pytest.raises(ValueError, match="defines no VARIANTS"):
+    studies.load(tmp_path / "empty.py")
+
+
+def test_run_scalars_report_success_rates_and_the_decoder_apart():
+  profile = {"layer": [0, 1], "snr_db": [20.0, 12.0], "token_uniformity": [0.1, 0.3]}
+  result = {"results": {"test": {"accuracy": 0.9, "loss": 0.3, "examples": 10}},
+            "attacks": {"test": {"pgd": {"8": {"accuracy": 0.5, "attack_success_rate": 0.45}}}},
+            "depth": profile | {"decoder": {"layer": [0, 1, 2], "snr_db": [9.0, 8.0, 7.0],
+                                            "token_uniformity": [0, 0, 0.5]}}}
+  assert studies.run_scalars(result, "test", "accuracy") == {
+      "accuracy": 0.9, "loss": 0.3, "pgd 8": 0.5, "pgd 8 success rate": 0.45, "SNR dB (last layer)": 12.0,
+      "uniformity (last layer)": 0.3, "decoder SNR dB (last layer)": 7.0, "decoder uniformity (last layer)": 0.5}
+
+
+def test_study_trains_the_chosen_variants_once_and_summarises_them(tmp_path):
   overrides = TINY | {"train.num_steps": 4, "train.eval_every": 4, "train.checkpoint_every": 2}
-  first = run_script("study.py", tmp_path, overrides, devices=1, extra=STUDY_FLAGS, timeout=600)
+  study_file = tmp_path / "study.json"
+  study_file.write_text(json.dumps(VARIANTS))
+  bad = tmp_path / "bad.json"
+  bad.write_text(json.dumps({"absolute": {}, "typo": {"model.transformer.atention": "rope"}}))
+  refused = run_script("study.py", tmp_path / "bad", overrides, devices=1, extra=[f"--variants={bad}"])
+  assert refused.returncode == 2
+  assert "study variant 'typo': unknown config key 'model.transformer.atention'" in refused.stderr
+  assert "===" not in refused.stdout and not (tmp_path / "bad" / "absolute").exists()  # nothing trained
+
+  chosen = [f"--variants={study_file}", "--variant=RoPE (no table)"]
+  first = run_script("study.py", tmp_path, overrides, devices=1, extra=STUDY_FLAGS + chosen, timeout=600)
   assert first.returncode == 0, first.stderr
-  assert first.stdout.count("=== ") == 4
+  assert first.stdout.count("=== ") == 4  # the baseline and RoPE, two seeds each
   summary = json.loads((tmp_path / "summary.json").read_text())
-  assert list(summary["variants"]) == list(common.ABLATION) and summary["attacks"] == ["fgsm", "pgd"]
-  baseline = summary["variants"]["standard attention + standard residual"]
-  assert {"accuracy", "loss", "fgsm 0.5", "pgd 0.5", "SNR dB (last layer)", "uniformity (last layer)"} <= set(baseline)
-  assert baseline["accuracy"]["difference"] == 0.0 and len(baseline["accuracy"]["values"]) == 1
-  result = json.loads((tmp_path / "BSA_GRC" / "seed_0" / "result.json").read_text())
-  assert result["step"] == 4 and result["results"]["test"]["accuracy"] == summary["variants"]["BSA + GRC"]["accuracy"]["mean"]
-  assert len(result["depth"]["snr_db"]) == 2  # Y_0 and Y_1 of the one-layer stack
+  assert list(summary["variants"]) == ["absolute", "RoPE (no table)"] and summary["attacks"] == ["fgsm", "pgd"]
+  assert summary["baseline"] == "absolute" and summary["paired"] and summary["study"] == str(study_file)
+  rope = summary["variants"]["RoPE (no table)"]
+  assert {"accuracy", "loss", "fgsm 0.5", "pgd 0.5", "pgd 0.5 success rate", "SNR dB (last layer)",
+          "uniformity (last layer)"} <= set(rope)
+  accuracy = rope["accuracy"]
+  assert accuracy["test"] == "paired t" and accuracy["df"] == 1 and accuracy["seeds"] == 2
+  assert accuracy["ci95"] is None or accuracy["ci95"][0] <= accuracy["difference"] <= accuracy["ci95"][1]
+  result = json.loads((tmp_path / "RoPE-no-table" / "seed_1" / "result.json").read_text())
+  assert result["step"] == 4 and result["results"]["test"]["accuracy"] == accuracy["values"][1]
+  assert result["overrides"] == VARIANTS["RoPE (no table)"] and len(result["depth"]["snr_db"]) == 2
+  pgd = result["attacks"]["test"]["pgd"]["0.5"]
+  assert 0 <= pgd["clean_correct"] <= pgd["examples"] and "attack_success_rate" in pgd
+  text = (tmp_path / "summary.md").read_text()
+  assert "| RoPE (no table) | accuracy |" in text and "not enough for a claim" in text and "| BSA" not in text
   for name in ("summary.md", "curves.png", "robustness.png", "snr.png", "uniformity.png"):
     assert (tmp_path / name).exists(), name
-  assert "| BSA + GRC |" in (tmp_path / "summary.md").read_text()
 
-  # interrupted after training BSA + GRC but before its result was written: only that run is redone
-  (tmp_path / "BSA_GRC" / "seed_0" / "result.json").unlink()
-  second = run_script("study.py", tmp_path, overrides, devices=1, extra=STUDY_FLAGS, timeout=600)
+  # interrupted after training RoPE seed 1 but before its result was written: only that run is redone
+  (tmp_path / "RoPE-no-table" / "seed_1" / "result.json").unlink()
+  second = run_script("study.py", tmp_path, overrides, devices=1, extra=STUDY_FLAGS + chosen, timeout=600)
   assert second.returncode == 0, second.stderr
-  assert second.stdout.count("=== ") == 1 and "=== BSA + GRC, seed 0" in second.stdout
+  assert second.stdout.count("=== ") == 1 and "=== RoPE (no table), seed 1" in second.stdout
   assert second.stdout.count(": done (") == 3 and "resumed from step 4" in second.stdout
-  again = json.loads((tmp_path / "BSA_GRC" / "seed_0" / "result.json").read_text())
+  again = json.loads((tmp_path / "RoPE-no-table" / "seed_1" / "result.json").read_text())
   assert again["results"] == result["results"] and again["attacks"] == result["attacks"]
 
   # other attack settings: every run is evaluated again from its checkpoint, none is retrained
-  third = run_script("study.py", tmp_path, overrides, devices=1, extra=STUDY_FLAGS[:1] + ["--attacks=fgsm", "--epsilons=0.25"]
-                     + STUDY_FLAGS[2:], timeout=600)
+  third = run_script("study.py", tmp_path, overrides, devices=1, timeout=600,
+                     extra=STUDY_FLAGS[:1] + ["--attacks=fgsm", "--epsilons=0.25"] + STUDY_FLAGS[2:] + chosen + ["--nopaired"])
   assert third.returncode == 0, third.stderr
   assert third.stdout.count("evaluating again") == 4 and third.stdout.count("resumed from step 4") == 4
   summary = json.loads((tmp_path / "summary.json").read_text())
-  assert summary["attacks"] == ["fgsm"] and "fgsm 0.25" in summary["variants"]["BSA + GRC"]
+  assert summary["attacks"] == ["fgsm"] and "fgsm 0.25 success rate" in summary["variants"]["RoPE (no table)"]
+  assert summary["variants"]["RoPE (no table)"]["accuracy"]["test"] == "Welch t"

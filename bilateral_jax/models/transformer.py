@@ -145,12 +145,13 @@ class Transformer(nn.Module):
   """The stack: token embeddings x [batch, len, dim] at coords [len, c] -> [batch, len, dim].
 
   mask: boolean padding mask [batch, len] (True = real token) or None. Y_0 is x plus the position table
-  for the additive baseline, x itself otherwise; it is kept for every layer's GRC.
+  for the additive baseline, x itself otherwise; it is kept for every layer's GRC. y0_noise [batch, len,
+  dim] (the SNR diagnostics): added to Y_0, after the position table.
   """
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, *, coords, mask=None, is_causal=False, deterministic=True):
+  def __call__(self, x, *, coords, mask=None, is_causal=False, deterministic=True, y0_noise=None):
     cfg = self.config
     length = x.shape[1]
     if length > cfg.max_length:
@@ -163,6 +164,7 @@ class Transformer(nn.Module):
         table = ops.sinusoidal_table(cfg.max_length, cfg.model_dim)
       pos_embed = table[:length]
     y0 = x + pos_embed if cfg.additive_positions else x
+    y0 = y0 if y0_noise is None else y0 + y0_noise.astype(y0.dtype)
     y0 = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)(y0.astype(jnp.dtype(cfg.dtype)))
     attention_mask = None if mask is None else mask[:, None, None, :]
     self.sow("intermediates", "hidden_states", y0)

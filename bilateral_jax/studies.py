@@ -1,0 +1,228 @@
+"""Studies: named variants of one config, and the statistics that compare them (method.md section 4).
+
+A study file is Python, defining `VARIANTS` (and a docstring saying its command and what it measures),
+or JSON (one object): an ordered mapping name -> {config key: value}. A key is a dotted path into the
+config (`model.pooling`, `model.transformer.attention`) or a plain `TransformerConfig` field name, which
+means `model.transformer.<field>`. The first variant is the baseline.
+
+Each variant is compared with the baseline quantity by quantity (`compare`): the difference of the means,
+its 95% confidence interval and two-sided p-value, by a t-test paired by seed (the default when both ran
+the same seeds: a seed fixes the data order and the initialisation seed of every variant) or by Welch's
+t-test (Welch-Satterthwaite degrees of freedom). A difference `holds` only when its interval excludes 0
+and both variants ran at least `MIN_SEEDS_FOR_A_CLAIM` seeds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import runpy
+
+import ml_collections
+import numpy as np
+from scipy import stats
+
+from bilateral_jax import robustness
+
+MIN_SEEDS_FOR_A_CLAIM = 5
+CONFIDENCE = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """variants: name -> config overrides, the baseline first; description: what the study measures;
+  source: where the variants come from."""
+  variants: dict[str, dict]
+  description: str = ""
+  source: str = ""
+
+  @property
+  def baseline(self) -> str:
+    return next(iter(self.variants))
+
+
+def load(path: str | pathlib.Path) -> Study:
+  """A study file (.py with VARIANTS, or .json) -> its Study."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"study file {path} does not exist")
+  if path.suffix == ".py":
+    namespace = runpy.run_path(str(path))
+    if "VARIANTS" not in namespace:
+      raise ValueError(f"study file {path} defines no VARIANTS")
+    variants, description = namespace["VARIANTS"], namespace.get("__doc__") or ""
+  elif path.suffix == ".json":
+    try:
+      variants, description = json.loads(path.read_text()), ""
+    except json.JSONDecodeError as error:
+      raise ValueError(f"study file {path} is not valid JSON: {error}") from None
+  else:
+    raise ValueError(f"study file {path} must be .py (defining VARIANTS) or .json")
+  if not isinstance(variants, dict) or not variants:
+    raise ValueError(f"study file {path}: the variants must be a non-empty mapping name -> config overrides")
+  for name, overrides in variants.items():
+    if not isinstance(name, str) or not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
+      raise ValueError(f"study file {path}: variant {name!r} must map a name to {{config key: value}}")
+  return Study(dict(variants), description.strip(), str(path))
+
+
+def select(study: Study, names) -> Study:
+  """The study's variants named in `names` (all when empty), in the study's order; the baseline always
+  stays, as every difference is taken against it."""
+  unknown = [name for name in names if name not in study.variants]
+  if unknown:
+    raise ValueError(f"--variant {', '.join(map(repr, unknown))} not in {study.source or 'the study'}; its variants: "
+                     + ", ".join(map(repr, study.variants)))
+  if not names:
+    return study
+  kept = {name: overrides for index, (name, overrides) in enumerate(study.variants.items())
+          if index == 0 or name in names}
+  return dataclasses.replace(study, variants=kept)
+
+
+def config_key(key: str) -> str:
+  """A study key -> its dotted path in the config (a plain name is a TransformerConfig field)."""
+  return key if "." in key else f"model.transformer.{key}"
+
+
+def variant_config(base: ml_collections.ConfigDict, name: str, overrides: dict) -> ml_collections.ConfigDict:
+  """A copy of `base` with variant `name`'s overrides; an unknown key or a value of the wrong type is a
+  ValueError naming the variant and the key."""
+  config = base.copy_and_resolve_references()
+  for key, value in overrides.items():
+    *parents, field = config_key(key).split(".")
+    node = config
+    for part in parents + [field]:
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        raise ValueError(f"study variant {name!r}: unknown config key {key!r} (no config.{config_key(key)})")
+      parent, node = node, node[part]
+    value = tuple(value) if isinstance(node, tuple) and isinstance(value, list) else value  # JSON has lists
+    try:
+      parent[field] = value
+    except (TypeError, ValueError) as error:
+      raise ValueError(f"study variant {name!r}: {key}={value!r}: {error}") from None
+  return config
+
+
+def run_scalars(result: dict, split: str, metric: str) -> dict[str, float | None]:
+  """The numbers a run is summarised by: clean metrics of `split`; per attack and strength the attacked
+  `metric` and beside it the attack's success rate on the clean-correct examples (or, contamination, the
+  perplexity over the uncontaminated targets); SNR and token uniformity at the last layer (of the
+  decoder too, for the Segmenter)."""
+  out = {name: value for name, value in result["results"][split].items() if name != "examples"}
+  for attack, by_strength in result["attacks"].get(split, {}).items():
+    beside = robustness.companion(attack)
+    label = "uncontaminated perplexity" if beside == "uncontaminated_perplexity" else "success rate"
+    for strength, values in by_strength.items():
+      out |= {f"{attack} {strength}": values[metric], f"{attack} {strength} {label}": values.get(beside)}
+  depth = result["depth"]
+  for prefix, profile in (("", depth), ("decoder ", depth.get("decoder"))):
+    if profile is not None:
+      out[f"{prefix}SNR dB (last layer)"] = profile["snr_db"][-1]
+      out[f"{prefix}uniformity (last layer)"] = profile["token_uniformity"][-1]
+  return out
+
+
+def compare(values: dict[int, float], baseline: dict[int, float], *, paired: bool = True) -> dict:
+  """Per-seed values of a variant and of the baseline ({seed: value}) -> {test, difference, ci95 ([low,
+  high]), p_value, df, seeds}: the difference of the means, its `CONFIDENCE` interval and two-sided
+  p-value by a paired t-test over the seeds (when `paired` and both ran exactly the same seeds) or Welch's
+  t-test; ci95, p_value and df are None with fewer than 2 seeds on a side (2 pairs when paired)."""
+  seeds = min(len(values), len(baseline))
+  if paired and set(values) == set(baseline):
+    d = np.asarray([values[s] - baseline[s] for s in sorted(values)], np.float64)
+    test, difference = "paired t", float(np.mean(d))
+    se, df = (float(np.std(d, ddof=1) / math.sqrt(len(d))), len(d) - 1.0) if len(d) > 1 else (None, None)
+  else:
+    a, b = (np.asarray(list(v.values()), np.float64) for v in (values, baseline))
+    test, difference = "Welch t", float(np.mean(a) - np.mean(b))
+    se = df = None
+    if len(a) > 1 and len(b) > 1:
+      va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+      se = float(math.sqrt(va + vb))
+      df = float((va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))) if se > 0 else None
+  out = {"test": test, "difference": difference, "ci95": None, "p_value": None, "df": df, "seeds": seeds}
+  if se is None:
+    return out
+  if se == 0:  # every seed gave the same difference
+    return out | {"ci95": [difference, difference], "p_value": 1.0 if difference == 0 else 0.0}
+  half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, df)) * se
+  p_value = float(2 * stats.t.sf(abs(difference) / se, df))
+  return out | {"ci95": [difference - half, difference + half], "p_value": p_value}
+
+
+def verdict(comparison: dict) -> str:
+  """`holds` (the interval excludes 0, >= MIN_SEEDS_FOR_A_CLAIM seeds), `excludes 0, too few seeds`,
+  `includes 0`, or `n/a` (no interval: one seed)."""
+  if comparison["ci95"] is None:
+    return "n/a"
+  low, high = comparison["ci95"]
+  if low <= 0 <= high:
+    return "includes 0"
+  return "holds" if comparison["seeds"] >= MIN_SEEDS_FOR_A_CLAIM else "excludes 0, too few seeds"
+
+
+def summarize(per_seed: dict[str, dict[int, dict[str, float | None]]], *, paired: bool = True) -> dict:
+  """{variant: {seed: {quantity: value}}} (the baseline first; None: not measured) -> {variant: {quantity:
+  {mean, std, values, seeds} and, for each variant but the baseline, its `compare` with the baseline and
+  `verdict`}}."""
+  baseline = next(iter(per_seed))
+  names = list(dict.fromkeys(name for by_seed in per_seed.values() for row in by_seed.values() for name in row))
+  measured = lambda variant, name: {seed: row[name] for seed, row in per_seed[variant].items()
+                                    if row.get(name) is not None}
+  summary = {}
+  for variant in per_seed:
+    summary[variant] = {}
+    for name in names:
+      values = measured(variant, name)
+      array = np.asarray(list(values.values()), np.float64)
+      stats_ = {"mean": float(np.mean(array)) if len(array) else None,
+                "std": float(np.std(array, ddof=1)) if len(array) > 1 else 0.0 if len(array) else None,
+                "values": list(values.values()), "seeds": list(values)}
+      base = measured(baseline, name)
+      if variant != baseline and values and base:
+        comparison = compare(values, base, paired=paired)
+        stats_ |= comparison | {"verdict": verdict(comparison)}
+      summary[variant][name] = stats_
+  return summary
+
+
+def _signed(value: float) -> str:
+  return f"{value:+.4f}"
+
+
+def markdown(summary: dict, *, title: str, split: str, seeds: list[int], description: str = "") -> str:
+  """summary.md: the means ± std per variant and quantity, then each variant's differences from the
+  baseline with their intervals, p-values and verdicts."""
+  variants = list(summary)
+  baseline = variants[0]
+  names = list(next(iter(summary.values())))
+  lines = [f"# {title}", ""]
+  if description:
+    lines += [description.split("\n\n")[0].strip(), ""]
+  lines += [f"{split} split; seeds {', '.join(map(str, seeds))} for every variant; baseline: {baseline}.", ""]
+  if len(seeds) < MIN_SEEDS_FOR_A_CLAIM:
+    lines += [f"**{len(seeds)} seed{'s' if len(seeds) != 1 else ''} per variant: not enough for a claim** (a claim "
+              f"needs >= {MIN_SEEDS_FOR_A_CLAIM} seeds per variant and a 95% confidence interval that excludes 0).", ""]
+  cell = lambda s: "n/a" if s["mean"] is None else f"{s['mean']:.4f} ± {s['std']:.4f}"
+  lines += ["## Mean ± std over seeds", "", "| variant | " + " | ".join(names) + " |",
+            "|---" * (len(names) + 1) + "|"]
+  lines += [f"| {variant} | " + " | ".join(cell(summary[variant][n]) for n in names) + " |" for variant in variants]
+  tests = sorted({s["test"] for v in variants[1:] for s in summary[v].values() if "test" in s})
+  lines += ["", f"## Difference from {baseline}", "",
+            "Difference of the means, its 95% confidence interval and two-sided p-value "
+            f"({' / '.join(tests) or 'no test'}; paired t: by seed, df = seeds - 1; Welch t: Welch-Satterthwaite df). "
+            "`holds`: the interval excludes 0 with "
+            f">= {MIN_SEEDS_FOR_A_CLAIM} seeds per variant.", "",
+            "| variant | quantity | difference | 95% CI | p | verdict |", "|---|---|---|---|---|---|"]
+  for variant in variants[1:]:
+    for name in names:
+      s = summary[variant][name]
+      if "difference" not in s:
+        continue
+      ci = "n/a" if s["ci95"] is None else f"[{_signed(s['ci95'][0])}, {_signed(s['ci95'][1])}]"
+      p = "n/a" if s["p_value"] is None else f"{s['p_value']:.3g}"
+      verdict_ = f"**{s['verdict']}**" if s["verdict"] == "holds" else s["verdict"]
+      lines.append(f"| {variant} | {name} | {_signed(s['difference'])} | {ci} | {p} | {verdict_} |")
+  return "\n".join(lines) + "\n"
