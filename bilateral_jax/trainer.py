@@ -583,6 +583,11 @@ def _print_summary(experiment: Experiment, workdir: str, compile_seconds: float,
       + (f"; {memory / 2**20:.1f} MiB of device memory per device (arguments, outputs, temporaries)" if memory else ""),
       f"workdir: {pathlib.Path(workdir).absolute()}",
   ]
+  stack = experiment.model.config
+  if config.model.name != "lm" and not stack.sees_direction:
+    lines.append(f"note: attention={stack.attention!r} spatial={stack.spatial!r} sees no direction: this bidirectional "
+                 "model is exactly invariant to the isometries of its token grid (reversal, transposition; "
+                 "method.md section 2 'Direction')")
   print("\n".join(lines), flush=True)
 
 

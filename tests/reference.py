@@ -2,12 +2,18 @@
 import numpy as np
 
 
-def spatial_term(p_i, p_j, h_p, spatial):
-  """S(P_i, P_j; h_p) for one pair and one head; 0 if either token has no place (NaN)."""
+def spatial_term(p_i, p_j, h_p, spatial, shift=None):
+  """S(P_i, P_j; h_p) for one pair and one head; 0 if either token has no place (NaN). h_p is the head's
+  bandwidth ((before, after) for `asymmetric`), shift its displacement (`shifted`)."""
   if np.isnan(p_i).any() or np.isnan(p_j).any():
     return 0.0
   if spatial == "gaussian":
     return -np.sum((p_i - p_j) ** 2) / (2 * h_p**2)
+  if spatial == "shifted":
+    return -np.sum((p_i - p_j - shift) ** 2) / (2 * h_p**2)
+  if spatial == "asymmetric":
+    (r_i,), (r_j,) = p_i, p_j
+    return -(r_i - r_j) / h_p[0] if r_j <= r_i else -(r_j - r_i) / h_p[1]
   if spatial == "laplacian":
     return -np.sqrt(np.sum((p_i - p_j) ** 2)) / h_p
   if spatial == "dot":
@@ -15,7 +21,7 @@ def spatial_term(p_i, p_j, h_p, spatial):
   raise ValueError(spatial)
 
 
-def bilateral_logits(q, k, q_pos, k_pos, h_y, h_p, content, spatial):
+def bilateral_logits(q, k, q_pos, k_pos, h_y, h_p, content, spatial, shift=None):
   """[b, n, h, d] x [b, m, h, d] -> [b, h, n, m], float64."""
   q, k = np.float64(q), np.float64(k)
   h_y, h_p = np.float64(h_y), np.float64(h_p)
@@ -35,7 +41,7 @@ def bilateral_logits(q, k, q_pos, k_pos, h_y, h_p, content, spatial):
       for j in range(k.shape[1]):
         p_i = q_pos[i, h] if q_pos.ndim == 3 else q_pos[i]
         p_j = k_pos[j, h] if k_pos.ndim == 3 else k_pos[j]
-        s[h, i, j] = spatial_term(p_i, p_j, h_p[h], spatial)
+        s[h, i, j] = spatial_term(p_i, p_j, h_p[h], spatial, None if shift is None else np.float64(shift)[h])
   return logits + s[None]
 
 

@@ -8,12 +8,13 @@ import pytest
 from bilateral_jax import ops
 from bilateral_jax.ops import dispatch
 from bilateral_jax.ops.flash import flash_applies, flash_bilateral_attention
-from tests.test_ops import B, D, H, H_P, H_Y, assert_close, positions, qkv
+from tests.test_ops import B, D, H, H_P, H_Y, assert_close, positions, qkv, spatial_params
 
 N = 37  # three 16-wide tiles, the last one padded
 
 CASES = [("gaussian", "gaussian", 2, False), ("gaussian", "gaussian", 1, True), ("dot", "laplacian", 1, True),
-         ("gaussian", "laplacian", 2, False), ("dot", "none", None, True)]
+         ("gaussian", "laplacian", 2, False), ("dot", "none", None, True), ("gaussian", "shifted", 2, False),
+         ("dot", "asymmetric", 1, False)]
 
 
 @pytest.mark.parametrize("content,spatial,dims,causal", CASES)
@@ -25,19 +26,21 @@ def test_flash_equals_explicit_forward_and_gradients(content, spatial, dims, cau
   mask = jnp.asarray(padding)[:, None, None, :]
   cotangent = jax.random.normal(jax.random.key(9), (B, N, H, D))
 
-  def loss(attention, q, k, v, h_y, h_p):
-    out = attention(q, k, v, pos, pos, h_y=h_y, h_p=h_p, content=content, spatial=spatial, mask=mask,
+  params = {name: x for name, x in spatial_params(spatial, dims).items() if x is not None and spatial != "none"}
+  args = dict(q=q, k=k, v=v, h_y=H_Y) | params
+
+  def loss(attention, q, k, v, h_y, h_p=None, shift=None):
+    out = attention(q, k, v, pos, pos, h_y=h_y, h_p=h_p, shift=shift, content=content, spatial=spatial, mask=mask,
                     is_causal=causal)
     return jnp.sum(out * cotangent), out
 
   flash = lambda *a, **kw: flash_bilateral_attention(*a, block_size=16, **kw)
-  grad = lambda f: jax.value_and_grad(lambda *a: loss(f, *a), argnums=range(5), has_aux=True)(q, k, v, H_Y, H_P)
+  grad = lambda f: jax.value_and_grad(lambda *a: loss(f, *a), argnums=range(len(args)), has_aux=True)(*args.values())
   (_, got), got_grads = grad(flash)
   (_, want), want_grads = grad(ops.bilateral_attention)
   assert_close(got, want)
-  for name, got_grad, want_grad in zip(("q", "k", "v", "h_y", "h_p"), got_grads, want_grads):
-    if not (spatial == "none" and name == "h_p"):
-      assert_close(got_grad, want_grad, rtol=1e-4)
+  for name, got_grad, want_grad in zip(args, got_grads, want_grads):
+    assert_close(got_grad, want_grad, rtol=1e-4)
 
 
 @pytest.mark.parametrize("content,layout,causal", [("gaussian", "per_head", False), ("dot", 2, True)])

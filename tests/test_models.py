@@ -217,7 +217,7 @@ def test_sharded_batch_over_eight_devices_matches_one_device():
 
 # ViT logits at dropout 0.1 in training mode, recorded before drop-path existed (commit 527144d, under
 # conftest's XLA flags): a model with
-# drop_path_rate 0 must still give exactly these.
+# drop_path_rate 0 must still give these.
 BEFORE_DROP_PATH = {
     "bilateral": [-0.9403908848762512, 0.31635919213294983, -1.0351535081863403, -0.6510494947433472,
                   0.1785607635974884, -0.36586013436317444, -0.658998429775238, -1.1260589361190796,
@@ -236,12 +236,15 @@ def _drop_path_vit(attention, drop_path_rate=0.0, num_layers=3):
 
 
 @pytest.mark.parametrize("attention", sorted(BEFORE_DROP_PATH))
-def test_drop_path_rate_zero_is_the_model_before_drop_path_bit_for_bit(attention):
+def test_drop_path_rate_zero_is_the_model_before_drop_path(attention):
   model = _drop_path_vit(attention)
   images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
   params = model.init(jax.random.key(0), images)["params"]
   logits = model.apply({"params": params}, images, deterministic=False, rngs={"dropout": jax.random.key(2)})
-  np.testing.assert_array_equal(np.asarray(logits).ravel(), np.float32(BEFORE_DROP_PATH[attention]))
+  # Bit for bit until the logits were accumulated in float32 and BSA dropped the gaussian content's |q|^2
+  # row term (which cancels in the softmax); since then, to float32 rounding.
+  np.testing.assert_allclose(np.asarray(logits).ravel(), np.float32(BEFORE_DROP_PATH[attention]), rtol=1e-5,
+                             atol=1e-5)
 
 
 def test_drop_path_rises_linearly_from_zero_and_is_identity_at_evaluation():

@@ -13,6 +13,12 @@ B, N, H, D = 2, 6, 3, 4
 KERNELS = list(itertools.product(ops.CONTENT_KERNELS, ops.SPATIAL_KERNELS))
 
 
+def row_centred(logits):
+  """Logits without their per-query constant (BSA's gaussian content drops -|q_i|^2 / (2 h_y^2))."""
+  logits = np.asarray(logits, np.float64)
+  return logits - logits.mean(-1, keepdims=True)
+
+
 def assert_close(actual, expected, rtol=1e-5):
   """Elementwise closeness relative to the array's scale (float32 vs a float64 reference)."""
   expected = np.asarray(expected, np.float64)
@@ -46,8 +52,23 @@ H_Y = jnp.asarray([0.8, 1.3, 2.1])
 H_P = jnp.asarray([0.7, 2.0, 5.0])
 
 
+SHIFT = {1: jnp.asarray([[0.6], [-1.4], [2.5]]), 2: jnp.asarray([[0.6, -0.3], [-1.4, 0.0], [2.5, 1.1]])}
+
+
 def layouts(spatial):
-  return ["per_head", 2] if spatial == "dot" else [1, 2]
+  return {"dot": ["per_head", 2], "asymmetric": [1]}.get(spatial, [1, 2])
+
+
+def spatial_params(spatial, layout):
+  """The bandwidths (and shift) a kernel takes, for H heads: {h_p, shift}."""
+  h_p = jnp.stack([H_P, H_P[::-1] * 1.7], -1) if spatial == "asymmetric" else H_P
+  return {"h_p": h_p, "shift": SHIFT[layout] if spatial == "shifted" else None}
+
+
+def reference_logits(q, k, pos, content, spatial, layout, q_pos=None):
+  params = spatial_params(spatial, layout)
+  return ref.bilateral_logits(q, k, pos if q_pos is None else q_pos, pos, H_Y, params["h_p"], content, spatial,
+                              params["shift"])
 
 
 @pytest.mark.parametrize("content,spatial", KERNELS)
@@ -55,10 +76,11 @@ def test_bilateral_logits_match_reference(content, spatial):
   q, k, _ = qkv()
   for layout in layouts(spatial):
     pos = positions(spatial, layout, N)
-    got = ops.bilateral_logits(q, k, pos, pos, h_y=H_Y, h_p=H_P, content=content, spatial=spatial)
-    want = ref.bilateral_logits(q, k, pos, pos, H_Y, H_P, content, spatial)
-    assert got.shape == (B, H, N, N)
-    assert_close(got, want)
+    got = ops.bilateral_logits(q, k, pos, pos, h_y=H_Y, content=content, spatial=spatial,
+                               **spatial_params(spatial, layout))
+    want = reference_logits(q, k, pos, content, spatial, layout)
+    assert got.shape == (B, H, N, N) and got.dtype == jnp.float32
+    assert_close(row_centred(got), row_centred(want))
 
 
 @pytest.mark.parametrize("content,spatial", KERNELS)
@@ -69,9 +91,9 @@ def test_bilateral_attention_matches_reference(content, spatial, causal):
   padding[1, -2:] = False
   for layout in layouts(spatial):
     pos = positions(spatial, layout, N)
-    got = ops.bilateral_attention(q, k, v, pos, pos, h_y=H_Y, h_p=H_P, content=content, spatial=spatial,
-                                  mask=padding[:, None, None, :], is_causal=causal)
-    logits = ref.bilateral_logits(q, k, pos, pos, H_Y, H_P, content, spatial)
+    got = ops.bilateral_attention(q, k, v, pos, pos, h_y=H_Y, content=content, spatial=spatial,
+                                  mask=padding[:, None, None, :], is_causal=causal, **spatial_params(spatial, layout))
+    logits = reference_logits(q, k, pos, content, spatial, layout)
     want = ref.attention(logits, v, ref.keep_mask(B, H, N, N, padding, causal))
     assert_close(got, want)
 
@@ -99,26 +121,28 @@ def numeric_gradient(f, x, eps=1e-6):
 
 
 @pytest.mark.parametrize("content,spatial", KERNELS)
-def test_gradients_match_finite_differences(content, spatial):
+@pytest.mark.parametrize("causal", [False, True])
+def test_gradients_match_finite_differences(content, spatial, causal):
   n = 5
   q, k, v = qkv(seed=3, n=n, m=n)
-  pos = positions(spatial, layouts(spatial)[-1], n)
+  layout = layouts(spatial)[-1]
+  pos = positions(spatial, layout, n)
   padding = np.ones((B, n), bool)
   padding[0, -1] = False
-  keep = ref.keep_mask(B, H, n, n, padding, causal=True)
+  keep = ref.keep_mask(B, H, n, n, padding, causal=causal)
   cotangent = np.random.default_rng(0).normal(size=(B, n, H, D))
-  args = dict(q=q, k=k, v=v, h_y=H_Y, h_p=H_P)
+  args = dict(q=q, k=k, v=v, h_y=H_Y) | {name: x for name, x in spatial_params(spatial, layout).items() if x is not None}
 
-  def loss(q, k, v, h_y, h_p):
-    out = ops.bilateral_attention(q, k, v, pos, pos, h_y=h_y, h_p=h_p, content=content, spatial=spatial,
-                                  mask=padding[:, None, None, :], is_causal=True)
+  def loss(q, k, v, h_y, h_p, shift=None):
+    out = ops.bilateral_attention(q, k, v, pos, pos, h_y=h_y, h_p=h_p, shift=shift, content=content,
+                                  spatial=spatial, mask=padding[:, None, None, :], is_causal=causal)
     return jnp.sum(out * cotangent)
 
-  grads = jax.grad(loss, argnums=range(5))(*args.values())
+  grads = jax.grad(loss, argnums=range(len(args)))(*args.values())
   for (name, value), grad in zip(args.items(), grads):
     def ref_loss(x, name=name):
       a = {key: np.float64(val) for key, val in args.items()} | {name: x}
-      logits = ref.bilateral_logits(a["q"], a["k"], pos, pos, a["h_y"], a["h_p"], content, spatial)
+      logits = ref.bilateral_logits(a["q"], a["k"], pos, pos, a["h_y"], a["h_p"], content, spatial, a.get("shift"))
       return np.sum(ref.attention(logits, a["v"], keep) * cotangent)
 
     assert_close(grad, numeric_gradient(ref_loss, value), rtol=1e-4)
@@ -223,7 +247,7 @@ def test_unknown_kernel_names_the_known_ones():
   q, k, _ = qkv()
   with pytest.raises(ValueError, match="gaussian, dot"):
     ops.content_logits(q, k, h_y=H_Y, content="cosine")
-  with pytest.raises(ValueError, match="gaussian, laplacian, dot"):
+  with pytest.raises(ValueError, match="gaussian, laplacian, shifted, asymmetric, dot"):
     ops.spatial_logits(positions("gaussian", 1, N), positions("gaussian", 1, N), h_p=H_P, spatial="box")
   with pytest.raises(ValueError, match="both"):
     ops.bilateral_logits(q, k, positions("gaussian", 1, N), None, h_y=H_Y, h_p=H_P)

@@ -5,7 +5,7 @@ import dataclasses
 import math
 
 from bilateral_jax.ops.dispatch import IMPLEMENTATIONS
-from bilateral_jax.ops.kernels import CONTENT_KERNELS, SPATIAL_KERNELS
+from bilateral_jax.ops.kernels import CONTENT_KERNELS, SPATIAL, SPATIAL_KERNELS
 
 ATTENTIONS = ("standard", "alibi", "rope", "bilateral")
 POSITION_TABLES = ("learned", "sinusoidal", "none")
@@ -28,8 +28,12 @@ class TransformerConfig:
 
   attention: `standard` (positions from `position_table`, added to Y_0), `alibi`, `rope`, or
     `bilateral` (BSA: positions only through the `spatial` kernel; no cross terms).
-  content / spatial: BSA kernels (method.md section 2); spatial `none` is the content-only
-    non-local-means filter; spatial `dot` takes its features from `position_table` (TUPE).
+  content / spatial: BSA kernels (method.md section 2; `ops.SPATIAL` holds each spatial kernel's spec);
+    spatial `none` is the content-only non-local-means filter; `dot` (TUPE) takes its features from
+    `position_table`, one table per coordinate axis looked up by the token's coordinates (the axes'
+    rows concatenated), a learned vector for tokens with no place (CLS), then a LayerNorm (TUPE's); `shifted` learns a displacement per head; `asymmetric` (1-D) a
+    bandwidth before and after the query. `gaussian` and `laplacian` see distance only: a bidirectional
+    model with them is invariant to its grid's isometries (`sees_direction`).
   spatial_bandwidth_range: initial h_p of the first (most local) and last (most global) head, spread
     geometrically, in units of the coordinates (tokens, or patches); h_y^2 starts at sqrt(head_dim), and
     so does h_p^2 for spatial `dot`.
@@ -96,7 +100,7 @@ class TransformerConfig:
       if not 0.0 <= getattr(self, field) < 1.0:
         raise ValueError(f"{field} must lie in [0, 1), got {getattr(self, field)}")
     if self.uses_position_table and self.position_table == "none":
-      raise ValueError("attention='bilateral' with spatial='dot' needs position_table learned|sinusoidal")
+      raise ValueError(f"attention='bilateral' with spatial={self.spatial!r} needs position_table learned|sinusoidal")
 
   def drop_path(self, layer: int) -> float:
     """The stochastic-depth rate of `layer` (0-based): linear from 0 to drop_path_rate over the stack."""
@@ -113,7 +117,16 @@ class TransformerConfig:
 
   @property
   def uses_position_table(self) -> bool:
-    return self.additive_positions or (self.attention == "bilateral" and self.spatial == "dot")
+    return self.additive_positions or (self.attention == "bilateral" and self.spatial != "none"
+                                       and SPATIAL[self.spatial].features == "table")
+
+  @property
+  def sees_direction(self) -> bool:
+    """Whether a bidirectional model of this stack can tell its grid from a reflection of it (method.md
+    section 2 "Direction"): not with BSA's distance-only kernels (nor with no positions at all)."""
+    if self.attention == "bilateral":
+      return self.spatial != "none" and SPATIAL[self.spatial].directional
+    return self.attention == "rope" or self.additive_positions
 
   @property
   def initial_log_h_y(self) -> float:

@@ -43,15 +43,16 @@ class MultiHeadAttention(nn.Module):
     out_projection = nn.DenseGeneral(x.shape[-1], axis=(-2, -1), dtype=dtype, name="out")
     if cfg.attention == "bilateral":
       h_y = jnp.exp(self.param("log_h_y", nn.initializers.constant(cfg.initial_log_h_y), (heads,)))
-      q_pos, k_pos, h_p = self._spatial_features(coords, pos_embed)
+      q_pos, k_pos, spatial_params = self._spatial_features(coords, pos_embed)
       spatial = None if q_pos is None else cfg.spatial
       path = dispatch.choose_path(cfg.attention_implementation, jax.default_backend(), spatial=spatial,
                                   q_pos=q_pos, k_pos=k_pos, mask=mask, is_causal=is_causal)
       if path != "xla" and not self.is_mutable_collection("intermediates"):  # weights to sow: explicit path
-        return out_projection(dispatch.PATHS[path](q, k, v, q_pos, k_pos, h_y=h_y, h_p=h_p, content=cfg.content,
-                                                   spatial=spatial, mask=mask, is_causal=is_causal))
-      logits = ops.bilateral_logits(q, k, q_pos, k_pos, h_y=h_y, h_p=h_p, content=cfg.content,
-                                    spatial=cfg.spatial)
+        return out_projection(dispatch.PATHS[path](q, k, v, q_pos, k_pos, h_y=h_y, content=cfg.content,
+                                                   spatial=spatial, mask=mask, is_causal=is_causal,
+                                                   **spatial_params))
+      logits = ops.bilateral_logits(q, k, q_pos, k_pos, h_y=h_y, content=cfg.content, spatial=cfg.spatial,
+                                    **spatial_params)
     elif cfg.attention == "alibi":
       logits = ops.standard_logits(q, k, bias=ops.alibi_bias(coords, coords, ops.alibi_slopes(heads)))
     elif cfg.attention == "rope":
@@ -64,24 +65,27 @@ class MultiHeadAttention(nn.Module):
     return out_projection(ops.filter_values(weights, v))
 
   def _spatial_features(self, coords, pos_embed):
-    """(q_pos, k_pos, h_p) for the BSA spatial kernel; (None, None, None) for spatial `none`."""
+    """(q_pos, k_pos, {h_p, shift}) for the BSA spatial kernel; (None, None, {h_p: None}) for `none`.
+
+    Bandwidths are learned through their log, initialised as the kernel's spec says; a `shifted`
+    kernel's displacement is learned as shift / h_p (a head's tap in units of its own bandwidth).
+    """
     cfg = self.config
     if cfg.spatial == "none":
-      return None, None, None
-    if cfg.spatial == "dot":
-      init_log_h_p = nn.initializers.constant(cfg.initial_log_h_y)
-    else:
-      low, high = cfg.spatial_bandwidth_range
-      init_log_h_p = lambda *_: jnp.log(ops.geometric_bandwidths(cfg.num_heads, low, high))
-    h_p = jnp.exp(self.param("log_h_p", init_log_h_p, (cfg.num_heads,)))
-    if cfg.spatial != "dot":
-      return coords, coords, h_p
-    placed = ~jnp.any(jnp.isnan(coords), axis=-1)[:, None, None]
-    features = []
-    for name in ("pos_query", "pos_key"):
-      projected = nn.DenseGeneral((cfg.num_heads, cfg.head_dim), use_bias=False, name=name)(pos_embed)
-      features.append(jnp.where(placed, projected, jnp.nan))  # NaN rows: no place, S = 0
-    return features[0], features[1], h_p
+      return None, None, {"h_p": None}
+    kernel = ops.spatial_kernel(cfg.spatial)
+    low, high = cfg.spatial_bandwidth_range
+    initial = kernel.init_bandwidth(cfg.num_heads, low, high, cfg.head_dim)
+    h_p = jnp.exp(self.param("log_h_p", lambda *_: jnp.log(jnp.asarray(initial, jnp.float32))))
+    params = {"h_p": h_p, "shift": None}
+    if kernel.init_shift is not None:
+      unit_shift = kernel.init_shift(cfg.num_heads, coords.shape[-1], initial) / initial[:, None]
+      params["shift"] = self.param("shift_per_h_p", lambda *_: jnp.asarray(unit_shift, jnp.float32)) * h_p[:, None]
+    if kernel.features == "coordinates":
+      return coords, coords, params
+    features = [nn.DenseGeneral((cfg.num_heads, cfg.head_dim), use_bias=False, name=name)(pos_embed)
+                for name in ("pos_query", "pos_key")]
+    return features[0], features[1], params
 
 
 class Mlp(nn.Module):
@@ -150,6 +154,12 @@ class Transformer(nn.Module):
   """
   config: TransformerConfig
 
+  def _table(self, shape):
+    """A position table [..., rows, dim]: learned, or Vaswani et al.'s sinusoids."""
+    if self.config.position_table == "learned":
+      return self.param("position_table", nn.initializers.normal(0.02), shape)
+    return jnp.broadcast_to(ops.sinusoidal_table(*shape[-2:]), shape)
+
   @nn.compact
   def __call__(self, x, *, coords, mask=None, is_causal=False, deterministic=True, y0_noise=None):
     cfg = self.config
@@ -157,12 +167,15 @@ class Transformer(nn.Module):
     if length > cfg.max_length:
       raise ValueError(f"sequence length {length} exceeds max_length {cfg.max_length}")
     pos_embed = None
-    if cfg.uses_position_table:
-      if cfg.position_table == "learned":
-        table = self.param("position_table", nn.initializers.normal(0.02), (cfg.max_length, cfg.model_dim))
-      else:
-        table = ops.sinusoidal_table(cfg.max_length, cfg.model_dim)
-      pos_embed = table[:length]
+    if cfg.additive_positions:  # rows by token index, the standard baseline's table
+      pos_embed = self._table((cfg.max_length, cfg.model_dim))[:length]
+    elif cfg.uses_position_table:  # BSA `dot`: rows by coordinates, one table per axis
+      axes = coords.shape[-1]
+      if cfg.model_dim % axes or (cfg.position_table == "sinusoidal" and cfg.model_dim // axes % 2):
+        raise ValueError(f"model_dim {cfg.model_dim} does not split into {axes} position tables")
+      tables = self._table((axes, cfg.max_length, cfg.model_dim // axes))
+      placeless = self.param("placeless_position", nn.initializers.normal(0.02), (cfg.model_dim,))
+      pos_embed = nn.LayerNorm(name="position_norm")(ops.coordinate_table(tables, coords, placeless))  # as TUPE
     y0 = x + pos_embed if cfg.additive_positions else x
     y0 = y0 if y0_noise is None else y0 + y0_noise.astype(y0.dtype)
     y0 = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)(y0.astype(jnp.dtype(cfg.dtype)))

@@ -3,9 +3,10 @@ from bilateral_jax.ops.adaptive import (AdaptiveSoftmax, adaptive_embed, adaptiv
                                         adaptive_target_log_probs, cluster_bounds, cluster_dims)
 from bilateral_jax.ops.attention import (attention_weights, bilateral_attention, causal_mask,
                                          filter_values, standard_attention, standard_logits)
-from bilateral_jax.ops.kernels import (CONTENT_KERNELS, SPATIAL_KERNELS, bilateral_logits,
-                                       content_logits, spatial_logits)
-from bilateral_jax.ops.positions import (alibi_bias, alibi_slopes, apply_rope, geometric_bandwidths,
+from bilateral_jax.ops.kernels import (CONTENT_KERNELS, SPATIAL, SPATIAL_KERNELS, SpatialKernel,
+                                       bilateral_logits, content_logits, geometric_bandwidths, spatial_kernel,
+                                       spatial_logits)
+from bilateral_jax.ops.positions import (alibi_bias, alibi_slopes, apply_rope, coordinate_table,
                                          grid_coordinates, prepend_placeless, sequence_coordinates,
                                          sinusoidal_table)
 from bilateral_jax.ops.residual import boosted_values, generalized_residual

@@ -34,25 +34,28 @@ def attention_weights(logits, *, mask=None, is_causal: bool = False) -> jnp.ndar
 
 
 def filter_values(weights, v) -> jnp.ndarray:
-  """u_i = sum_j w_ij v_j: weights [b, h, n, m] (rows sum to 1), v [b, m, h, d] -> [b, n, h, d]."""
-  return jnp.einsum("bhnm,bmhd->bnhd", weights.astype(v.dtype), v)
+  """u_i = sum_j w_ij v_j: weights [b, h, n, m] (rows sum to 1), v [b, m, h, d] -> [b, n, h, d] in v's
+  dtype (the weights rounded to it, the sum accumulated in float32)."""
+  out = jnp.einsum("bhnm,bmhd->bnhd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  return out.astype(v.dtype)
 
 
 def bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str = "gaussian",
-                        spatial: str = "gaussian", mask=None, is_causal: bool = False) -> jnp.ndarray:
-  """Bilateral Self-Attention: softmax(C + S) v -> [batch, q_len, heads, head_dim].
+                        spatial: str = "gaussian", shift=None, mask=None, is_causal: bool = False) -> jnp.ndarray:
+  """Bilateral Self-Attention: softmax(C + S) v -> [batch, q_len, heads, head_dim] (logits and softmax
+  in float32, the output in v's dtype).
 
   See `bilateral_logits` for the kernels and position features; `mask` is boolean, broadcastable to
   [batch, heads, q_len, k_len], True = attend.
   """
-  logits = bilateral_logits(q, k, q_pos, k_pos, h_y=h_y, h_p=h_p, content=content, spatial=spatial)
+  logits = bilateral_logits(q, k, q_pos, k_pos, h_y=h_y, h_p=h_p, content=content, spatial=spatial, shift=shift)
   return filter_values(attention_weights(logits, mask=mask, is_causal=is_causal), v)
 
 
 def standard_logits(q, k, *, bias=None) -> jnp.ndarray:
   """q_i . k_j / sqrt(head_dim) (+ bias, e.g. ALiBi) -> [batch, heads, q_len, k_len]."""
   heads, head_dim = q.shape[-2], q.shape[-1]
-  logits = content_logits(q, k, h_y=jnp.full((heads,), head_dim ** 0.25, q.dtype), content="dot")
+  logits = content_logits(q, k, h_y=jnp.full((heads,), head_dim ** 0.25), content="dot")
   return logits if bias is None else logits + bias
 
 

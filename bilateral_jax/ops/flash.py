@@ -1,5 +1,5 @@
-"""Flash BSA: a Pallas kernel that computes the Gaussian or Laplacian spatial term inside each tile from
-the coordinates, with an online softmax, so that no N x N buffer exists in the forward or the backward
+"""Flash BSA: a Pallas kernel that computes the spatial term of every kernel with an in-tile form
+(`SpatialKernel.tile`: gaussian, shifted, laplacian, asymmetric) inside each tile from the coordinates, with an online softmax, so that no N x N buffer exists in the forward or the backward
 pass (memory linear in N). On GPU it compiles through Pallas' Triton backend; on CPU it runs with
 `interpret=True` (the tests' path).
 
@@ -9,8 +9,10 @@ coordinates:
 
   content dot:       (q_i / h_y^2) . k_j
   content gaussian:  (q_i / h_y^2) . k_j - |k_j|^2 / (2 h_y^2)       (-|q_i|^2 / (2 h_y^2) cancels)
-  spatial gaussian:  -|R_i - R_j|^2,  R = r / (sqrt(2) h_p)           (per head)
+  spatial gaussian:  -|R_i - R_j|^2,  R = r / (sqrt(2) h_p)           (per head; shifted: R_i - delta /
+                                                                      (sqrt(2) h_p) for the queries)
   spatial laplacian: -|R_i - R_j|,    R = r / h_p
+  asymmetric:        -max(A_i - A_j, 0) - max(B_j - B_i, 0),  A = r / h_p^-, B = r / h_p^+
 
 Coordinates stay float32 inside the kernel whatever the dtype of q, k, v: the spatial term is computed
 from differences of coordinates, never from expanded polynomials, so it does not cancel in low precision.
@@ -26,18 +28,20 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from bilateral_jax.ops.kernels import _split_placed
+from bilateral_jax.ops.kernels import SPATIAL, _split_placed
 
-FLASH_SPATIAL = (None, "none", "gaussian", "laplacian")
+FLASH_SPATIAL = (None, "none") + tuple(name for name, kernel in SPATIAL.items() if kernel.tile is not None)
 _MASKED = float(jnp.finfo(jnp.float32).min)  # the masked logit of `attention_weights`
 
 
 def flash_applies(spatial: str | None, q_pos=None, mask=None) -> bool:
-  """Whether `flash_bilateral_attention` computes this case: spatial none/gaussian/laplacian on
-  coordinates [len, c] (c <= 3), and a mask that depends on the key only ([batch or 1, 1, 1, k_len])."""
+  """Whether `flash_bilateral_attention` computes this case: no spatial term, or a kernel with an in-tile
+  form on coordinates [len, c] (c <= 3, and <= the kernel's `max_dims`), and a mask that depends on the
+  key only ([batch or 1, 1, 1, k_len])."""
   if spatial not in FLASH_SPATIAL:
     return False
-  if spatial not in (None, "none") and (q_pos is None or jnp.ndim(q_pos) != 2 or q_pos.shape[-1] > 3):
+  if spatial not in (None, "none") and (q_pos is None or jnp.ndim(q_pos) != 2
+                                        or q_pos.shape[-1] > min(3, SPATIAL[spatial].max_dims)):
     return False
   return mask is None or (jnp.ndim(mask) == 4 and mask.shape[1] == 1 and mask.shape[2] == 1)
 
@@ -61,19 +65,11 @@ def _tile(q, k, k_bias, k_keep, q_coords, k_coords, q_start, k_start, opts: _Opt
   s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
   s = s + k_bias[None, :]
   spatial_grads = []
-  if opts.spatial in ("gaussian", "laplacian"):
+  if opts.spatial is not None:
     placed = q_coords[-1][:, None] * k_coords[-1][None, :]
-    diffs = [a[:, None] - b[None, :] for a, b in zip(q_coords[:-1], k_coords[:-1])]
-    sq_dist = sum(diff * diff for diff in diffs)
-    if opts.spatial == "gaussian":
-      s = s - placed * sq_dist
-      spatial_grads = [-2.0 * placed * diff for diff in diffs]
-    else:  # the double where keeps sqrt's gradient finite at distance 0
-      nonzero = sq_dist > 0
-      dist = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq_dist, 1.0)), 0.0)
-      s = s - placed * dist
-      inv_dist = jnp.where(nonzero, 1.0 / jnp.where(nonzero, dist, 1.0), 0.0)
-      spatial_grads = [-placed * diff * inv_dist for diff in diffs]
+    term, grads = SPATIAL[opts.spatial].tile([a[:, None] - b[None, :] for a, b in zip(q_coords[:-1], k_coords[:-1])])
+    s = s + placed * term
+    spatial_grads = [placed * g for g in grads]
   rows = q_start + lax.broadcasted_iota(jnp.int32, s.shape, 0)
   cols = k_start + lax.broadcasted_iota(jnp.int32, s.shape, 1)
   keep = k_keep[None, :] > 0
@@ -277,19 +273,19 @@ def _pad(x, axis: int, size: int, value=0.0):
   return jnp.pad(x, widths, constant_values=value)
 
 
-def _kernel_coordinates(pos, scale, length: int, rows: int):
-  """Coordinates [len, c] (NaN rows: no place) -> per-head scaled rows [heads, rows, length], the last row
-  the 0/1 `placed` flag, zero rows in between."""
+def _kernel_coordinates(kernel_rows, pos, length: int, rows: int):
+  """Coordinates [len, c] (NaN rows: no place) -> per-head kernel rows [heads, rows, length]
+  (`kernel_rows(coords)` -> [heads, r, len], then zero rows, the last row the 0/1 `placed` flag)."""
   coords, placed = _split_placed(jnp.asarray(pos, jnp.float32))
-  scaled = coords.T[None] * scale[:, None, None]  # [heads, c, len]
-  heads = scale.shape[0]
+  scaled = kernel_rows(coords)
+  heads = scaled.shape[0]
   filler = jnp.zeros((heads, rows - 1 - scaled.shape[1], scaled.shape[2]), jnp.float32)
   flag = jnp.broadcast_to(lax.stop_gradient(placed.astype(jnp.float32)), (heads, 1, placed.shape[0]))
   return _pad(jnp.concatenate([scaled, filler, flag], axis=1), 2, length)
 
 
 def flash_bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str = "gaussian",
-                              spatial: str | None = "gaussian", mask=None, is_causal: bool = False,
+                              spatial: str | None = "gaussian", shift=None, mask=None, is_causal: bool = False,
                               block_size: int | None = None, interpret: bool | None = None) -> jnp.ndarray:
   """Equals `bilateral_attention` (same arguments) where `flash_applies`; [batch, q_len, heads, head_dim].
 
@@ -324,12 +320,14 @@ def flash_bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str =
   if spatial is None:
     q_coords, k_coords = jnp.zeros((heads, 2, n_pad)), jnp.zeros((heads, 2, m_pad))
   else:
-    scale = 1.0 / jnp.asarray(h_p, jnp.float32)
-    if spatial == "gaussian":
-      scale = scale * 2.0 ** -0.5
-    rows = 2 if q_pos.shape[-1] == 1 else 4  # coordinate rows + the flag, a power of two for Triton
-    q_coords = _kernel_coordinates(q_pos, scale, n_pad, rows)
-    k_coords = _kernel_coordinates(k_pos, scale, m_pad, rows)
+    tile_rows = SPATIAL[spatial].tile_rows
+    h_p = jnp.asarray(h_p, jnp.float32)
+    shift = None if shift is None else jnp.asarray(shift, jnp.float32)
+    q_rows = functools.partial(tile_rows, h_p=h_p, shift=shift)
+    k_rows = functools.partial(tile_rows, h_p=h_p, shift=None)
+    rows = max(2, pl.next_power_of_2(q_rows(jnp.zeros_like(q_pos[:1])).shape[1] + 1))  # + the flag, for Triton
+    q_coords = _kernel_coordinates(q_rows, q_pos, n_pad, rows)
+    k_coords = _kernel_coordinates(k_rows, k_pos, m_pad, rows)
 
   def pad_tokens(x, length):
     return _pad(_pad(x, 1, length), 3, d_pad)

@@ -40,11 +40,14 @@ def sinusoidal_table(length: int, dim: int, base: float = 10_000.0) -> jnp.ndarr
   return jnp.asarray(table)
 
 
-def geometric_bandwidths(heads: int, low: float, high: float) -> jnp.ndarray:
-  """[heads] bandwidths spread geometrically from `low` (local heads) to `high` (global heads)."""
-  if heads == 1:
-    return jnp.asarray([math.sqrt(low * high)], jnp.float32)
-  return jnp.asarray(np.geomspace(low, high, heads), jnp.float32)
+def coordinate_table(tables, coords, placeless) -> jnp.ndarray:
+  """Position table rows looked up by coordinates: tables [c, max_length, dim // c] (one per axis),
+  coords [len, c] (non-negative integers; NaN rows: no place), placeless [dim] -> [len, dim], each axis's
+  row concatenated; tokens with no place get the `placeless` vector (TUPE's untied CLS position)."""
+  placed = ~jnp.any(jnp.isnan(coords), axis=-1)
+  index = jnp.clip(jnp.where(placed[:, None], coords, 0).astype(jnp.int32), 0, tables.shape[1] - 1)
+  rows = jnp.concatenate([tables[axis][index[:, axis]] for axis in range(coords.shape[-1])], axis=-1)
+  return jnp.where(placed[:, None], rows, placeless[None].astype(rows.dtype))
 
 
 def alibi_slopes(heads: int) -> jnp.ndarray:
