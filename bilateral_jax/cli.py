@@ -146,8 +146,8 @@ def number(value) -> str:
 
 def define_attack_flags() -> None:
   """The attack flags of eval.py and study.py (`robustness` says what they mean)."""
-  flags.DEFINE_list("attacks", [], "Attacks to evaluate: fgsm, pgd (images and token classifiers), "
-                    "contamination (language models).")
+  flags.DEFINE_list("attacks", [], "Attacks to evaluate: fgsm, pgd, reflect (images and token classifiers: "
+                    "the patch grid transposed or the tokens reversed), contamination (language models).")
   flags.DEFINE_list("epsilons", None, "Attack radii in the task's units (images: 1/255; tokens: fractions of the "
                     "mean embedding norm); default: the task's.")
   flags.DEFINE_enum("attack_convention", "normalized", ["normalized", "pixel"],

@@ -16,6 +16,10 @@
 - Attacks are compared at unequal clean accuracy: beside the accuracy under attack, `evaluate` reports
   `attack_success_rate`, the fraction of the examples classified correctly when clean (`clean_correct` of
   them) that the attack makes wrong (`success_sums` counts them in the attack step).
+- `reflect`: not an attack but a probe of what a model learned about direction (method.md section 2
+  "Direction"): accuracy on the inputs laid out reflected on their grid, each image's patch grid
+  transposed (every patch's own pixels untouched) or each sequence's real tokens reversed (padding stays
+  at the end). A model that sees no direction scores exactly its clean accuracy; reported at strength 1.
 - `contaminate`: the word-swap contamination of a language model's evaluation text (the authors' group
   replaces 1.5% of WikiText-103's words, stopwords excepted): exactly round(fraction x eligible) words
   (words with a letter, not stopwords, chosen by a seeded draw) become a word outside the vocabulary
@@ -42,7 +46,8 @@ from bilateral_jax import parallel
 from bilateral_jax.data import sources
 
 IMAGE_ATTACKS = ("fgsm", "pgd")
-ATTACKS = IMAGE_ATTACKS + ("contamination",)
+REFLECTION = "reflect"
+ATTACKS = IMAGE_ATTACKS + (REFLECTION, "contamination")
 CONVENTIONS = ("normalized", "pixel")
 REPLACEMENTS = ("oov", "random")
 
@@ -111,11 +116,29 @@ def mean_embedding_norm(params) -> jax.Array:
   return jnp.mean(jnp.linalg.norm(table[1:], axis=-1))
 
 
+def reflect(inputs, input_kind: str, patch_size: int | None = None):
+  """Images [b, h, w, c] with their patch grid transposed, or token ids [..., n] (0 = padding, at the end)
+  with their real tokens reversed."""
+  if input_kind == "images":
+    b, h, w, c = inputs.shape
+    p = patch_size
+    grid = inputs.reshape(b, h // p, p, w // p, p, c)
+    return grid.transpose(0, 3, 2, 1, 4, 5).reshape(b, w, h, c)
+  tokens = inputs.reshape(-1, inputs.shape[-1])
+  lengths = jnp.sum(tokens != 0, axis=-1, keepdims=True)
+  position = jnp.arange(tokens.shape[-1])[None]
+  index = jnp.where(position < lengths, lengths - 1 - position, position)
+  return jnp.take_along_axis(tokens, index, axis=-1).reshape(inputs.shape)
+
+
 def attacked_logits(model: nn.Module, params, batch, *, attack: str, epsilon, input_kind: str, settings: AttackSettings,
                     image_stats=None, rng=None):
-  """Logits of `model` on `batch["inputs"]` perturbed by FGSM or PGD at `epsilon` (see the module
-  docstring for the units and labels of each input kind and convention)."""
+  """Logits of `model` on `batch["inputs"]` perturbed by FGSM or PGD at `epsilon`, or reflected (see the
+  module docstring for the units and labels of each input kind and convention)."""
   inputs, weight = batch["inputs"], batch["weight"]
+  if attack == REFLECTION:
+    reflected = reflect(inputs, input_kind, getattr(model, "patch_size", None))
+    return model.apply({"params": params}, reflected), reflected - inputs
   if input_kind == "images":
     if settings.convention == "normalized":
       apply = lambda delta: model.apply({"params": params}, inputs + delta)
@@ -314,7 +337,7 @@ def evaluate(experiment, params, split: str, attacks: tuple[str, ...], settings:
       continue
     step = experiment.attack_step(attack, settings)
     results[attack] = {}
-    for epsilon in settings.epsilons:
+    for epsilon in (1.0,) if attack == REFLECTION else settings.epsilons:
       batches = itertools.count()  # PGD's random start: its own key per batch, the same in every run
       attacked = lambda p, batch: step(p, batch, jnp.float32(epsilon),
                                        jax.random.fold_in(jax.random.key(settings.seed), next(batches)))

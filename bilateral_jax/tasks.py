@@ -154,10 +154,10 @@ class Task:
 
 
 TASKS: dict[str, Task] = {
-    "classifier": Task(classification, ("loss", "accuracy"), "tokens", ("fgsm", "pgd"), mixes=True,
+    "classifier": Task(classification, ("loss", "accuracy"), "tokens", ("fgsm", "pgd", "reflect"), mixes=True,
                        epsilons=(0.1, 0.25, 0.5, 1.0)),
-    "vit": Task(image_classification, ("loss", "accuracy", "top5_accuracy"), "images", ("fgsm", "pgd"), mixes=True,
-                transforms=image_transforms, epsilons=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0)),
+    "vit": Task(image_classification, ("loss", "accuracy", "top5_accuracy"), "images", ("fgsm", "pgd", "reflect"),
+                mixes=True, transforms=image_transforms, epsilons=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0)),
     "lm": Task(language_modeling, ("loss", "accuracy", "perplexity"), "token_stream", ("contamination",),
                mixes=False),
     "segmenter": Task(segmentation, ("loss", "accuracy", "mean_iou"), "images", (), mixes=False,

@@ -211,3 +211,26 @@ def test_contaminated_language_model_evaluation(tmp_path):
   assert swapped.returncode == 0, swapped.stderr
   record = json.loads(next((tmp_path / "run" / "eval").glob("*.json")).read_text())
   assert record["attack_settings"]["replacement"] == "random" and "contamination" in swapped.stdout.split("perplexity under attack")[1]
+
+
+def test_reflection_probe_transposes_the_patch_grid_or_reverses_the_real_tokens(trained_digits):
+  tokens = np.asarray([[3, 4, 5, 0, 0], [1, 2, 0, 0, 0], [6, 7, 8, 9, 2]])
+  np.testing.assert_array_equal(robustness.reflect(jnp.asarray(tokens), "tokens"),
+                                [[5, 4, 3, 0, 0], [2, 1, 0, 0, 0], [2, 9, 8, 7, 6]])
+  images = np.random.default_rng(0).normal(size=(2, 6, 4, 3)).astype(np.float32)
+  reflected = np.asarray(robustness.reflect(jnp.asarray(images), "images", patch_size=2))
+  assert reflected.shape == (2, 4, 6, 3)
+  for row, col in np.ndindex(3, 2):  # patch (row, col) lands at (col, row), its pixels untouched
+    np.testing.assert_array_equal(reflected[:, 2 * col:2 * col + 2, 2 * row:2 * row + 2],
+                                  images[:, 2 * row:2 * row + 2, 2 * col:2 * col + 2])
+
+  experiment, params, _ = trained_digits
+  settings = robustness.AttackSettings(epsilons=(3.0,))
+  got = robustness.evaluate(experiment, params, "test", ("reflect",), settings)["reflect"]
+  assert list(got) == ["1"]  # one strength, whatever the radii
+  source = sources.load_split(experiment.config.data, "test")
+  examples = [experiment.eval_transform(source[i], None) for i in range(len(source))]
+  inputs, labels = np.stack([e["inputs"] for e in examples]), np.asarray([e["label"] for e in examples])
+  logits = experiment.model.apply({"params": params}, robustness.reflect(jnp.asarray(inputs), "images", 2))
+  np.testing.assert_allclose(got["1"]["accuracy"], np.mean(np.argmax(logits, -1) == labels), atol=1e-6)
+  assert 0 <= got["1"]["attack_success_rate"] <= 1
