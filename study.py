@@ -19,7 +19,8 @@ success rate on the examples correct when clean, and for contamination the perpl
 uncontaminated targets), and measures SNR and token uniformity per layer (diagnose.py's depth
 diagnostics; the Segmenter's decoder apart), then writes that run's `result.json`; a run with a
 `result.json` is done and not retrained (evaluated again, from its checkpoint, when the attack or
-diagnostics settings changed; a variant whose overrides changed is refused). An interrupted study
+diagnostics settings changed; a run trained with other settings, of its variant or of the base config,
+is refused). An interrupted study
 continues where it stopped. Then: WORKDIR/summary.json, summary.md (mean ± std over seeds per variant and
 quantity; each variant's difference from the baseline with its 95% confidence interval and p-value,
 paired by seed by default (every variant runs the same seeds, and a seed fixes the data order and the
@@ -38,6 +39,7 @@ import numpy as np
 from absl import app, flags
 
 from bilateral_jax import cli, diagnostics, metric_writer, plots, robustness, studies, tasks, trainer
+from bilateral_jax import workdir as workdir_lib
 from configs import common
 
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds, one run per variant and seed.")
@@ -59,6 +61,18 @@ MEASUREMENTS = 2  # the version of the evaluation's definitions (method.md secti
 def slug(variant: str) -> str:
   """A variant's directory name."""
   return re.sub(r"[^A-Za-z0-9._=-]+", "-", variant.replace(" + ", "_")).strip("-")
+
+
+def trained_otherwise(run_dir: pathlib.Path, config) -> dict:
+  """The fields that decide a finished run's result (seed, model, data, optimiser, steps and batch) that
+  differ between how `run_dir` was trained and `config`: {field: (then, now)}."""
+  saved = workdir_lib.load_config(run_dir)
+  if saved is None:
+    return {}
+  decisive = lambda field: field.split(".")[0] in ("seed", "model", "data", "optimizer") or field in (
+      "train.num_steps", "train.batch_size", "train.grad_accum_steps")
+  return {field: values for field, values in workdir_lib.changes(saved, config).items()
+          if decisive(field) and not field.endswith(".attention_implementation")}  # same numbers on every path
 
 
 def run_one(config, run_dir: pathlib.Path, attacks, settings, overrides: dict) -> dict:
@@ -167,11 +181,15 @@ def main(argv):
     for seed in seeds:
       run_dir = root / slug(variant) / f"seed_{seed}"
       done = run_dir / "result.json"
+      config = variant_config.copy_and_resolve_references()
+      config.seed = seed
       if done.exists():
         result = json.loads(done.read_text())
-        if result.get("overrides", as_json(overrides)) != as_json(overrides):
-          raise ValueError(f"{run_dir} was trained as variant {variant!r} with overrides {result['overrides']}, not "
-                           f"{as_json(overrides)}: rename the variant, or use another --workdir")
+        changed = trained_otherwise(run_dir, config)
+        if changed:
+          raise ValueError(f"{run_dir} was trained as variant {variant!r} with other settings ("
+                           + "; ".join(f"{k} {a!r}, now {b!r}" for k, (a, b) in changed.items())
+                           + "): rename the variant, or use another --workdir")
         if result.get("evaluated_with") == evaluated_with(attacks, settings):
           print(f"{variant}, seed {seed}: done ({done})", flush=True)
           results[variant][seed] = result
@@ -179,8 +197,6 @@ def main(argv):
         print(f"{variant}, seed {seed}: evaluated with other attacks or diagnostics settings; evaluating again",
               flush=True)
       print(f"\n=== {variant}, seed {seed} -> {run_dir}", flush=True)
-      config = variant_config.copy_and_resolve_references()
-      config.seed = seed
       results[variant][seed] = run_one(config, run_dir, attacks, settings, overrides)
   per_seed = {variant: {seed: studies.run_scalars(result, split, metric) for seed, result in by_seed.items()}
               for variant, by_seed in results.items()}

@@ -61,10 +61,11 @@ def curves(runs: dict[str, list[dict]], out: str | pathlib.Path) -> pathlib.Path
 def against(series: dict[str, tuple[list, list, list | None]], out: str | pathlib.Path, *, xlabel: str,
             ylabel: str, title: str = "") -> pathlib.Path:
   """series: {label: (x, mean, std or None)} -> one panel of lines (with ±std bars) at `out`."""
-  figure, axis = plt.subplots(figsize=(5, 3.6))
+  many = len(series) > 6  # the legend goes beside the panel instead of over the lines
+  figure, axis = plt.subplots(figsize=(8.5 if many else 5, 3.6))
   for label, (x, mean, std) in series.items():
     axis.errorbar(x, mean, yerr=std, marker="o", markersize=3, capsize=2, label=label)
   axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
   axis.grid(alpha=0.3)
-  axis.legend(fontsize=7)
+  axis.legend(fontsize=7, **(dict(loc="center left", bbox_to_anchor=(1.01, 0.5)) if many else {}))
   return save(figure, out)

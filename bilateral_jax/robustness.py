@@ -357,7 +357,8 @@ def companion(attack: str) -> str:
 
 
 def curve(clean: dict, attacked: dict, metric: str) -> dict[str, tuple[list, list]]:
-  """One split's clean metrics and attack results -> {attack: (ε or fraction with 0 first, metric)}."""
+  """One split's clean metrics and attack results -> {attack: (ε or fraction with 0 first, metric)}; the
+  reflection probe, which has no strength, is left out."""
   return {attack: ([0.0] + [float(key) for key in by_strength],
                    [clean[metric]] + [result[metric] for result in by_strength.values()])
-          for attack, by_strength in attacked.items()}
+          for attack, by_strength in attacked.items() if attack != REFLECTION}

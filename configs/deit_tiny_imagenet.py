@@ -1,5 +1,5 @@
-"""DeiT-Tiny (and, as `:small`, DeiT-Small) on ImageNet-1k with BSA (2-D Gaussian spatial kernel on the
-14 x 14 patch grid) + GRC, by DeiT's recipe (facebookresearch/deit main.py and README, timm 0.3.2).
+"""DeiT-Tiny (and, as `:small`, DeiT-Small) on ImageNet-1k with BSA (`dot` spatial kernel on the 14 x 14
+patch grid, `common.GRID_SPATIAL`) + GRC, by DeiT's recipe (facebookresearch/deit main.py and README, timm 0.3.2).
 
     python train.py --config configs/deit_tiny_imagenet.py --workdir runs/deit_tiny \
         --config.data.directory=/path/to/imagenet
@@ -51,7 +51,7 @@ def get_config(variant: str = ""):
   width, heads = (384, 6) if common.variant(variant, ("", "small")) == "small" else (192, 3)
   config.model.transformer = common.transformer(
       num_layers=12, num_heads=heads, model_dim=width, mlp_dim=4 * width, max_length=197, attention="bilateral",
-      spatial_bandwidth_range=(0.5, 14.0), residual="grc", drop_path_rate=0.1, dtype="bfloat16")
+      spatial=common.GRID_SPATIAL, residual="grc", drop_path_rate=0.1, dtype="bfloat16")
   config.data = ml_collections.ConfigDict(dict(name="imagenet", directory="", tfds_dir="", image_size=224,
                                                crop_fraction=0.875))
   config.train.batch_size = 1024

@@ -1,6 +1,6 @@
 """ADE20K semantic segmentation as Segmenter (Strudel et al. 2021, rstrudel/segmenter) runs Seg-T/16: a
 DeiT-Tiny encoder (12 layers, width 192, 3 heads, 16 x 16 patches on 512 x 512 crops: a 32 x 32 grid) with
-BSA (2-D Gaussian spatial kernel) + GRC, and the mask-transformer decoder (2 layers, 150 class embeddings).
+BSA (`dot` spatial kernel, `common.GRID_SPATIAL`) + GRC, and the mask-transformer decoder (2 layers, 150 class embeddings).
 
     python train.py --config configs/segmenter_ade20k.py --workdir runs/seg_t \
         --config.data.directory=/path/to/ADEChallengeData2016 --config.train.init_from=runs/deit_tiny
@@ -53,7 +53,7 @@ def get_config():
   config.model.decoder_dropout = 0.1
   config.model.transformer = common.transformer(
       num_layers=12, num_heads=3, model_dim=192, mlp_dim=768, max_length=1024, attention="bilateral",
-      spatial_bandwidth_range=(0.5, 32.0), residual="grc", drop_path_rate=0.1, dtype="bfloat16")
+      spatial=common.GRID_SPATIAL, residual="grc", drop_path_rate=0.1, dtype="bfloat16")
   config.data = ml_collections.ConfigDict(dict(name="ade20k", directory="", tfds_dir="", image_size=512,
                                                scale_range=(0.5, 2.0)))
   config.train.batch_size = 8

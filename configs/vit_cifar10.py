@@ -1,4 +1,5 @@
-"""A small ViT with BSA (2-D Gaussian spatial kernel on the patch grid) + GRC on CIFAR-10.
+"""A small ViT with BSA (`dot` spatial kernel: TUPE features of per-axis position tables on the patch grid,
+see `common.GRID_SPATIAL` for the evidence) + GRC on CIFAR-10.
 
     python train.py --config configs/vit_cifar10.py --workdir runs/vit_cifar10 \
         --config.data.directory=/path/to/cifar-10-batches-py
@@ -21,7 +22,7 @@ def get_config():
   config.model.pooling = "cls"
   config.model.transformer = common.transformer(
       num_layers=6, num_heads=4, model_dim=256, mlp_dim=512, max_length=65, attention="bilateral",
-      spatial_bandwidth_range=(0.5, 8.0), residual="grc", dropout_rate=0.1)
+      spatial=common.GRID_SPATIAL, residual="grc", dropout_rate=0.1)
   config.data = ml_collections.ConfigDict(dict(name="cifar10", directory="", tfds_dir="", seed=0,
                                                validation_size=5_000))
   config.train.batch_size = 128

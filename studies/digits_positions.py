@@ -2,7 +2,8 @@
 plus CLS), every variant with the standard residual so that only the position scheme differs.
 
     python study.py --config configs/digits_vit.py --variants studies/digits_positions.py \
-        --seeds 0,1,2,3,4 --workdir runs/study_digits_positions --attacks fgsm,pgd --epsilons 2,4,8
+        --seeds 0,1,2,3,4 --workdir runs/study_digits_positions --attacks fgsm,pgd,reflect \
+        --attack_convention pixel --epsilons 8,16
 
 Learned absolute positions (the baseline), none (the floor: attention alone is blind to order), RoPE on
 the grid, BSA with the isotropic Gaussian of the coordinate distance (exactly invariant to the grid's
@@ -12,7 +13,9 @@ Gaussian with mean pooling instead of the place-less CLS token. Test accuracy, F
 success rate on the clean-correct images, SNR and token uniformity at the last layer.
 """
 
-STANDARD_RESIDUAL = {"residual": "standard"}
+# Shared by every variant and pinned, so that the study does not move when the shipped config does: the
+# standard residual (only the position scheme differs) and the isotropic kernels' bandwidths.
+STANDARD_RESIDUAL = {"residual": "standard", "spatial": "gaussian", "spatial_bandwidth_range": (0.5, 4.0)}
 
 VARIANTS = {
     "learned absolute": STANDARD_RESIDUAL | {"attention": "standard", "position_table": "learned"},

@@ -1,6 +1,8 @@
 """Study files and the statistics of a study (bilateral_jax/studies.py), and study.py end to end at tiny
 sizes: chosen variants of a study file, their summary and plots, resuming, refusing a bad variant."""
+import importlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -122,7 +124,7 @@ def test_study_trains_the_chosen_variants_once_and_summarises_them(tmp_path):
   assert first.returncode == 0, first.stderr
   assert first.stdout.count("=== ") == 4  # the baseline and RoPE, two seeds each
   summary = json.loads((tmp_path / "summary.json").read_text())
-  assert list(summary["variants"]) == ["absolute", "RoPE (no table)"] and summary["attacks"] == ["fgsm", "pgd"]
+  assert list(summary["variants"]) == ["absolute", "RoPE (no table)"] and summary["attacks"] == ["fgsm", "pgd", "reflect"]
   assert summary["baseline"] == "absolute" and summary["paired"] and summary["study"] == str(study_file)
   rope = summary["variants"]["RoPE (no table)"]
   assert {"accuracy", "loss", "fgsm 0.5", "pgd 0.5", "pgd 0.5 success rate", "SNR dB (last layer)",
@@ -157,3 +159,16 @@ def test_study_trains_the_chosen_variants_once_and_summarises_them(tmp_path):
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["attacks"] == ["fgsm"] and "fgsm 0.25 success rate" in summary["variants"]["RoPE (no table)"]
   assert summary["variants"]["RoPE (no table)"]["accuracy"]["test"] == "Welch t"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.py")), ids=lambda path: path.stem)
+def test_every_shipped_study_file_builds_a_valid_model_for_each_variant(path):
+  """Each study file's variants, on the config its own command names, are settings train.py accepts and
+  build a model (the README runs these commands at full size)."""
+  study = studies.load(path)
+  config_file, *variant = re.search(r"--config configs/(\w+)\.py(?::(\w+))?", study.description).groups()
+  base = importlib.import_module(f"configs.{config_file}").get_config(*[v for v in variant if v])
+  for name, overrides in study.variants.items():
+    config = studies.variant_config(base, name, overrides)
+    trainer.check_settings(config)
+    trainer.make_model(config)
