@@ -358,7 +358,7 @@ def test_metrics_files_and_logged_filter_parameters(tmp_path):
   for name in ("loss", "accuracy", "grad_norm", "param_norm", "learning_rate", "steps_per_s",
                "examples_per_s", "h_y/block_0", "h_p/block_0", "t_attention/block_0", "t_mlp/block_0"):
     assert name in first, name
-  assert len(first["h_p/block_0"]) == 2 and 0 < first["t_attention/block_0"] < 1
+  assert len(first["h_p/block_0"]) == 2 * 2 and 0 < first["t_attention/block_0"] < 1  # (before, after) per head
   assert {m["step"] for m in read_metrics(tmp_path, "validation")} == {3, 6}
   events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
   events.Reload()
