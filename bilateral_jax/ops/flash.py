@@ -273,12 +273,13 @@ def _pad(x, axis: int, size: int, value=0.0):
   return jnp.pad(x, widths, constant_values=value)
 
 
-def _kernel_coordinates(kernel_rows, pos, length: int, rows: int):
+def _kernel_coordinates(kernel_rows, pos, length: int):
   """Coordinates [len, c] (NaN rows: no place) -> per-head kernel rows [heads, rows, length]
-  (`kernel_rows(coords)` -> [heads, r, len], then zero rows, the last row the 0/1 `placed` flag)."""
+  (`kernel_rows(coords)` -> [heads, r, len], then zero rows up to a power of two for Triton, the last row
+  the 0/1 `placed` flag)."""
   coords, placed = _split_placed(jnp.asarray(pos, jnp.float32))
   scaled = kernel_rows(coords)
-  heads = scaled.shape[0]
+  heads, rows = scaled.shape[0], max(2, pl.next_power_of_2(scaled.shape[1] + 1))
   filler = jnp.zeros((heads, rows - 1 - scaled.shape[1], scaled.shape[2]), jnp.float32)
   flag = jnp.broadcast_to(lax.stop_gradient(placed.astype(jnp.float32)), (heads, 1, placed.shape[0]))
   return _pad(jnp.concatenate([scaled, filler, flag], axis=1), 2, length)
@@ -325,9 +326,8 @@ def flash_bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str =
     shift = None if shift is None else jnp.asarray(shift, jnp.float32)
     q_rows = functools.partial(tile_rows, h_p=h_p, shift=shift)
     k_rows = functools.partial(tile_rows, h_p=h_p, shift=None)
-    rows = max(2, pl.next_power_of_2(q_rows(jnp.zeros_like(q_pos[:1])).shape[1] + 1))  # + the flag, for Triton
-    q_coords = _kernel_coordinates(q_rows, q_pos, n_pad, rows)
-    k_coords = _kernel_coordinates(k_rows, k_pos, m_pad, rows)
+    q_coords = _kernel_coordinates(q_rows, q_pos, n_pad)
+    k_coords = _kernel_coordinates(k_rows, k_pos, m_pad)
 
   def pad_tokens(x, length):
     return _pad(_pad(x, 1, length), 3, d_pad)
