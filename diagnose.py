@@ -26,14 +26,15 @@ With a trained run it measures on the first `--examples` of the first eval split
   0.0 by construction without additive positions (method.md section 4).
 """
 import json
-import pathlib
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from absl import app, flags
+from etils import epath
 
 from bilateral_jax import cli, diagnostics, trainer
+from bilateral_jax import workdir as workdir_lib
 
 flags.DEFINE_bool("lipschitz", False, "Run the model-free softmax Lipschitz study (needs no checkpoint).")
 flags.DEFINE_bool("long_range", False, "Run the model-free long-range stability study (needs no checkpoint).")
@@ -53,7 +54,7 @@ def lengths(default) -> list[int]:
   return chosen
 
 
-def lipschitz(out: pathlib.Path) -> None:
+def lipschitz(out: epath.Path) -> None:
   if cli.FLAGS.samples < 1:
     raise ValueError("--samples must be >= 1")
   result = diagnostics.lipschitz_study(lengths((100, 200, 500, 1000, 2000, 5000, 10000)), samples=cli.FLAGS.samples)
@@ -74,7 +75,7 @@ def lipschitz(out: pathlib.Path) -> None:
   print(f"fit: {result['fit_a']:.4f} / sqrt(N) + {result['fit_b']:.5f}")
 
 
-def long_range(out: pathlib.Path) -> None:
+def long_range(out: epath.Path) -> None:
   result = diagnostics.long_range_stability(lengths=lengths((64, 128, 256, 512, 1024)))
   (out / "long_range.json").write_text(json.dumps(result, indent=2))
   from bilateral_jax.plots import plt, save  # noqa: PLC0415 - matplotlib (Agg) only when drawing
@@ -108,7 +109,7 @@ def restore(workdir: str) -> Restored:
   return Restored(config, meta, experiment.model, jax.device_get(params), inputs)
 
 
-def depth(run: Restored, out: pathlib.Path) -> None:
+def depth(run: Restored, out: epath.Path) -> None:
   result = run.meta | diagnostics.depth_profile(run.model, run.params, run.inputs, noise=cli.FLAGS.noise,
                                                 seed=run.config.seed)
   (out / "depth.json").write_text(json.dumps(result, indent=2))
@@ -129,7 +130,7 @@ def depth(run: Restored, out: pathlib.Path) -> None:
     print("unif.  " + " ".join(f"{value:7.4f}" for value in profile["token_uniformity"]))
 
 
-def attention(run: Restored, out: pathlib.Path) -> None:
+def attention(run: Restored, out: epath.Path) -> None:
   model, params, inputs = run.model, run.params, run.inputs
   stacks = diagnostics.stacks(model, params, inputs)
   arrays, result = {}, dict(run.meta)
@@ -146,7 +147,8 @@ def attention(run: Restored, out: pathlib.Path) -> None:
                            "maps": "attention.npz"}
     else:
       result[prefix[:-1]] = summary
-  np.savez_compressed(out / "attention.npz", **arrays)
+  with (out / "attention.npz").open("wb") as file:
+    np.savez_compressed(file, **arrays)
   maps, coords = arrays["maps"], arrays["coords"]
   (out / "attention.json").write_text(json.dumps(result, indent=2))
   from bilateral_jax.plots import plt, save  # noqa: PLC0415 - matplotlib (Agg) only when drawing
@@ -177,15 +179,15 @@ def attention(run: Restored, out: pathlib.Path) -> None:
            else ""))
 
 
-def cross_terms(run: Restored, out: pathlib.Path) -> None:
+def cross_terms(run: Restored, out: epath.Path) -> None:
   result = run.meta | diagnostics.cross_term_share(run.model, run.params, run.inputs)
   (out / "cross_terms.json").write_text(json.dumps(result, indent=2))
   print(f"cross-term share {result['cross_share']} ({result['note']})")
 
 
-def trained(workdir: str, out: pathlib.Path) -> None:
+def trained(workdir: str, out: epath.Path) -> None:
   run = restore(workdir)
-  out.mkdir(exist_ok=True)
+  out.mkdir(parents=True, exist_ok=True)
   for measure in (depth, attention, cross_terms):
     measure(run, out)
 
@@ -194,7 +196,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   workdir = cli.set_up()
-  out = pathlib.Path(workdir) / "diagnostics"
+  out = workdir_lib.path(workdir) / "diagnostics"
   model_free = [study for study in (lipschitz, long_range) if cli.FLAGS[study.__name__].value]
   if model_free:
     out.mkdir(parents=True, exist_ok=True)

@@ -15,11 +15,11 @@ of an inserted word (`uncontaminated_targets`).
 """
 import dataclasses
 import json
-import pathlib
 
 from absl import app, flags
 
 from bilateral_jax import cli, plots, robustness, tasks, trainer
+from bilateral_jax import workdir as workdir_lib
 
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest that restores).")
 flags.DEFINE_bool("best", False, "Evaluate the best checkpoint by the training's validation metric.")
@@ -36,8 +36,8 @@ def main(argv):
   task = tasks.get(config.model.name)
   attacks, settings = cli.attack_settings(task, config.seed)
   step, results, attacked = trainer.evaluate_checkpoint(config, workdir, flags_.step, flags_.best, attacks, settings)
-  out = pathlib.Path(workdir) / "eval" / f"{'best_' if flags_.best else ''}{step}.json"
-  out.parent.mkdir(exist_ok=True)
+  out = workdir_lib.path(workdir) / "eval" / f"{'best_' if flags_.best else ''}{step}.json"
+  out.parent.mkdir(parents=True, exist_ok=True)
   record = {"step": step, "best": flags_.best, "results": results}
   if attacked:
     record |= {"attacks": attacked, "attack_settings": dataclasses.asdict(settings)}

@@ -25,18 +25,18 @@ continues where it stopped. Then: WORKDIR/summary.json, summary.md (mean ± std 
 quantity; each variant's difference from the baseline with its 95% confidence interval and p-value,
 paired by seed by default (every variant runs the same seeds, and a seed fixes the data order and the
 initialisation seed), Welch's t-test with --nopaired; a difference holds only when its interval excludes
-0 with >= 5 seeds per variant) and plots (curves.png, robustness.png, snr.png, uniformity.png). One
+0 with >= 5 seeds per variant) and plots (curves.png, robustness.png, snr.png, uniformity.png, and grc_t.png: the learned GRC t per layer). One
 process, runs one after the other.
 """
 import dataclasses
 import json
-import pathlib
 import re
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
+from etils import epath
 
 from bilateral_jax import cli, diagnostics, metric_writer, plots, robustness, studies, tasks, trainer
 from bilateral_jax import workdir as workdir_lib
@@ -63,7 +63,7 @@ def slug(variant: str) -> str:
   return re.sub(r"[^A-Za-z0-9._=-]+", "-", variant.replace(" + ", "_")).strip("-")
 
 
-def trained_otherwise(run_dir: pathlib.Path, config) -> dict:
+def trained_otherwise(run_dir: epath.Path, config) -> dict:
   """The fields that decide a finished run's result (seed, model, data, optimiser, steps and batch) that
   differ between how `run_dir` was trained and `config`: {field: (then, now)}."""
   saved = workdir_lib.load_config(run_dir)
@@ -72,10 +72,10 @@ def trained_otherwise(run_dir: pathlib.Path, config) -> dict:
   decisive = lambda field: field.split(".")[0] in ("seed", "model", "data", "optimizer") or field in (
       "train.num_steps", "train.batch_size", "train.grad_accum_steps")
   return {field: values for field, values in workdir_lib.changes(saved, config).items()
-          if decisive(field) and not field.endswith(".attention_implementation")}  # same numbers on every path
+          if decisive(field) and not field.endswith((".attention_implementation", ".remat"))}  # same numbers either way
 
 
-def run_one(config, run_dir: pathlib.Path, attacks, settings, overrides: dict) -> dict:
+def run_one(config, run_dir: epath.Path, attacks, settings, overrides: dict) -> dict:
   """Trains (or resumes) one run, evaluates it, and writes its result.json."""
   start = time.perf_counter()
   final = trainer.train_and_evaluate(config, str(run_dir))
@@ -87,13 +87,22 @@ def run_one(config, run_dir: pathlib.Path, attacks, settings, overrides: dict) -
   inputs = diagnostics.eval_inputs(experiment, cli.FLAGS.examples)
   result["depth"] = diagnostics.depth_profile(experiment.model, jax.device_get(params), inputs,
                                               noise=cli.FLAGS.noise, seed=config.seed)
+  result["grc_t"] = grc_t(params)
   result["seconds"] = {"train": trained, "total": time.perf_counter() - start}
   result["evaluated_with"] = evaluated_with(attacks, settings)
   result["overrides"] = as_json(overrides)
-  partial = run_dir / "result.json.tmp"  # written whole, then renamed: an interruption leaves no half file
-  partial.write_text(json.dumps(result, indent=2))
-  partial.replace(run_dir / "result.json")
+  workdir_lib.write_whole(run_dir / "result.json", json.dumps(result, indent=2))  # an interruption leaves no half file
   return result
+
+
+def grc_t(params) -> dict[str, list[float]]:
+  """The learned GRC t per sublayer and layer (the mean over channels when per channel): {sublayer: [t_0, ..]}."""
+  by_sublayer: dict[str, dict[int, float]] = {}
+  for name, value in trainer.to_host(trainer.parameter_summaries(params)).items():
+    if name.startswith("t_"):
+      sublayer, block = name[2:].split("/")
+      by_sublayer.setdefault(sublayer, {})[int(block.removeprefix("block_"))] = value
+  return {sublayer: [t for _, t in sorted(layers.items())] for sublayer, layers in by_sublayer.items()}
 
 
 def evaluated_with(attacks, settings) -> dict:
@@ -121,10 +130,10 @@ def mean_rows(runs: list[list[dict]]) -> list[dict]:
   return out
 
 
-def plot(root: pathlib.Path, results: dict, split: str, metric: str) -> None:
+def plot(root: epath.Path, results: dict, split: str, metric: str) -> None:
   plots.curves({variant: mean_rows([metric_writer.read(root / slug(variant) / f"seed_{seed}") for seed in by_seed])
                 for variant, by_seed in results.items()}, root / "curves.png")
-  attacked, depth = {}, {"snr_db": {}, "token_uniformity": {}}
+  attacked, depth, learned_t = {}, {"snr_db": {}, "token_uniformity": {}}, {}
   spread = lambda values: values.std(0, ddof=1) if len(values) > 1 else None
   for variant, by_seed in results.items():
     runs = list(by_seed.values())
@@ -138,12 +147,17 @@ def plot(root: pathlib.Path, results: dict, split: str, metric: str) -> None:
         if profiles[0] is not None:
           values = np.asarray([profile[name] for profile in profiles])
           depth[name][variant + suffix] = (profiles[0]["layer"], values.mean(0), spread(values))
+    for sublayer in set.intersection(*(set(r.get("grc_t", {})) for r in runs)):
+      values = np.asarray([r["grc_t"][sublayer] for r in runs])
+      learned_t[f"{variant}, {sublayer}"] = (list(range(values.shape[1])), values.mean(0), spread(values))
   if attacked:
     plots.against(attacked, root / "robustness.png", xlabel="attack strength (0: clean)", ylabel=metric,
                   title=f"{split}: mean ± std over seeds")
   plots.against(depth["snr_db"], root / "snr.png", xlabel="layer (0 = Y_0)", ylabel="SNR (dB)")
   plots.against(depth["token_uniformity"], root / "uniformity.png", xlabel="layer (0 = Y_0)",
                 ylabel="mean pairwise cosine")
+  if learned_t:
+    plots.against(learned_t, root / "grc_t.png", xlabel="layer", ylabel="learned GRC t")
 
 
 def variant_configs(base, study: studies.Study) -> dict:
@@ -165,7 +179,7 @@ def variant_configs(base, study: studies.Study) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  root = pathlib.Path(cli.set_up())
+  root = workdir_lib.path(cli.set_up())
   base = cli.FLAGS.config
   task = tasks.get(base.model.name)
   seeds = [int(seed) for seed in cli.FLAGS.seeds]

@@ -34,7 +34,8 @@ def main():
     config = default.get_config()
     config.model.transformer.update(overrides)
     experiment = trainer.Experiment(config)
-    batches = pipeline.train_batches(experiment.train_source, global_batch=config.train.batch_size, seed=0)
+    batches = pipeline.train_batches(experiment.info_source, global_batch=config.train.batch_size, seed=0,
+                                     transform=experiment.train_transform)
     data = [parallel.global_batch(next(batches), experiment.mesh) for _ in range(args.steps)]
     state = experiment.init(jax.random.key(0))
     state, metrics = experiment.train_step(state, data[0])  # compile

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
-import pathlib
+import os
 import time
 
 import flax
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from bilateral_jax import logs
+from bilateral_jax import workdir as workdir_lib
 from bilateral_jax.workdir import differences
 
 
@@ -47,8 +49,8 @@ class Checkpointer:
   """Saves and restores one run's checkpoints under `workdir`. identity: JSON data that must be equal
   in a checkpoint for it to restore (the model's settings and input shapes)."""
 
-  def __init__(self, workdir: str | pathlib.Path, identity: dict, *, keep: int = 3, read_only: bool = False):
-    self.root = pathlib.Path(workdir).absolute()
+  def __init__(self, workdir: str | os.PathLike, identity: dict, *, keep: int = 3, read_only: bool = False):
+    self.root = workdir_lib.path(workdir)
     self.identity = _normalize(identity)
     self.read_only = read_only
     if read_only and not any((self.root / name).is_dir() for name in ("checkpoints", "best")):
@@ -66,7 +68,7 @@ class Checkpointer:
                      for best in (False, True)}
 
   @staticmethod
-  def _open(directory: pathlib.Path, options: dict) -> ocp.CheckpointManager:
+  def _open(directory: epath.Path, options: dict) -> ocp.CheckpointManager:
     """A manager of `directory`; opening lists the steps, which fails while a training beside a
     read-only reader deletes one, so that is tried again."""
     for attempt in range(10):
@@ -161,7 +163,7 @@ class Checkpointer:
                             "with --fresh_optimizer to continue its parameters with a new one") from error
 
   @staticmethod
-  def _damaged(path: pathlib.Path, error: Exception, asked_for: bool) -> None:
+  def _damaged(path: epath.Path, error: Exception, asked_for: bool) -> None:
     if asked_for:
       raise CheckpointError(f"the checkpoint at {path} does not restore ({_first_line(error)})") from error
     logging.warning("the checkpoint at %s does not restore (%s); it is kept, and the previous step is tried",
@@ -180,7 +182,7 @@ def abstract_with_shardings(abstract_tree, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)
 
 
-def restore_matching(workdir: str | pathlib.Path, abstract_params, replicated) -> tuple[str, dict, dict]:
+def restore_matching(workdir: str | os.PathLike, abstract_params, replicated) -> tuple[str, dict, dict]:
   """The parameters of another run (`workdir`'s best checkpoint, else its newest) whose path and shape
   match a leaf of `abstract_params` (ShapeDtypeStructs with shardings) -> (the checkpoint's path,
   {path: array restored onto the leaf's sharding and dtype}, a report {`not_found`: paths here that the

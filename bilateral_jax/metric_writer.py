@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
+import os
 
 import jax
 import ml_collections
+
+from bilateral_jax import workdir as workdir_lib
 
 
 def _strict(value):
@@ -23,27 +25,27 @@ def _strict(value):
   return value
 
 
-def read(workdir: str | pathlib.Path) -> list[dict]:
+def read(workdir: str | os.PathLike) -> list[dict]:
   """The lines of `DIR/metrics.jsonl`."""
-  path = pathlib.Path(workdir) / "metrics.jsonl"
+  path = workdir_lib.path(workdir) / "metrics.jsonl"
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 class MetricWriter:
+  """Appends to metrics.jsonl locally; on an object store (whose objects cannot be appended to) it
+  rewrites the file whole at each write."""
 
-  def __init__(self, workdir: str | pathlib.Path, resume_step: int = 0,
+  def __init__(self, workdir: str | os.PathLike, resume_step: int = 0,
                config: ml_collections.ConfigDict | None = None):
     self.active = jax.process_index() == 0
     if not self.active:
       return
-    self.root = pathlib.Path(workdir)
+    self.root = workdir_lib.path(workdir)
     self.root.mkdir(parents=True, exist_ok=True)
-    path = self.root / "metrics.jsonl"
-    kept = [line for line in read(self.root) if line["step"] <= resume_step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(line, allow_nan=False) + "\n" for line in kept))
-    tmp.replace(path)
-    self.jsonl = path.open("a")
+    self.path = self.root / "metrics.jsonl"
+    self.lines = [json.dumps(line, allow_nan=False) + "\n" for line in read(self.root) if line["step"] <= resume_step]
+    workdir_lib.write_whole(self.path, "".join(self.lines))
+    self.jsonl = None if workdir_lib.is_remote(self.path) else self.path.open("a")
     from tensorboardX import SummaryWriter  # imported here: only process 0 needs it
     self.tensorboard = SummaryWriter(str(self.root / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
     if config is not None:
@@ -53,8 +55,12 @@ class MetricWriter:
     if not self.active:
       return
     line = {"step": int(step), "split": split} | {name: _strict(value) for name, value in metrics.items()}
-    self.jsonl.write(json.dumps(line, allow_nan=False) + "\n")
-    self.jsonl.flush()
+    self.lines.append(json.dumps(line, allow_nan=False) + "\n")
+    if self.jsonl is None:
+      workdir_lib.write_whole(self.path, "".join(self.lines))
+    else:
+      self.jsonl.write(self.lines[-1])
+      self.jsonl.flush()
     for name, value in metrics.items():
       values = value if isinstance(value, list) else [value]
       for index, item in enumerate(values):
@@ -71,5 +77,6 @@ class MetricWriter:
 
   def close(self) -> None:
     if self.active:
-      self.jsonl.close()
+      if self.jsonl is not None:
+        self.jsonl.close()
       self.tensorboard.close()

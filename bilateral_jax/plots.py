@@ -2,22 +2,28 @@
 (mean over heads, per layer) and GRC's t (per layer and sublayer), one or several runs per figure."""
 from __future__ import annotations
 
-import pathlib
+import io
+import os
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from etils import epath  # noqa: E402
+
+from bilateral_jax import workdir  # noqa: E402
 
 
-def save(figure, out: str | pathlib.Path) -> pathlib.Path:
-  """Lays out `figure`, writes it as a PNG at `out` (creating its folder) and closes it."""
+def save(figure, out: str | os.PathLike) -> epath.Path:
+  """Lays out `figure`, writes it as a PNG at `out` (local or `gs://`; creating its folder) and closes it."""
   figure.tight_layout()
-  out = pathlib.Path(out)
+  out = workdir.path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  figure.savefig(out, dpi=100)
+  png = io.BytesIO()
+  figure.savefig(png, format="png", dpi=100)
   plt.close(figure)
+  workdir.write_whole(out, png.getvalue())
   return out
 
 
@@ -27,7 +33,7 @@ def _series(rows: list[dict], split: str, name: str):
   return steps, [float(np.mean(value)) if isinstance(value, list) else value for _, value in points]
 
 
-def curves(runs: dict[str, list[dict]], out: str | pathlib.Path) -> pathlib.Path:
+def curves(runs: dict[str, list[dict]], out: str | os.PathLike) -> epath.Path:
   """runs: {label: metrics.jsonl rows} -> a PNG at `out` with one panel per quantity that was logged."""
   names = sorted({name for rows in runs.values() for row in rows for name in row})
   splits = sorted({row["split"] for rows in runs.values() for row in rows} - {"train"})
@@ -58,8 +64,8 @@ def curves(runs: dict[str, list[dict]], out: str | pathlib.Path) -> pathlib.Path
   return save(figure, out)
 
 
-def against(series: dict[str, tuple[list, list, list | None]], out: str | pathlib.Path, *, xlabel: str,
-            ylabel: str, title: str = "") -> pathlib.Path:
+def against(series: dict[str, tuple[list, list, list | None]], out: str | os.PathLike, *, xlabel: str,
+            ylabel: str, title: str = "") -> epath.Path:
   """series: {label: (x, mean, std or None)} -> one panel of lines (with ±std bars) at `out`."""
   many = len(series) > 6  # the legend goes beside the panel instead of over the lines
   figure, axis = plt.subplots(figsize=(8.5 if many else 5, 3.6))

@@ -1,15 +1,44 @@
 """What a run keeps in its work directory besides checkpoints and metrics: the lock that makes it the
-only run writing there, and the resolved config it was (last) started with (`DIR/config.json`)."""
+only run writing there, and the resolved config it was (last) started with (`DIR/config.json`).
+
+Every path of a run goes through `path`: a local path or any URL that `etils.epath` speaks (`gs://...`),
+so a work directory (or a TFDS data directory) on an object store works wherever a local one does.
+"""
 from __future__ import annotations
 
 import datetime
 import json
 import logging
 import os
-import pathlib
 import socket
+import threading
+import time
+import uuid
 
 import ml_collections
+from etils import epath
+
+
+def path(location: str | os.PathLike) -> epath.Path:
+  """`location` as an `epath.Path`: a URL (`gs://bucket/run`) as it is, a local path made absolute."""
+  location = epath.Path(location)
+  return location if is_remote(location) else location.absolute()
+
+
+def is_remote(location: str | os.PathLike) -> bool:
+  return "://" in os.fspath(location)
+
+
+def write_whole(target: epath.Path, data: str | bytes) -> None:
+  """Writes `data` at `target` so that a reader never sees half of it: locally through a temporary file
+  renamed over it; on an object store directly (an object is replaced whole when its upload completes)."""
+  write = lambda where: where.write_bytes(data) if isinstance(data, bytes) else where.write_text(data)
+  if is_remote(target):
+    write(target)
+    return
+  tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+  write(tmp)
+  tmp.replace(target)
 
 
 class WorkdirInUse(RuntimeError):
@@ -17,43 +46,79 @@ class WorkdirInUse(RuntimeError):
 
 
 class Lock:
-  """`DIR/lock`: {host, pid, started} of the process that trains into DIR. Taken atomically; a lock left
-  by a process that is gone (same host, pid not running) is taken over with a warning; one held by a live
-  process, or by another host, refuses the run."""
+  """`DIR/lock`: {host, pid, started, heartbeat, token} of the process that trains into DIR, its
+  heartbeat (a wall-clock time) rewritten every `HEARTBEAT_S` seconds while it is held. A lock is taken
+  over, with a warning, when its holder is gone: on this host, its pid is not running; from another host
+  (pids mean nothing across hosts), its heartbeat is older than `STALE_S`. Locally the lock is created
+  atomically; an object store has no exclusive create, so there a claim holds only if it still reads
+  back after `SETTLE_S` (of two runs that start together, the last writer wins and the other refuses)."""
+  HEARTBEAT_S = 30.0
+  STALE_S = 300.0
+  SETTLE_S = 2.0
 
-  def __init__(self, workdir: str | pathlib.Path):
-    self.path = pathlib.Path(workdir) / "lock"
+  def __init__(self, workdir: str | os.PathLike):
+    self.path = path(workdir) / "lock"
     self.held = False
+    self._stop = threading.Event()
+    self._beating: threading.Thread | None = None
 
   def acquire(self) -> None:
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    mine = {"host": socket.gethostname(), "pid": os.getpid(),
-            "started": datetime.datetime.now().isoformat(timespec="seconds")}
+    now = time.time()
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, "heartbeat": now,
+            "started": datetime.datetime.fromtimestamp(now).isoformat(timespec="seconds")}
     for _ in range(2):
+      holder = self._holder()
+      if holder is not None and self._alive(holder, mine["host"]):
+        raise WorkdirInUse(
+            f"{self.path.parent} is in use by pid {holder.get('pid')} on {holder.get('host')} (since "
+            f"{holder.get('started')}); wait for that run or use another --workdir (if it is gone, delete "
+            f"{self.path})")
+      if self.path.exists():
+        logging.warning("taking over %s from a run that is gone (%s)", self.path, holder)
+        self.path.unlink(missing_ok=True)
+      if self._claim(mine):
+        self.held, self._mine = True, mine
+        self._beating = threading.Thread(target=self._beat, name="workdir-lock-heartbeat", daemon=True)
+        self._beating.start()
+        return
+    raise WorkdirInUse(f"could not take {self.path}: another run took it at the same time")
+
+  def _claim(self, mine: dict) -> bool:
+    if not is_remote(self.path):
       try:
         with open(self.path, "x") as f:
           json.dump(mine, f)
-        self.held = True
-        return
+        return True
       except FileExistsError:
-        holder = self._holder()
-        if holder is not None and not (holder.get("host") == mine["host"] and not _running(holder.get("pid"))):
-          raise WorkdirInUse(
-              f"{self.path.parent} is in use by pid {holder.get('pid')} on {holder.get('host')} (since "
-              f"{holder.get('started')}); wait for that run or use another --workdir (if it is gone, delete "
-              f"{self.path})") from None
-        logging.warning("taking over %s from a run that is gone (%s)", self.path, holder)
-        self.path.unlink(missing_ok=True)
-    raise WorkdirInUse(f"could not take {self.path}: another run took it at the same time")
+        return False
+    self.path.write_text(json.dumps(mine))
+    time.sleep(self.SETTLE_S)
+    return self._holder() == mine
+
+  def _alive(self, holder: dict, host: str) -> bool:
+    if holder.get("host") == host:
+      return _running(holder.get("pid"))
+    return time.time() - float(holder.get("heartbeat", 0)) < self.STALE_S
+
+  def _beat(self) -> None:
+    while not self._stop.wait(self.HEARTBEAT_S):
+      self._mine["heartbeat"] = time.time()
+      try:
+        write_whole(self.path, json.dumps(self._mine))
+      except OSError as error:  # a transient storage error: the next beat tries again
+        logging.warning("could not renew %s: %s", self.path, error)
 
   def _holder(self) -> dict | None:
     try:
       return json.loads(self.path.read_text())
-    except (OSError, ValueError):  # half-written by a run killed while taking it
+    except (OSError, ValueError):  # absent, or half-written by a run killed while taking it
       return None
 
   def release(self) -> None:
     if self.held:
+      self._stop.set()
+      self._beating.join()
       self.path.unlink(missing_ok=True)
       self.held = False
 
@@ -68,19 +133,16 @@ def _running(pid) -> bool:
   return True
 
 
-def config_path(workdir: str | pathlib.Path) -> pathlib.Path:
-  return pathlib.Path(workdir) / "config.json"
+def config_path(workdir: str | os.PathLike) -> epath.Path:
+  return path(workdir) / "config.json"
 
 
 def _plain(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
-  path = config_path(workdir)
-  tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(_plain(config), indent=2, sort_keys=True) + "\n")
-  tmp.replace(path)
+def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
+  write_whole(config_path(workdir), json.dumps(_plain(config), indent=2, sort_keys=True) + "\n")
 
 
 def _tuples(value):
@@ -91,12 +153,12 @@ def _tuples(value):
   return value
 
 
-def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict | None:
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict | None:
   """The config saved by the last run in `workdir` (lists as tuples, as configs write them), or None."""
-  path = config_path(workdir)
-  if not path.is_file():
+  saved = config_path(workdir)
+  if not saved.is_file():
     return None
-  return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+  return ml_collections.ConfigDict(_tuples(json.loads(saved.read_text())))
 
 
 def changes(saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict) -> dict[str, tuple]:

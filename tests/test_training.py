@@ -83,12 +83,13 @@ def read_metrics(workdir, split="train"):
   return [line for line in lines if line["split"] == split]
 
 
-def run_script(script, workdir, overrides, devices=8, extra=(), timeout=300, config=None, **popen):
+def run_script(script, workdir, overrides, devices=8, extra=(), timeout=300, config=None, env=None, **popen):
   """Runs train.py/eval.py as a user would (`config`: the --config file, default.py if None), with `devices`
   host CPU devices and TFDS data in the workdir (so that the processes of a multi-process run build their
-  data together)."""
+  data together) unless `env` (added to the environment) says otherwise."""
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-             "--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu", TFDS_DATA_DIR=str(pathlib.Path(workdir) / "tfds"))
+             "--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu",
+             TFDS_DATA_DIR=f"{workdir}/tfds") | (env or {})
   flags = [f"--config.{key}={value}" for key, value in overrides.items()]
   command = [sys.executable, str(ROOT / script), f"--workdir={workdir}", *([f"--config={config}"] if config else []),
              *flags, *extra]
@@ -375,6 +376,7 @@ def test_metrics_files_and_logged_filter_parameters(tmp_path):
     ({"train.num_steps": "many"}, "config.train.num_steps=many"),
     ({"model.transformer.attention": "linear"}, "attention='linear' is not one of"),
     ({"optimizer.learning_rate": -1.0}, "optimizer.learning_rate=-1.0 must be positive"),
+    ({"mesh.fsdp_min_size": -1}, "mesh.fsdp_min_size=-1 must be an integer >= 0"),
     ({"data.tfds_dir": "/dev/null/x", "train.batch_size": 12}, "train.batch_size 12 must be divisible by devices (8)"),
 ])
 def test_bad_config_input_is_one_line_and_status_2_before_any_data(tmp_path, override, message):
@@ -396,17 +398,23 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
                final_params(tmp_path / "accumulated", accumulated), final_params(tmp_path / "whole", whole))
 
 
-def test_fsdp_mesh_and_bfloat16_train_and_restore_onto_another_mesh(tmp_path):
+def test_fsdp_mesh_and_bfloat16_train_and_restore_onto_another_mesh(tmp_path, capsys):
   data_only = tiny_config()
-  fsdp = tiny_config(**{"mesh.data": 4, "mesh.fsdp": 2})
+  fsdp = tiny_config(**{"mesh.data": 4, "mesh.fsdp": 2, "mesh.fsdp_min_size": 0})  # the tiny model's arrays too
   trainer.train_and_evaluate(data_only, str(tmp_path / "data_only"))
+  capsys.readouterr()
   trainer.train_and_evaluate(fsdp, str(tmp_path / "fsdp"))
+  summary = capsys.readouterr().out
+  assert "fsdp: parameters " in summary and "attention: bilateral via xla (layer 0)" in summary  # start-up lines
   experiment = trainer.Experiment(fsdp)
   sharded = [s for s in jax.tree.leaves(experiment.state_sharding) if "fsdp" in str(s.spec)]
   assert sharded, "no parameter is sharded over the fsdp axis"
+  default_minimum = trainer.Experiment(tiny_config(**{"mesh.data": 4, "mesh.fsdp": 2})).state_sharding
+  assert not any("fsdp" in str(s.spec) for s in jax.tree.leaves(default_minimum))  # all under 2**14 elements
   np.testing.assert_allclose([m["loss"] for m in read_metrics(tmp_path / "fsdp")],
                              [m["loss"] for m in read_metrics(tmp_path / "data_only")], rtol=2e-5)
-  _, results, _ = trainer.evaluate_checkpoint(data_only, str(tmp_path / "fsdp"))
+  # onto the data-only mesh, and into a rematerialised model (not part of the checkpoint's identity)
+  _, results, _ = trainer.evaluate_checkpoint(tiny_config(**{"model.transformer.remat": "full"}), str(tmp_path / "fsdp"))
   np.testing.assert_allclose(results["test"]["loss"], read_metrics(tmp_path / "fsdp", "test")[-1]["loss"],
                              rtol=1e-5)
   bf16 = tiny_config(**{"model.transformer.dtype": "bfloat16"})
@@ -418,10 +426,13 @@ def test_fsdp_mesh_and_bfloat16_train_and_restore_onto_another_mesh(tmp_path):
   assert bf16_losses != [m["loss"] for m in read_metrics(tmp_path / "data_only")]
 
 
-def run_processes(script, workdir, overrides, *, devices=1, count=2, extra=(), timeout=300):
-  """`count` processes of one run (jax.distributed over localhost) -> their (returncode, output)."""
+def run_processes(script, workdir, overrides, *, devices=1, count=2, extra=(), timeout=300, hosts=None):
+  """`count` processes of one run (jax.distributed over localhost) -> their (returncode, output). hosts:
+  a folder under which each process gets its own home and TFDS data directory, as the hosts of a pod
+  each have their own disk (default: they share the work directory's)."""
   port = portpicker.pick_unused_port()
-  processes = [run_script(script, workdir, overrides, devices=devices,
+  own_disk = lambda i: {"HOME": str(hosts / f"host{i}"), "TFDS_DATA_DIR": str(hosts / f"host{i}" / "tfds")}
+  processes = [run_script(script, workdir, overrides, devices=devices, env=own_disk(i) if hosts else None,
                           extra=[f"--coordinator_address=localhost:{port}", f"--num_processes={count}",
                                  f"--process_id={i}", *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                for i in range(count)]
@@ -429,16 +440,18 @@ def run_processes(script, workdir, overrides, *, devices=1, count=2, extra=(), t
   return [(process.returncode, output) for process, output in zip(processes, outputs)]
 
 
-def test_parameters_sharded_across_two_processes_train_resume_and_evaluate_as_one(tmp_path):
-  fsdp = TINY | {"mesh.data": 1, "mesh.fsdp": 2}
+def test_parameters_sharded_across_two_processes_with_their_own_disks_train_resume_and_evaluate_as_one(tmp_path):
+  fsdp = TINY | {"mesh.data": 1, "mesh.fsdp": 2, "mesh.fsdp_min_size": 0}
   one = run_script("train.py", tmp_path / "one", fsdp, devices=2)
   assert one.returncode == 0, one.stderr
-  two = tmp_path / "two"
+  two, hosts = tmp_path / "two", tmp_path / "hosts"  # one work directory; no data directory shared
   for steps in (3, 6):  # train, checkpoint, resume
-    for returncode, output in run_processes("train.py", two, fsdp | {"train.num_steps": steps}):
+    outputs = run_processes("train.py", two, fsdp | {"train.num_steps": steps}, hosts=hosts)
+    for returncode, output in outputs:
       assert returncode == 0, output
   assert "resumed from step 3" in output
-  for returncode, output in run_processes("eval.py", two, {}):
+  assert all(list((hosts / f"host{i}" / "tfds").glob("*/*/*/dataset_info.json")) for i in range(2))
+  for returncode, output in run_processes("eval.py", two, {}, hosts=hosts):
     assert returncode == 0, output
   np.testing.assert_allclose([m["loss"] for m in read_metrics(two)], [m["loss"] for m in read_metrics(tmp_path / "one")],
                              rtol=2e-5)

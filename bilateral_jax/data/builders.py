@@ -14,12 +14,11 @@ import json
 import pathlib
 import pickle
 
-import jax
 import numpy as np
 import tensorflow_datasets as tfds
-from jax.experimental import multihost_utils
+from etils import epath
 
-from bilateral_jax import logs
+from bilateral_jax import logs, workdir
 from bilateral_jax.data import listops, pathfinder
 
 tfds.display_progress_bar(False)
@@ -411,30 +410,40 @@ def converted(release: str, directory: str, tfds_dir: str, split: str):
 def prepare(builder_class: type[tfds.core.DatasetBuilder], builder_config: tfds.core.BuilderConfig,
             tfds_dir: str) -> tfds.core.DatasetBuilder:
   """The array_record dataset of `builder_config` in `tfds_dir` (TFDS's default when empty), built unless
-  it is already there (a finished build is never redone). Builds take a file lock beside the dataset, so
-  jobs sharing a `tfds_dir` build it once: one builds, the others wait and read it. With several
-  processes, process 0 builds while the others wait at a barrier."""
+  it is already there (a finished build is never redone; a build is deterministic, so every copy holds
+  the same examples).
+
+  `tfds_dir` is each host's own disk: every process that does not find the dataset there builds it,
+  under a file lock beside it, so processes sharing that disk (or a network file system) build it once
+  and the others wait for it and read it; no process waits for a file another host writes. It must be
+  local: array-record reads and writes local files only (a `gs://` directory is refused)."""
   make = lambda: builder_class(config=builder_config, data_dir=tfds_dir or None, file_format="array_record")
   builder = make()
-  if jax.process_index() == 0:
-    builder = _build_once(builder, make)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(f"tfds build {builder.info.full_name}")
-    builder = make()  # a builder made before the build finished does not see the dataset's info
-  return builder
+  if workdir.is_remote(str(builder.data_path)):
+    raise ValueError(f"the TFDS data directory {builder.data_dir} is not local: array-record reads and writes "
+                     "local files only; set data.tfds_dir (or TFDS_DATA_DIR) to a directory on each host's disk")
+  return _build_once(builder, make)
+
+
+def _built(builder: tfds.core.DatasetBuilder) -> bool:
+  return (epath.Path(builder.data_path) / "dataset_info.json").exists()
+
+
+def _build(make) -> tfds.core.DatasetBuilder:
+  builder = make()
+  print(f"building dataset {builder.info.full_name} in {epath.Path(builder.data_path).parent.parent.parent} ...",
+        flush=True)
+  with contextlib.redirect_stdout(io.StringIO()):  # TFDS's "Downloading and preparing ..." banners
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return make()
 
 
 def _build_once(builder: tfds.core.DatasetBuilder, make) -> tfds.core.DatasetBuilder:
-  data_path = pathlib.Path(str(builder.data_path))
-  if (data_path / "dataset_info.json").exists():
+  if _built(builder):
     return builder
+  data_path = pathlib.Path(str(builder.data_path))
   data_path.parent.mkdir(parents=True, exist_ok=True)
   with open(data_path.parent / f".{data_path.name}.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
     builder = make()  # another job may have finished the build while this one waited
-    if not (data_path / "dataset_info.json").exists():
-      print(f"building dataset {builder.info.full_name} in {data_path.parent.parent.parent} ...", flush=True)
-      with contextlib.redirect_stdout(io.StringIO()):  # TFDS's "Downloading and preparing ..." banners
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-      builder = make()
-  return builder
+    return builder if _built(builder) else _build(make)

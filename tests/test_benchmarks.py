@@ -1,0 +1,46 @@
+"""Every script in benchmarks/ runs as the README shows it, at a tiny size, and prints its table: each
+variant's row with its ratio to standard attention, measured in the same run."""
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import attention
+from configs import common
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(path.name for path in (ROOT / "benchmarks").glob("*.py"))
+TINY = {"attention.py": ["--lengths", "64", "--rounds", "1"], "train_step.py": ["--rounds", "1", "--steps", "3"]}
+NUMBER = r"\d+\.\d+"
+ROWS = {  # the printed row of each variant, by script
+    "attention.py": [rf"N=64\s+{re.escape(name)}\s+{NUMBER} ms  x\s*{NUMBER}  temp\s+{NUMBER} MiB"
+                     for name in attention.variants(64, 8)],
+    "train_step.py": [rf"{re.escape(name)}\s+{NUMBER}\s+\d+\s+{NUMBER}" for name in common.ABLATION],
+}
+BASELINE = {"attention.py": r"N=64\s+standard \(jax\.nn\)\s+\S+ ms  x 1\.00 ",
+            "train_step.py": r"standard attention \+ standard residual\s+\S+\s+\S+\s+1\.000"}
+
+
+def test_the_readme_and_make_show_every_benchmark_and_only_those():
+  shown = re.findall(r"`python (benchmarks/\S+\.py)", (ROOT / "README.md").read_text())
+  assert sorted(shown) == [f"benchmarks/{script}" for script in SCRIPTS]
+  assert sorted(TINY) == SCRIPTS  # a new script needs its tiny size here
+  assert "benchmark: venv\n\t$(PYTHON) benchmarks/train_step.py\n" in (ROOT / "Makefile").read_text()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_runs_at_a_tiny_size_and_prints_its_ratios(script, tmp_path):
+  out = tmp_path / "out.json"
+  done = subprocess.run([sys.executable, f"benchmarks/{script}", *TINY[script], "--out", str(out)], cwd=ROOT,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  lines = done.stdout.splitlines()
+  for row in ROWS[script]:
+    assert sum(bool(re.fullmatch(row, line)) for line in lines) == 1, (row, done.stdout)
+  assert any(re.match(BASELINE[script], line) for line in lines), done.stdout
+  results = json.loads(out.read_text())
+  assert len(results.get("rows", results.get("results"))) == len(ROWS[script])

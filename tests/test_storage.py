@@ -1,0 +1,99 @@
+"""Runs on an object store: train, resume, eval.py, study.py and diagnose.py with a `gs://` work directory
+on a real GCS JSON API served on loopback (gcp-storage-emulator), nothing created locally but the TFDS
+data (array-record reads local files only: a `gs://` data directory is refused); and the lock there."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import portpicker
+import pytest
+from etils import epath
+
+from bilateral_jax import workdir
+from tests.test_training import ROOT, TINY, run_script
+
+
+@pytest.fixture(scope="module")
+def gcs():
+  """The environment that points TensorStore (Orbax), gcsfs (etils.epath) and google-cloud-storage
+  (tensorboardX) at a fresh in-memory GCS server with the bucket `bkt`."""
+  port = portpicker.pick_unused_port()
+  server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "gcs_server.py"), "start",
+                             "--port", str(port), "--in-memory", "--default-bucket", "bkt"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 30
+  while True:
+    try:
+      socket.create_connection(("localhost", port), timeout=1).close()
+      break
+    except OSError:
+      assert time.time() < deadline and server.poll() is None, "the GCS emulator did not start"
+      time.sleep(0.2)
+  url = f"http://localhost:{port}"
+  env = {"TENSORSTORE_GCS_HTTP_URL": url, "STORAGE_EMULATOR_HOST": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x"}
+  saved = {name: os.environ.get(name) for name in env}
+  os.environ.update(env)  # for this process's own reads (epath) of what the scripts wrote
+  yield env
+  for name, value in saved.items():
+    if value is None:
+      os.environ.pop(name, None)
+    else:
+      os.environ[name] = value
+  server.terminate()
+  server.wait()
+
+
+def test_a_gs_workdir_trains_resumes_evaluates_and_studies_with_nothing_local(gcs, tmp_path):
+  run, env = "gs://bkt/run", gcs | {"TFDS_DATA_DIR": str(tmp_path / "tfds"), "HOME": str(tmp_path / "home")}
+  refused = run_script("train.py", run, TINY, devices=1, env=gcs | {"TFDS_DATA_DIR": "gs://bkt/tfds"})
+  assert refused.returncode == 2 and "array-record reads and writes local files only" in refused.stderr, refused.stderr
+  local_before = sorted(p.name for p in ROOT.iterdir())
+  for steps in (3, 6):
+    trained = run_script("train.py", run, TINY | {"train.num_steps": steps}, devices=1, env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+  assert "resumed from step 3" in trained.stdout
+  evaluated = run_script("eval.py", run, {}, devices=1, env=env)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  diagnosed = run_script("diagnose.py", run, {}, devices=1, env=env, extra=["--examples=4"])
+  assert diagnosed.returncode == 0, diagnosed.stderr[-3000:]
+  root = epath.Path(run)
+  assert {p.name for p in root.iterdir()} >= {"checkpoints", "best", "metrics.jsonl", "tensorboard", "plots",
+                                               "config.json", "eval", "diagnostics"}
+  assert not (root / "lock").exists()
+  rows = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]  # each step once, resumed
+  assert json.loads((root / "eval" / "6.json").read_text())["step"] == 6
+  assert (root / "diagnostics" / "depth.json").exists() and (root / "plots" / "curves.png").exists()
+  assert {p.name for p in (root / "checkpoints").iterdir()} >= {"6"}
+
+  study_file = tmp_path / "study.json"
+  study_file.write_text(json.dumps({"absolute": {"attention": "standard", "residual": "standard"}}))
+  studied = run_script("study.py", "gs://bkt/study", TINY | {"train.num_steps": 2, "train.eval_every": 2}, devices=1,
+                       env=env, extra=[f"--variants={study_file}", "--seeds=0", "--attacks=pgd", "--epsilons=0.5",
+                                       "--pgd_steps=1", "--examples=4"], timeout=600)
+  assert studied.returncode == 0, studied.stderr[-3000:]
+  assert (epath.Path("gs://bkt/study") / "summary.md").exists()
+  assert (epath.Path("gs://bkt/study") / "absolute" / "seed_0" / "result.json").exists()
+  assert sorted(p.name for p in ROOT.iterdir()) == local_before  # no `gs:` folder, nothing else
+  assert {p.name for p in tmp_path.iterdir()} <= {"home", "study.json", "tfds"}
+
+
+def test_the_lock_on_an_object_store_refuses_a_live_holder_and_takes_over_a_stale_one(gcs):
+  held = workdir.Lock("gs://bkt/locked")
+  held.acquire()
+  with pytest.raises(workdir.WorkdirInUse, match=f"in use by pid {os.getpid()}"):
+    workdir.Lock("gs://bkt/locked").acquire()
+  held.release()
+  assert not held.path.exists()
+  other_host = {"host": "elsewhere", "pid": 1, "token": "t", "started": "then"}
+  held.path.write_text(json.dumps(other_host | {"heartbeat": time.time()}))
+  with pytest.raises(workdir.WorkdirInUse, match="on elsewhere"):  # a pid on another host says nothing
+    workdir.Lock("gs://bkt/locked").acquire()
+  held.path.write_text(json.dumps(other_host | {"heartbeat": time.time() - workdir.Lock.STALE_S - 1}))
+  taker = workdir.Lock("gs://bkt/locked")
+  taker.acquire()
+  assert json.loads(taker.path.read_text())["pid"] == os.getpid()
+  taker.release()
