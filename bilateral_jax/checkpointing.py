@@ -26,6 +26,7 @@ from bilateral_jax.workdir import differences
 
 logs.drop("Given directory is read only")  # what a read-only Checkpointer asks for
 logs.drop("Metadata file does not exist")  # an item's metadata read without its step's (restore_matching)
+logs.drop_late_loop_callbacks()  # the tracebacks that follow a damaged step's failed restore
 
 
 class CheckpointError(RuntimeError):

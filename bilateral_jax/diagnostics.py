@@ -124,6 +124,8 @@ class Call:
 def _apply(model: nn.Module, params, inputs, module_type, **kwargs) -> tuple[Any, list[Call]]:
   """model.apply with the `intermediates` collection -> (intermediates, the calls of `module_type` modules
   in call order)."""
+  # A rematerialised block is called inside jax.checkpoint's trace: its arguments would be tracers.
+  model = model.clone(config=dataclasses.replace(model.config, remat="none"))
   calls = []
 
   def intercept(next_fun, args, kwargs, context):
@@ -306,7 +308,7 @@ def cross_term_share(model: nn.Module, params, inputs) -> dict:
                                         "no cross terms by construction"}
   mask, n = block.kwargs["mask"], block.args[0].shape[1]
   keep = jnp.ones((1, 1, n, n), bool) if mask is None else mask & jnp.swapaxes(mask, -1, -2)
-  keep = keep & ops.causal_mask(n, n) if block.kwargs["is_causal"] else keep
+  keep = keep & ops.causal_mask(n, n) if block.module.is_causal else keep
   shares = logit_term_shares(stack.args[0], block.kwargs["pos_embed"], block.variables["params"],
                              pre_norm=config.norm == "pre", keep=keep)
   return {"cross_share": shares["cross"], "content_share": shares["content"],

@@ -1,16 +1,22 @@
 """The device mesh, and how arrays are laid out on it.
 
-Axes: `data` (batch) and `fsdp` (batch, and parameters: each parameter's largest dimension divisible by
-the axis size is sharded along it; others are replicated). Axis types are Auto, so jitted code runs
-without `jax.set_mesh`.
+Axes: `data` (batch) and `fsdp` (batch, and parameters: each parameter of at least `mesh.fsdp_min_size`
+elements is sharded along its largest dimension that the axis size divides; smaller ones, and those no
+dimension of which divides, are replicated). Axis types are Auto, so jitted code runs without `jax.set_mesh`.
 """
 from __future__ import annotations
 
+import math
+
+import flax
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp")
+# Below this many elements a parameter is replicated: sharding it saves little memory and costs a gather
+# (and a reduce-scatter of its gradient) per step.
+FSDP_MIN_SIZE = 2**14
 
 
 def mesh_size(data: int, fsdp: int) -> int:
@@ -37,19 +43,58 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def fsdp_sharding(mesh, abstract_tree):
+def fsdp_axis(shape: tuple[int, ...], size: int, min_size: int = FSDP_MIN_SIZE) -> int | None:
+  """The dimension of an array of `shape` to shard over an fsdp axis of `size` devices: the largest one
+  `size` divides (the last of equals); None (replicate) for size 1, fewer than `min_size` elements, or
+  no such dimension."""
+  if size == 1 or math.prod(shape) < min_size:
+    return None
+  divisible = [axis for axis in reversed(range(len(shape))) if shape[axis] >= size and shape[axis] % size == 0]
+  return max(divisible, key=lambda axis: shape[axis], default=None)
+
+
+def fsdp_sharding(mesh, abstract_tree, min_size: int = FSDP_MIN_SIZE):
   """Shardings for a tree of arrays (parameters, optimizer state) under the fsdp rule above."""
   size = mesh.shape["fsdp"]
 
   def spec(leaf):
-    shape = getattr(leaf, "shape", ())
-    if size > 1:
-      for axis in np.argsort(shape)[::-1]:
-        if shape[axis] % size == 0 and shape[axis] >= size:
-          return NamedSharding(mesh, P(*[("fsdp" if a == axis else None) for a in range(len(shape))]))
-    return NamedSharding(mesh, P())
+    shape = tuple(getattr(leaf, "shape", ()))
+    axis = fsdp_axis(shape, size, min_size)
+    return NamedSharding(mesh, P(*[("fsdp" if a == axis else None) for a in range(len(shape))]))
 
   return jax.tree.map(spec, abstract_tree)
+
+
+def _bytes(count: float) -> str:
+  for unit in ("B", "KiB", "MiB"):
+    if count < 1024:
+      return f"{count:.4g} {unit}"
+    count /= 1024
+  return f"{count:.4g} GiB"
+
+
+def fsdp_report(abstract_params, size: int, min_size: int = FSDP_MIN_SIZE) -> tuple[str, str | None]:
+  """-> (a line of the bytes of parameters sharded and replicated over an fsdp axis of `size`, a warning
+  line naming the parameters of >= `min_size` elements that stay replicated because `size` divides none of
+  their dimensions, or None)."""
+  sharded, kept, unshardable = [], [], []
+  for path, leaf in flax.traverse_util.flatten_dict(abstract_params, sep="/").items():
+    shape = tuple(leaf.shape)
+    nbytes = math.prod(shape) * np.dtype(leaf.dtype).itemsize
+    if fsdp_axis(shape, size, min_size) is not None:
+      sharded.append(nbytes)
+    else:
+      kept.append(nbytes)
+      if size > 1 and shape and math.prod(shape) >= min_size:  # (a scalar has nothing to shard)
+        unshardable.append(f"{path} {shape}")
+  line = (f"fsdp: parameters {_bytes(sum(sharded))} in {len(sharded)} arrays sharded over {size} devices "
+          f"({_bytes(sum(sharded) / size)} each), {_bytes(sum(kept))} in {len(kept)} replicated "
+          f"(under {min_size:,} elements or no dimension divisible by {size}); the optimizer state follows them")
+  if not unshardable:
+    return line, None
+  more = f", and {len(unshardable) - 3} more" if len(unshardable) > 3 else ""
+  return line, (f"fsdp={size} divides no dimension of {len(unshardable)} parameter(s) of >= {min_size:,} "
+                f"elements, replicated: {', '.join(unshardable[:3])}{more}")
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:

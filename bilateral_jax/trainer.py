@@ -9,7 +9,6 @@ import collections
 import dataclasses
 import logging
 import math
-import pathlib
 import signal
 import sys
 import time
@@ -29,7 +28,7 @@ from bilateral_jax import workdir as workdir_lib
 from bilateral_jax.checkpointing import Checkpointer, abstract_with_shardings
 from bilateral_jax.data import augment, pipeline, sources
 from bilateral_jax.metric_writer import MetricWriter
-from bilateral_jax.models import TransformerConfig, build_model, sliding_window_logits
+from bilateral_jax.models import TransformerConfig, build_model, recorded_bsa_paths, sliding_window_logits
 
 SCHEDULES = ("cosine", "linear", "constant", "rsqrt")
 
@@ -47,9 +46,10 @@ class TrainState:
 
 def model_settings(config: ml_collections.ConfigDict) -> dict:
   """The model part of the config, as plain data: what a checkpoint must match (how attention is
-  computed is not part of it)."""
+  computed and what the backward pass recomputes are not part of it)."""
   settings = config.model.to_dict()
   settings["transformer"].pop("attention_implementation", None)
+  settings["transformer"].pop("remat", None)
   if not settings["transformer"].get("drop_path_rate"):  # checkpoints from before stochastic depth restore
     settings["transformer"].pop("drop_path_rate", None)
   return settings
@@ -125,6 +125,8 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
        "optimizer.weight_decay, clip_norm and warmup_steps must be >= 0"),
       (0 <= opt.final_learning_rate_fraction <= 1,
        f"optimizer.final_learning_rate_fraction={opt.final_learning_rate_fraction} must lie in [0, 1]"),
+      (isinstance(fsdp_min_size(config), int) and fsdp_min_size(config) >= 0,
+       f"mesh.fsdp_min_size={fsdp_min_size(config)!r} must be an integer >= 0 (elements)"),
   ]
   for ok, message in checks:
     if not ok:
@@ -134,6 +136,11 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
   if tc.batch_size % (mesh_size * tc.grad_accum_steps):
     raise ValueError(f"train.batch_size {tc.batch_size} must be divisible by devices ({mesh_size}) x "
                      f"grad_accum_steps ({tc.grad_accum_steps})")
+
+
+def fsdp_min_size(config: ml_collections.ConfigDict) -> int:
+  """mesh.fsdp_min_size; the default for the configs of runs saved before it existed."""
+  return config.mesh.get("fsdp_min_size", parallel.FSDP_MIN_SIZE)
 
 
 def example_batch(source, batch_size: int, transform=None) -> dict[str, np.ndarray]:
@@ -175,8 +182,9 @@ class Experiment:
     self.identity = model_settings(config) | {"inputs": [list(inputs.shape[1:]), str(inputs.dtype)]}
     self.tokens_per_example = inputs.shape[-1] if task.inputs == "token_stream" else None
     init = lambda rng: self._initial_state(rng, inputs)
-    abstract = jax.eval_shape(init, jax.random.key(0))
-    self.state_sharding = parallel.fsdp_sharding(self.mesh, abstract)
+    with recorded_bsa_paths() as self.bsa_paths:  # for the start-up summary
+      abstract = jax.eval_shape(init, jax.random.key(0))
+    self.state_sharding = parallel.fsdp_sharding(self.mesh, abstract, fsdp_min_size(config))
     self.abstract_state = abstract_with_shardings(abstract, self.state_sharding)
     self.optimizer_structure = str(jax.tree.structure(abstract.opt_state))  # a resume must match it
     self.init = jax.jit(init, out_shardings=self.state_sharding)
@@ -486,7 +494,7 @@ def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fre
   try:
     while step < tc.num_steps:
       if step + 1 == profile.start and profile:
-        jax.profiler.start_trace(str(pathlib.Path(workdir) / "profile"))
+        jax.profiler.start_trace(str(workdir_lib.path(workdir) / "profile"))
       state, metrics = train_step(state, parallel.global_batch(next(batches), experiment.mesh))
       step += 1
       if step + 1 == profile.stop and profile:
@@ -565,6 +573,23 @@ def parameter_counts(params) -> dict[str, int]:
   return counts | {"total": sum(counts.values())}
 
 
+def attention_summary(attention: str, bsa_paths: dict[str, str]) -> str:
+  """'attention: bilateral via folded (layers 0-3)': the path of each run of layers of each stack (the
+  stack named unless it is `transformer`); other attentions compute explicit logits."""
+  if not bsa_paths:
+    return f"attention: {attention} (explicit logits, all layers)"
+  runs = []  # [stack, path, first layer, last layer], in call order
+  for name, path in bsa_paths.items():
+    stack, layer = name.split("/attention")[0].rsplit("/block_", 1)
+    if runs and runs[-1][:2] == [stack, path] and runs[-1][3] == int(layer) - 1:
+      runs[-1][3] = int(layer)
+    else:
+      runs.append([stack, path, int(layer), int(layer)])
+  return "attention: " + ", ".join(
+      ("" if stack == "transformer" else f"{stack}: ") + f"{attention} via {path} "
+      + (f"(layer {first})" if first == last else f"(layers {first}-{last})") for stack, path, first, last in runs)
+
+
 def _print_summary(experiment: Experiment, workdir: str, compile_seconds: float, flops, memory,
                    eval_sources: dict) -> None:
   if jax.process_index() != 0:
@@ -577,12 +602,19 @@ def _print_summary(experiment: Experiment, workdir: str, compile_seconds: float,
       f"devices: {jax.device_count()} {jax.devices()[0].platform} in {jax.process_count()} process(es); "
       f"mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']}",
       f"parameters: {total:,} (" + ", ".join(f"{name} {count:,}" for name, count in counts.items()) + ")",
+      attention_summary(experiment.model.config.attention, experiment.bsa_paths),
       "data: " + ", ".join(f"{split} {size:,}" for split, size in sizes.items()) + f" examples ({config.data.name})",
       f"train step: compiled in {compile_seconds:.1f} s"
       + (f"; {flops / 1e9:.3g} GFLOP per step and device (XLA cost analysis)" if flops else "")
       + (f"; {memory / 2**20:.1f} MiB of device memory per device (arguments, outputs, temporaries)" if memory else ""),
-      f"workdir: {pathlib.Path(workdir).absolute()}",
+      f"workdir: {workdir_lib.path(workdir)}",
   ]
+  if mesh.shape["fsdp"] > 1:
+    fsdp, unshardable = parallel.fsdp_report(experiment.abstract_state.params, mesh.shape["fsdp"],
+                                             fsdp_min_size(config))
+    lines.insert(2, fsdp)
+    if unshardable:
+      logging.warning(unshardable)
   stack = experiment.model.config
   if config.model.name != "lm" and not stack.sees_direction:
     lines.append(f"note: attention={stack.attention!r} spatial={stack.spatial!r} sees no direction: this bidirectional "

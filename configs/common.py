@@ -8,6 +8,7 @@ import dataclasses
 import ml_collections
 
 from bilateral_jax.models import TransformerConfig
+from bilateral_jax.parallel import FSDP_MIN_SIZE
 
 
 # BSA's spatial kernel in the shipped bidirectional configs, chosen by the attribution studies (README
@@ -34,7 +35,8 @@ def base() -> ml_collections.ConfigDict:
   config.seed = 0
   config.model = ml_collections.ConfigDict()
   config.data = ml_collections.ConfigDict()
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  # fsdp_min_size: parameters with fewer elements stay replicated (bilateral_jax/parallel.py).
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=FSDP_MIN_SIZE))
   config.train = ml_collections.ConfigDict(dict(
       batch_size=32, num_steps=1000, grad_accum_steps=1, log_every=50, eval_every=500,
       checkpoint_every=500, keep_checkpoints=3, best_metric="accuracy", best_mode="max",

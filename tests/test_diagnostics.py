@@ -1,4 +1,5 @@
 """The diagnostics of method.md section 4 against explicit numpy references, and diagnose.py."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -192,6 +193,8 @@ def test_cross_term_share_against_numpy(norm):
   want = np.array(squares) / sum(squares)
   np.testing.assert_allclose([got["content_share"], got["position_share"], got["cross_share"]], want, rtol=1e-4)
   assert 0 < got["cross_share"] < 1
+  rematerialised = model.clone(config=dataclasses.replace(model.config, remat="full"))
+  assert diagnostics.cross_term_share(rematerialised, params, inputs) == got
 
 
 def test_cross_term_share_without_additive_positions():

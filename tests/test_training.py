@@ -198,6 +198,18 @@ def test_damaged_newest_checkpoint_falls_back_with_identical_continuation(tmp_pa
                final_params(tmp_path / "straight", config))
 
 
+def test_a_failed_restores_late_loop_callbacks_are_dropped_and_nothing_else():
+  # An error Python cannot raise to anyone goes to sys.unraisablehook, as TensorStore's do after a damaged
+  # step's restore; in a process of its own, since pytest replaces the hook during a test.
+  script = ("import bilateral_jax.checkpointing\n"
+            "class Raises:\n  def __init__(self, message): self.message = message\n"
+            "  def __del__(self): raise RuntimeError(self.message)\n"
+            "Raises('Event loop is closed')\nRaises('something else')\n")
+  done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert "Event loop is closed" not in done.stderr and "RuntimeError: something else" in done.stderr, done.stderr
+
+
 def test_resume_refuses_changes_that_would_corrupt_the_run(tmp_path):
   trainer.train_and_evaluate(tiny_config(**{"train.num_steps": 3}), str(tmp_path))
   with pytest.raises(trainer.ResumeRefused, match=r"train.batch_size is 16 .* trained with 8"):

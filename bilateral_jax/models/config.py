@@ -15,6 +15,7 @@ GRC_FORMS = ("convex", "boost")
 SUBLAYERS = ("attention", "mlp")
 NORMS = ("pre", "post")
 DTYPES = ("float32", "bfloat16", "float16")
+REMAT = ("none", "full", "dots", "dots_no_batch")
 
 
 def _choose(field: str, value, known) -> None:
@@ -50,6 +51,9 @@ class TransformerConfig:
     terms computed in the tiles, or TUPE on the folded q and k; key-only masks; interpreted on CPU),
     `auto` (the fastest measured path for the backend).
     Not part of a checkpoint's identity.
+  remat: what each block keeps for the backward pass (`nn.remat`): `none` (all), `full` (nothing:
+    recomputed), `dots` (matmul outputs), `dots_no_batch` (matmuls without batch dims: the projections,
+    not q.k or the attention-weighted sum). Same numbers and parameters; not part of a checkpoint's identity.
   """
   num_layers: int = 2
   num_heads: int = 4
@@ -71,6 +75,7 @@ class TransformerConfig:
   drop_path_rate: float = 0.0
   dtype: str = "float32"
   attention_implementation: str = "auto"
+  remat: str = "none"
 
   def __post_init__(self):
     _choose("attention", self.attention, ATTENTIONS)
@@ -82,6 +87,7 @@ class TransformerConfig:
     _choose("norm", self.norm, NORMS)
     _choose("dtype", self.dtype, DTYPES)
     _choose("attention_implementation", self.attention_implementation, IMPLEMENTATIONS)
+    _choose("remat", self.remat, REMAT)
     object.__setattr__(self, "grc_sublayers", tuple(self.grc_sublayers))
     object.__setattr__(self, "spatial_bandwidth_range", tuple(self.spatial_bandwidth_range))
     for sublayer in self.grc_sublayers:

@@ -7,6 +7,7 @@ sowing is a no-op and costs nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import flax.linen as nn
@@ -45,8 +46,7 @@ class MultiHeadAttention(nn.Module):
       h_y = jnp.exp(self.param("log_h_y", nn.initializers.constant(cfg.initial_log_h_y), (heads,)))
       q_pos, k_pos, spatial_params = self._spatial_features(coords, pos_embed)
       spatial = None if q_pos is None else cfg.spatial
-      path = dispatch.choose_path(cfg.attention_implementation, jax.default_backend(), spatial=spatial,
-                                  q_pos=q_pos, k_pos=k_pos, mask=mask, is_causal=is_causal)
+      path = self.bsa_path(spatial, q_pos, k_pos, mask, is_causal)
       if path != "xla" and not self.is_mutable_collection("intermediates"):  # weights to sow: explicit path
         return out_projection(dispatch.PATHS[path](q, k, v, q_pos, k_pos, h_y=h_y, content=cfg.content,
                                                    spatial=spatial, mask=mask, is_causal=is_causal,
@@ -63,6 +63,11 @@ class MultiHeadAttention(nn.Module):
     weights = ops.attention_weights(logits, mask=mask, is_causal=is_causal)
     self.sow("intermediates", "attention_weights", weights)
     return out_projection(ops.filter_values(weights, v))
+
+  def bsa_path(self, spatial, q_pos, k_pos, mask, is_causal) -> str:
+    """The `ops.dispatch` path of this call (a method, so that `recorded_bsa_paths` sees it)."""
+    return dispatch.choose_path(self.config.attention_implementation, jax.default_backend(), spatial=spatial,
+                                q_pos=q_pos, k_pos=k_pos, mask=mask, is_causal=is_causal)
 
   def _spatial_features(self, coords, pos_embed):
     """(q_pos, k_pos, {h_p, shift}) for the BSA spatial kernel; (None, None, {h_p: None}) for `none`.
@@ -88,6 +93,22 @@ class MultiHeadAttention(nn.Module):
     return features[0], features[1], params
 
 
+@contextlib.contextmanager
+def recorded_bsa_paths():
+  """Yields {attention module path: its BSA path}, filled as BSA layers are traced (init included) inside
+  the `with`, e.g. {"transformer/block_0/attention": "folded"}; layers in call order."""
+  paths = {}
+
+  def intercept(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if isinstance(context.module, MultiHeadAttention) and context.method_name == "bsa_path":
+      paths["/".join(context.module.path)] = out
+    return out
+
+  with nn.intercept_methods(intercept):
+    yield paths
+
+
 class Mlp(nn.Module):
   config: TransformerConfig
 
@@ -104,9 +125,12 @@ class Block(nn.Module):
   Each sublayer's residual is standard (y + F(y)) or, if listed in `grc_sublayers`, generalized with its
   own learnable t = sigmoid(theta) (a scalar, or one per channel; for `boost`, the channels of the value
   space, heads x head_dim). drop_path: this layer's stochastic-depth rate, applied to each branch F(y).
+  is_causal and deterministic are attributes, not call arguments, so that `nn.remat` sees no Python bools.
   """
   config: TransformerConfig
   drop_path: float = 0.0
+  is_causal: bool = False
+  deterministic: bool = True
 
   def _t(self, name):
     cfg = self.config
@@ -115,8 +139,8 @@ class Block(nn.Module):
     return jax.nn.sigmoid(self.param(name, theta_init, shape))
 
   @nn.compact
-  def __call__(self, y, y0, *, coords, pos_embed, mask, is_causal, deterministic=True):
-    cfg = self.config
+  def __call__(self, y, y0, *, coords, pos_embed, mask):
+    cfg, is_causal, deterministic = self.config, self.is_causal, self.deterministic
     dtype = jnp.dtype(cfg.dtype)
     drop = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
     # One keep-or-drop draw per example (broadcast over tokens and channels), scaled by 1 / keep.
@@ -143,6 +167,18 @@ class Block(nn.Module):
       if cfg.norm == "post":
         y = norm(y)
     return y
+
+
+REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable, "dots": jax.checkpoint_policies.dots_saveable,
+                  "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def remat_block(remat: str) -> type[Block]:
+  """Block, or Block under `nn.remat` with the policy `remat` names (TransformerConfig.remat); the
+  parameter tree is the same either way."""
+  if remat == "none":
+    return Block
+  return nn.remat(Block, policy=REMAT_POLICIES[remat])
 
 
 class Transformer(nn.Module):
@@ -182,10 +218,11 @@ class Transformer(nn.Module):
     attention_mask = None if mask is None else mask[:, None, None, :]
     self.sow("intermediates", "hidden_states", y0)
     y = y0
+    block_type = remat_block(cfg.remat)
     for layer in range(cfg.num_layers):
-      block = Block(cfg, cfg.drop_path(layer), name=f"block_{layer}")
-      y = block(y, y0, coords=coords, pos_embed=pos_embed, mask=attention_mask, is_causal=is_causal,
-                deterministic=deterministic)
+      block = block_type(cfg, cfg.drop_path(layer), is_causal=is_causal, deterministic=deterministic,
+                         name=f"block_{layer}")
+      y = block(y, y0, coords=coords, pos_embed=pos_embed, mask=attention_mask)
       self.sow("intermediates", "hidden_states", y)
     if cfg.norm == "pre":
       y = nn.LayerNorm(dtype=jnp.dtype(cfg.dtype), name="norm_final")(y)
