@@ -20,7 +20,8 @@ from bilateral_jax.parallel import FSDP_MIN_SIZE
 GRID_SPATIAL = "dot"
 # Sequences read bidirectionally (ListOps, LRA): the 1-D `asymmetric` Laplacian (a bandwidth before and
 # one after the query). On ListOps of depth <= 3 (studies/listops_positions.py, 5 seeds, standard
-# residual) it reached test accuracy 0.51-0.53 against 0.42-0.44 for learned absolute positions.
+# residual) it was the most accurate reading: test accuracy 0.515 ± 0.009 against RoPE 0.486 ± 0.023
+# (+0.029, 95% CI [+0.000, +0.058]), `dot` 0.466, the isotropic Gaussian 0.440 and learned absolute 0.430.
 SEQUENCE_SPATIAL = "asymmetric"
 
 
