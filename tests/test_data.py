@@ -202,7 +202,8 @@ def test_aclimdb_and_aan(tmp_path):
   aan = data_config(name="lra_retrieval", directory=str(tmp_path / "aan"), tfds_dir="", max_length=16,
                     overlength="truncate")
   pairs = sources.load_split(aan, "validation")
-  assert pairs.arrays["inputs"].shape == (6, 2, 16) and pairs.arrays["label"].tolist() == [0, 1] * 3
+  assert len(pairs) == 6 and pairs[0]["inputs"].shape == (2, 16) and pairs[0]["inputs"].dtype == np.int32
+  assert [int(pairs[i]["label"]) for i in range(6)] == [0, 1] * 3
   (tmp_path / "aan" / "new_aan_pairs.test.tsv").write_text("1\tonly\tthree fields\n")
   with pytest.raises(ValueError, match=r"new_aan_pairs.test.tsv:1: expected"):
     sources.load_split(aan, "test")

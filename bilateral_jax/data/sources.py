@@ -343,19 +343,22 @@ def lra_text(config: ml_collections.ConfigDict, split: str) -> ArraySource:
   return _classification_source(reviews, config, builders.BYTE_VOCABULARY, 2)
 
 
-def lra_retrieval(config: ml_collections.ConfigDict, split: str) -> ArraySource:
+def lra_retrieval(config: ml_collections.ConfigDict, split: str) -> DecodedSource:
   """LRA Retrieval (AAN): `new_aan_pairs.{train,eval,test}.tsv` (converted to TFDS once), lines
-  `label\tid1\tid2\ttext1\ttext2`; inputs [2, max_length] bytes, label 1 if the first paper cites the second."""
+  `label\tid1\tid2\ttext1\ttext2`; inputs [2, max_length] bytes, label 1 if the first paper cites the second.
+  Read lazily from the TFDS source: an example is tokenised when the pipeline reads it (AAN's train split
+  would be about 4.7 GB as int32 arrays)."""
   _require_files(pathlib.Path(config.directory), list(builders.AAN_FILES.values()), "LRA Retrieval",
                  "lra_release/tsv_data of the LRA release")
   source = builders.converted("aan", config.directory, config.tfds_dir, split)
-  examples = [source[i] for i in range(len(source))]
-  where = lambda i: f"{builders.AAN_FILES[split]} pair {i}"
-  pairs = [np.stack([fit_length(builders.byte_ids(e[part]), config.max_length, config.overlength, where(i))
-                     for part in ("first", "second")]) for i, e in enumerate(examples)]
-  return ArraySource(DatasetInfo(vocab_size=builders.BYTE_VOCABULARY, num_classes=2), inputs=np.stack(pairs),
-                     label=np.asarray([e["label"] for e in examples], np.int32),
-                     weight=np.ones(len(examples), np.float32))
+
+  def pair(index: int) -> dict[str, np.ndarray]:
+    example, where = source[index], f"{builders.AAN_FILES[split]} pair {index}"
+    inputs = np.stack([fit_length(builders.byte_ids(example[part]), config.max_length, config.overlength, where)
+                       for part in ("first", "second")])
+    return {"inputs": inputs, "label": np.int32(example["label"]), "weight": np.float32(1.0)}
+
+  return DecodedSource(range(len(source)), pair, DatasetInfo(vocab_size=builders.BYTE_VOCABULARY, num_classes=2))
 
 
 LRA_IMAGE_SPLITS = {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"}
@@ -383,11 +386,12 @@ def lra_image(config: ml_collections.ConfigDict, split: str) -> ArraySource:
 LRA_PATHFINDER_SPLITS = {"train": "examples[:80%]", "validation": "examples[80%:90%]", "test": "examples[90%:]"}
 
 
-def lra_pathfinder(config: ml_collections.ConfigDict, split: str) -> ArraySource:
+def lra_pathfinder(config: ml_collections.ConfigDict, split: str) -> DecodedSource:
   """LRA Pathfinder from the release layout `<directory>/<difficulty dir>/{imgs,metadata}` (converted to
   TFDS once): each metadata file (in numeric order) has one line per image, `<imgs subdir> <file name>
   <index> <label> ...`. Split as LRA's: the first 80% train, next 10% validation, last 10% test, then
-  empty images dropped. Images (grayscale PNG, side x side) become side^2 pixel ids 1..256."""
+  empty images dropped. Images (grayscale PNG, side x side) become side^2 pixel ids 1..256, when the
+  pipeline reads them (only the indices of the non-empty images are kept in memory)."""
   difficulties = builders.PATHFINDER_DIFFICULTIES
   if config.difficulty not in difficulties:
     raise ValueError(f"data.difficulty={config.difficulty!r} is not one of: {', '.join(difficulties)} "
@@ -396,12 +400,10 @@ def lra_pathfinder(config: ml_collections.ConfigDict, split: str) -> ArraySource
   if not ((root / "metadata").is_dir() and any((root / "metadata").glob("*.npy"))):
     raise FileNotFoundError(f"LRA Pathfinder: no metadata/*.npy under {root}; data.directory must hold "
                             f"{'/'.join(difficulties.values())} from lra_release/pathfinder{{32,64,128}}")
-  source = builders.converted("pathfinder", str(root), config.tfds_dir, LRA_PATHFINDER_SPLITS[split])
-  examples = [example for example in (source[i] for i in range(len(source))) if example["image"].size]
-  return ArraySource(DatasetInfo(vocab_size=builders.BYTE_VOCABULARY, num_classes=2),
-                     inputs=np.stack([builders.byte_ids(e["image"]).ravel() for e in examples]),
-                     label=np.asarray([e["label"] for e in examples], np.int32),
-                     weight=np.ones(len(examples), np.float32))
+  source = PixelSource(builders.converted("pathfinder", str(root), config.tfds_dir, LRA_PATHFINDER_SPLITS[split]),
+                       num_classes=2)
+  kept = [index for index in range(len(source)) if source.source[index]["image"].size]  # indices only, not pixels
+  return DecodedSource(kept, source.__getitem__, source.info)
 
 
 class PixelSource:
