@@ -48,8 +48,11 @@ def tpu_slice(topology: str) -> list:
   `v4:2x2x2`, `v5p:2x2x1`): what a step is compiled for on any host, through libtpu, with no TPU present."""
   from jax.experimental import topologies  # noqa: PLC0415
   # Nothing runs on a TPU here: let several such compiles (and a training on this host's TPUs) share libtpu,
-  # which otherwise takes a lock file for the first process that loads it.
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  # which otherwise takes a lock file for the first process that loads it, and tell libtpu what it would ask
+  # a TPU VM's metadata server (absent here: it prints warnings), unless the environment says it already.
+  for name, value in (("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"), ("TPU_SKIP_MDS_QUERY", "1"),
+                      ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_ACCELERATOR_TYPE", "v5litepod-4")):
+    os.environ.setdefault(name, value)
   try:
     return list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
   except Exception as error:  # noqa: BLE001 - libtpu missing, or a name it does not know

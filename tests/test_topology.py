@@ -35,6 +35,7 @@ def test_the_console_report_and_bad_slices(tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   assert "slice: v5e:2x2 (4 x TPU v5 lite), mesh data=4 fsdp=1" in done.stdout
   assert "fits in 16 GiB per chip" in done.stdout and "TFLOP per train step and chip" in done.stdout
+  assert "TPU_WORKER_HOSTNAMES" not in done.stderr and "accelerator type" not in done.stderr  # libtpu is quiet
   unknown = run_script("train.py", tmp_path / "run", TINY, devices=1, extra=["--dry_run", "--topology=v9z:1x1"])
   assert unknown.returncode == 2 and "cannot describe the TPU slice 'v9z:1x1'" in unknown.stderr, unknown.stderr
   alone = run_script("train.py", tmp_path / "run", TINY, devices=1, extra=["--topology=v5e:2x2"])
