@@ -14,8 +14,8 @@ from bilateral_jax import cli, parallel, trainer
 
 flags.DEFINE_bool("fresh_optimizer", False, "Resume the checkpoint's parameters with a new optimiser state "
                   "(after changing an optimizer option that changes its structure, e.g. clip_norm 0 <-> > 0).")
-flags.DEFINE_bool("dry_run", False, "Compile the train step for the configured mesh and print parameters, "
-                  "memory and FLOPs, then exit. With mesh.data set (not -1) it compiles on data x fsdp CPU "
+flags.DEFINE_bool("dry_run", False, "Compile the train step for the configured mesh from the config alone (no "
+                  "data is built or read) and print parameters, memory and FLOPs, then exit. With mesh.data set (not -1) it compiles on data x fsdp CPU "
                   "devices, so a pod's mesh can be checked on any machine (memory is then the CPU compiler's).")
 flags.DEFINE_string("topology", None, "With --dry_run: compile the train and eval steps for this TPU slice (as "
                     "jax.experimental.topologies names it: v5e:2x2, v4:2x2x2, v5p:2x2x1) on this host through libtpu, "

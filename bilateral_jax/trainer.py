@@ -416,8 +416,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
   """Trains to `train.num_steps`, resuming from the latest checkpoint in `workdir` that restores; returns
   the final evaluation metrics by split. fresh_optimizer: resume the parameters with a new optimiser
   state (needed when the optimiser's state changes structure, e.g. clip_norm switched on or off).
-  dry_run: compile the train step, print the start-up summary and return {} (nothing is written)."""
-  experiment = Experiment(config)
+  dry_run: compile the train step from the config alone (no data is built or read), print the start-up
+  summary and return {} (nothing is written)."""
+  experiment = Experiment(config, placeholder=dry_run)
   if dry_run:
     _print_summary(experiment, workdir, *experiment.compile_train_step()[1:], {})
     return {}
@@ -664,12 +665,15 @@ def _print_summary(experiment: Experiment, workdir: str, compile_seconds: float,
   counts = parameter_counts(experiment.abstract_state.params)
   total = counts.pop("total")
   sizes = {"train": len(experiment.info_source)} | {split: len(source) for split, source in eval_sources.items()}
+  data = ("data: " + ", ".join(f"{split} {size:,}" for split, size in sizes.items()) + f" examples ({config.data.name})"
+          if not experiment.placeholder else f"data: {config.data.name} not read (built from the config alone"
+          + "".join(f"; assumed {field}: {why}" for field, why in experiment.assumed.items()) + ")")
   lines = [
       f"devices: {jax.device_count()} {jax.devices()[0].platform} in {jax.process_count()} process(es); "
       f"mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']}",
       f"parameters: {total:,} (" + ", ".join(f"{name} {count:,}" for name, count in counts.items()) + ")",
       attention_summary(experiment.model.config.attention, experiment.bsa_paths),
-      "data: " + ", ".join(f"{split} {size:,}" for split, size in sizes.items()) + f" examples ({config.data.name})",
+      data,
       f"train step: compiled in {compile_seconds:.1f} s"
       + (f"; {flops / 1e9:.3g} GFLOP per step and device (XLA cost analysis)" if flops else "")
       + (f"; {memory['total'] / 2**20:.1f} MiB of device memory per device (arguments, outputs, temporaries)"

@@ -506,15 +506,19 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
   assert not (tmp_path / "lock").exists()
 
 
-def test_jobs_sharing_a_fresh_tfds_dir_build_it_once_and_dry_run_compiles_a_bigger_mesh(tmp_path):
-  shared = {"data.tfds_dir": str(tmp_path / "tfds_shared"), "mesh.data": 8, "mesh.fsdp": 2}
-  jobs = [run_script("train.py", tmp_path / f"job{i}", TINY | shared | {"train.batch_size": 16}, devices=1, extra=["--dry_run"],
-                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+def test_jobs_sharing_a_fresh_tfds_dir_build_it_once_and_a_dry_run_reads_no_data(tmp_path):
+  shared = {"data.tfds_dir": str(tmp_path / "tfds_shared"), "train.num_steps": 2, "train.eval_every": 2}
+  jobs = [run_script("train.py", tmp_path / f"job{i}", TINY | shared, devices=1, stdout=subprocess.PIPE,
+                     stderr=subprocess.STDOUT) for i in range(2)]
   outputs = [job.communicate(timeout=300)[0] for job in jobs]
   assert [job.returncode for job in jobs] == [0, 0], outputs
   assert sum(output.count("building dataset") for output in outputs) == 1, outputs
-  assert all("mesh data=8 fsdp=2" in output and "GFLOP per step" in output and "MiB" in output for output in outputs)
-  assert not any((tmp_path / f"job{i}").exists() for i in range(2))  # a dry run writes nothing
+  bigger = {"data.tfds_dir": str(tmp_path / "fresh"), "mesh.data": 8, "mesh.fsdp": 2, "train.batch_size": 16}
+  dry = run_script("train.py", tmp_path / "dry", TINY | bigger, devices=1, extra=["--dry_run"])
+  assert dry.returncode == 0, dry.stderr
+  assert "mesh data=8 fsdp=2" in dry.stdout and "GFLOP per step" in dry.stdout and "MiB" in dry.stdout
+  assert "data: listops_generated not read (built from the config alone)" in dry.stdout
+  assert not (tmp_path / "dry").exists() and not (tmp_path / "fresh").exists()  # no data built, nothing written
 
 
 def test_profile_trace_and_help(tmp_path):
