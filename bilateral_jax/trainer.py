@@ -127,6 +127,8 @@ def check_settings(config: ml_collections.ConfigDict, devices=None) -> None:
        "optimizer.weight_decay, clip_norm and warmup_steps must be >= 0"),
       (0 <= opt.final_learning_rate_fraction <= 1,
        f"optimizer.final_learning_rate_fraction={opt.final_learning_rate_fraction} must lie in [0, 1]"),
+      (isinstance(config.train.get("input_workers", -1), int) and config.train.get("input_workers", -1) >= -1,
+       f"train.input_workers={config.train.get('input_workers')!r} must be an integer >= -1 (-1: sized to the host)"),
       (isinstance(fsdp_min_size(config), int) and fsdp_min_size(config) >= 0,
        f"mesh.fsdp_min_size={fsdp_min_size(config)!r} must be an integer >= 0 (elements)"),
   ]
@@ -138,6 +140,12 @@ def check_settings(config: ml_collections.ConfigDict, devices=None) -> None:
   if tc.batch_size % (mesh_size * tc.grad_accum_steps):
     raise ValueError(f"train.batch_size {tc.batch_size} must be divisible by devices ({mesh_size}) x "
                      f"grad_accum_steps ({tc.grad_accum_steps})")
+
+
+def input_workers(config: ml_collections.ConfigDict) -> int:
+  """train.input_workers, -1 (also for runs saved before it existed) sized to the host."""
+  workers = config.train.get("input_workers", -1)
+  return pipeline.default_workers() if workers == -1 else workers
 
 
 def fsdp_min_size(config: ml_collections.ConfigDict) -> int:
@@ -541,7 +549,8 @@ def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fre
   tc = config.train
   batches = pipeline.train_batches(experiment.info_source, global_batch=tc.batch_size, seed=config.seed,
                                    process_index=jax.process_index(), process_count=jax.process_count(),
-                                   transform=experiment.train_transform, repeats=config.augment.repeats)
+                                   transform=experiment.train_transform, repeats=config.augment.repeats,
+                                   workers=input_workers(config))
   eval_sources = {split: sources.load_split(config.data, split) for split in config.eval.splits}
   state, data_state, progress, step = _resume(experiment, checkpointer, workdir, fresh_optimizer)
   if data_state is not None:

@@ -41,8 +41,10 @@ def base() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict(dict(
       batch_size=32, num_steps=1000, grad_accum_steps=1, log_every=50, eval_every=500,
       checkpoint_every=500, keep_checkpoints=3, best_metric="accuracy", best_mode="max",
-      profile_steps=0, init_from=""))
-  # profile_steps > 0: a jax.profiler trace of that many steps in DIR/profile. init_from="DIR": a new run
+      profile_steps=0, init_from="", input_workers=-1))
+  # input_workers: processes that read and transform the train batches (-1: sized to the host,
+  # data/pipeline.default_workers; 0: threads of the training process). profile_steps > 0: a jax.profiler
+  # trace of that many steps in DIR/profile. init_from="DIR": a new run
   # starts from the parameters of DIR's best (else newest) checkpoint whose paths and shapes match.
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=100, schedule="cosine", final_learning_rate_fraction=0.0,

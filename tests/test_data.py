@@ -242,6 +242,24 @@ def test_train_iterator_state_resumes_exactly():
   assert [next(resumed)["inputs"].tolist() for _ in range(3)] == expected
 
 
+def test_input_workers_give_the_same_batches_and_resume_across_worker_counts():
+  from absl import flags
+  flags.FLAGS.mark_as_parsed()  # grain's worker processes read its absl flags
+  make = lambda workers: pipeline.train_batches(source_of(10), global_batch=4, seed=0, workers=workers,
+                                                transform=lambda example, rng: example | {"noise": rng.random()})
+  threads, processes = make(0), make(2)
+  first = [next(threads) for _ in range(4)]
+  for batch in first[:2]:
+    np.testing.assert_array_equal(next(processes)["noise"], batch["noise"])
+  state = processes.get_state()
+  assert state == {"next_index": 2}  # grain's own format: checkpoints of earlier runs resume
+  for workers in (0, 1):
+    resumed = make(workers)
+    resumed.set_state(state)
+    np.testing.assert_array_equal(next(resumed)["noise"], first[2]["noise"])
+  assert pipeline.default_workers(2) == 0 and pipeline.default_workers(16) == 4 and pipeline.default_workers(512) == 32
+
+
 def test_eval_batches_cover_the_split_once_with_zero_weight_padding():
   batches = list(pipeline.eval_batches(source_of(10), global_batch=4))
   assert len(batches) == 3

@@ -5,6 +5,8 @@ the model sees is the same whatever the number of processes.
 """
 from __future__ import annotations
 
+import os
+
 import grain
 import numpy as np
 
@@ -22,11 +24,52 @@ def _local_rows(examples: grain.MapDataset, global_batch: int, process_index: in
   return grain.MapDataset.range(num_rows).map(lambda i: examples[global_row(i)]).batch(local)
 
 
+class Batches:
+  """An endless iterator over `local_batches` (a grain MapDataset: batch k is a function of k alone), read
+  by `READ_THREADS` threads into a bounded buffer, or by `workers` processes (each with a bounded buffer).
+  Its state is the number of batches taken, `{"next_index": k}` (what grain's own iterator writes), so a
+  run resumes with any number of workers."""
+  READ_THREADS = 4
+  BUFFERED_BATCHES = 8
+
+  def __init__(self, local_batches: grain.MapDataset, workers: int = 0):
+    self.local_batches, self.workers = local_batches, workers
+    self.set_state({"next_index": 0})
+
+  def set_state(self, state: dict) -> None:
+    self.taken, self.iterator = int(state["next_index"]), None  # the readers start at the next batch taken
+
+  def get_state(self) -> dict:
+    return {"next_index": self.taken}
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self.iterator is None:
+      remaining = self.local_batches[self.taken:].to_iter_dataset(
+          grain.ReadOptions(num_threads=self.READ_THREADS, prefetch_buffer_size=self.BUFFERED_BATCHES))
+      if self.workers:
+        remaining = remaining.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=self.workers, per_worker_buffer_size=max(1, self.BUFFERED_BATCHES // self.workers)))
+      self.iterator = iter(remaining)
+    batch = next(self.iterator)
+    self.taken += 1
+    return batch
+
+
+def default_workers(cpus: int | None = None) -> int:
+  """Input worker processes for a host of `cpus` cores (default this one's): none up to 7 cores (the
+  main process's threads suffice, and a worker costs seconds to start), then one per 4 cores, at most 32."""
+  cpus = (os.cpu_count() or 1) if cpus is None else cpus
+  return 0 if cpus < 8 else min(cpus // 4, 32)
+
+
 def train_batches(source, *, global_batch: int, seed: int, process_index: int = 0, process_count: int = 1,
-                  transform=None, repeats: int = 1) -> grain.DatasetIterator:
+                  transform=None, repeats: int = 1, workers: int = 0) -> Batches:
   """An endless iterator of local batches, reshuffled each epoch; `get_state`/`set_state` resume it.
   transform(example, rng) -> example runs per example with a Generator derived from its position in the
-  global order, so augmentation does not depend on the number of processes.
+  global order, so augmentation does not depend on the number of processes (or of input `workers`).
 
   repeats > 1 is repeated augmentation (DeiT, after Hoffer et al.): each epoch of len(source) examples
   takes every example of its shuffled order `repeats` times in a row (differently augmented), so it covers
@@ -46,7 +89,7 @@ def train_batches(source, *, global_batch: int, seed: int, process_index: int = 
   if transform is not None:
     examples = examples.random_map(transform, seed=seed)
   rows = 2**62 // global_batch * (global_batch // process_count)
-  return iter(_local_rows(examples, global_batch, process_index, process_count, rows).to_iter_dataset())
+  return Batches(_local_rows(examples, global_batch, process_index, process_count, rows), workers)
 
 
 def eval_batches(source, *, global_batch: int, process_index: int = 0, process_count: int = 1,
