@@ -1,5 +1,6 @@
 """Every script in benchmarks/ runs as the README shows it, at a tiny size, and prints its table: each
-variant's row with its ratio to standard attention, measured in the same run."""
+variant's row with its ratio to standard attention, measured in the same run (input_pipeline.py: each
+config's row with the ratio of its two sides, the step's demand over the input's supply per core)."""
 import json
 import os
 import pathlib
@@ -14,15 +15,21 @@ from configs import common
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(path.name for path in (ROOT / "benchmarks").glob("*.py"))
-TINY = {"attention.py": ["--lengths", "64", "--rounds", "1"], "train_step.py": ["--rounds", "1", "--steps", "3"]}
+TINY = {"attention.py": ["--lengths", "64", "--rounds", "1"], "train_step.py": ["--rounds", "1", "--steps", "3"],
+        "input_pipeline.py": ["--configs", "configs/digits_vit.py", "--config", "configs/default.py",
+                              "--config.data.train_size=256", "--config.data.validation_size=32",
+                              "--config.data.test_size=32", "--examples", "32", "--steps", "2"]}
 NUMBER = r"\d+\.\d+"
 ROWS = {  # the printed row of each variant, by script
     "attention.py": [rf"N=64\s+{re.escape(name)}\s+{NUMBER} ms  x\s*{NUMBER}  temp\s+{NUMBER} MiB"
                      for name in attention.variants(64, 8)],
     "train_step.py": [rf"{re.escape(name)}\s+{NUMBER}\s+\d+\s+{NUMBER}" for name in common.ABLATION],
+    "input_pipeline.py": [rf"{re.escape(name)}\s+{batch}\s+\d+\s+{NUMBER}\s+\d+\s+{NUMBER}"
+                          for name, batch in (("configs/digits_vit.py", 64), ("configs/default.py (overrides)", 32))],
 }
 BASELINE = {"attention.py": r"N=64\s+standard \(jax\.nn\)\s+\S+ ms  x 1\.00 ",
-            "train_step.py": r"standard attention \+ standard residual\s+\S+\s+\S+\s+1\.000"}
+            "train_step.py": r"standard attention \+ standard residual\s+\S+\s+\S+\s+1\.000",
+            "input_pipeline.py": None}  # no baseline variant: each row holds its own ratio, checked in its JSON
 
 
 def test_the_readme_and_make_show_every_benchmark_and_only_those():
@@ -41,6 +48,11 @@ def test_benchmark_runs_at_a_tiny_size_and_prints_its_ratios(script, tmp_path):
   lines = done.stdout.splitlines()
   for row in ROWS[script]:
     assert sum(bool(re.fullmatch(row, line)) for line in lines) == 1, (row, done.stdout)
-  assert any(re.match(BASELINE[script], line) for line in lines), done.stdout
+  if BASELINE[script] is not None:
+    assert any(re.match(BASELINE[script], line) for line in lines), done.stdout
   results = json.loads(out.read_text())
   assert len(results.get("rows", results.get("results"))) == len(ROWS[script])
+  for row in results.get("rows", []) if script == "input_pipeline.py" else []:
+    assert row["input_examples_per_core_s"] > 0 and row["step_examples_per_s"] > 0, row
+    assert row["cores_needed"] == pytest.approx(row["step_examples_per_s"] / row["input_examples_per_core_s"])
+    assert row["examples_read"] >= 32, row
