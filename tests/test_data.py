@@ -243,8 +243,6 @@ def test_train_iterator_state_resumes_exactly():
 
 
 def test_input_workers_give_the_same_batches_and_resume_across_worker_counts():
-  from absl import flags
-  flags.FLAGS.mark_as_parsed()  # grain's worker processes read its absl flags
   make = lambda workers: pipeline.train_batches(source_of(10), global_batch=4, seed=0, workers=workers,
                                                 transform=lambda example, rng: example | {"noise": rng.random()})
   threads, processes = make(0), make(2)

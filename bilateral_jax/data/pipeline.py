@@ -9,6 +9,7 @@ import os
 
 import grain
 import numpy as np
+from absl import flags
 
 
 def _local_rows(examples: grain.MapDataset, global_batch: int, process_index: int,
@@ -50,6 +51,8 @@ class Batches:
       remaining = self.local_batches[self.taken:].to_iter_dataset(
           grain.ReadOptions(num_threads=self.READ_THREADS, prefetch_buffer_size=self.BUFFERED_BATCHES))
       if self.workers:
+        if not flags.FLAGS.is_parsed():  # outside an absl app (a notebook): grain's workers read its flags' defaults
+          flags.FLAGS.mark_as_parsed()
         remaining = remaining.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=self.workers, per_worker_buffer_size=max(1, self.BUFFERED_BATCHES // self.workers)))
       self.iterator = iter(remaining)
