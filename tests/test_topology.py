@@ -1,11 +1,14 @@
 """`train.py --dry_run --topology`: the real train and eval steps compiled by libtpu for a TPU slice on this
 CPU machine, from the config alone (no dataset present), with the memory per chip against its capacity."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from bilateral_jax import parallel
-from tests.test_training import TINY, TINY_MODEL_AND_LOOP, run_script
+from tests.test_training import ROOT, TINY, TINY_MODEL_AND_LOOP, run_script
 
 KEYS = {"topology", "chips", "bytes_per_chip", "chip_bytes", "fits", "flops_per_chip", "attention_path"}
 
@@ -49,3 +52,12 @@ def test_device_bytes_counts_a_chips_cores():
   assert parallel.device_bytes([Device("TPU v5 lite", 0)] * 4) == 16 * 2**30
   assert parallel.device_bytes([Device("TPU v3", 0), Device("TPU v3", 1)]) == 16 * 2**30
   assert parallel.device_bytes([Device("TPU v99", 0)]) is None
+
+
+def test_with_libtpu_installed_a_host_without_accelerators_runs_on_the_cpu_quietly(tmp_path):
+  env = {name: value for name, value in os.environ.items() if name != "JAX_PLATFORMS"}  # as `make demo` runs
+  done = subprocess.run([sys.executable, "train.py", f"--workdir={tmp_path / 'run'}", "--dry_run",
+                         *[f"--config.{key}={value}" for key, value in TINY.items()]],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert " cpu in 1 process" in done.stdout and "libtpu" not in done.stderr and "TPU_" not in done.stderr, done.stderr
