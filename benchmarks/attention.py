@@ -24,7 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from bilateral_jax import ops  # noqa: E402
+from bilateral_jax import ops, parallel  # noqa: E402
 from bilateral_jax.ops.dispatch import pallas_attention  # noqa: E402
 from bilateral_jax.ops.flash import flash_bilateral_attention  # noqa: E402
 from bilateral_jax.ops.folded import folded_bilateral_attention  # noqa: E402
@@ -56,6 +56,7 @@ def variants(length, heads):
 
 
 def main():
+  parallel.skip_tpu_probe_without_accelerators()
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--lengths", type=int, nargs="+")
   parser.add_argument("--batch", type=int, default=2)

@@ -153,8 +153,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # noqa: PLC0415
 
-  from bilateral_jax import trainer  # noqa: PLC0415
+  from bilateral_jax import parallel, trainer  # noqa: PLC0415
   from bilateral_jax.data import pipeline  # noqa: PLC0415
+  parallel.skip_tpu_probe_without_accelerators()
 
   runs = []
   for argument in FLAGS.configs:

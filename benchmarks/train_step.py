@@ -23,6 +23,7 @@ from configs import common, default  # noqa: E402
 
 
 def main():
+  parallel.skip_tpu_probe_without_accelerators()
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--steps", type=int, default=20)

@@ -57,8 +57,10 @@ def set_up(host_devices: int = 0, cpu_only: bool = False) -> str:
   with no accelerator, and no JAX_PLATFORMS set, jax uses the CPU without probing for a TPU (libtpu would
   print its start-up warnings). -> the work directory."""
   import jax  # noqa: PLC0415 - the device count must be set before jax starts its backends
-  if cpu_only or host_devices or ("JAX_PLATFORMS" not in os.environ and _libtpu_without_accelerators()):
+  from bilateral_jax import parallel  # noqa: PLC0415
+  if cpu_only or host_devices:
     jax.config.update("jax_platforms", "cpu")
+  parallel.skip_tpu_probe_without_accelerators()
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   absl_logging.set_verbosity(absl_logging.INFO if FLAGS.verbose else absl_logging.WARNING)
   if not FLAGS.verbose:
@@ -72,21 +74,6 @@ def set_up(host_devices: int = 0, cpu_only: bool = False) -> str:
   elif FLAGS.multihost:
     jax.distributed.initialize()
   return FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
-
-
-def _libtpu_without_accelerators() -> bool:
-  """Whether libtpu is installed (for compiling TPU slices) on a host that shows no TPU chip and no
-  NVIDIA or AMD GPU (jax's own checks; False if they cannot tell): there jax would only probe for a TPU
-  and print libtpu's warnings."""
-  import importlib.util  # noqa: PLC0415
-  if importlib.util.find_spec("libtpu") is None:
-    return False
-  try:
-    from jax._src import hardware_utils  # noqa: PLC0415
-    return not (hardware_utils.num_available_tpu_chips_and_device_id()[0] or hardware_utils.has_visible_nvidia_gpu()
-                or hardware_utils.num_available_amd_gpus(stop_at=1))
-  except (ImportError, AttributeError, TypeError):  # another jax: let it probe
-    return False
 
 
 def default_workdir(config_argument: str) -> str:

@@ -43,6 +43,23 @@ CHIP_BYTES = {"TPU v2": 16 * 2**30, "TPU v3": 32 * 2**30, "TPU v4": 32 * 2**30, 
               "TPU v5": 95 * 2**30, "TPU v6 lite": 32 * 2**30}
 
 
+def skip_tpu_probe_without_accelerators() -> None:
+  """Uses the CPU when libtpu is installed (for compiling TPU slices) on a host that shows no TPU chip
+  and no NVIDIA or AMD GPU (jax's own checks) and JAX_PLATFORMS is not set: jax would only probe for a
+  TPU there, and libtpu print its start-up warnings. Call before jax starts its backends."""
+  import importlib.util  # noqa: PLC0415
+  if "JAX_PLATFORMS" in os.environ or importlib.util.find_spec("libtpu") is None:
+    return
+  try:
+    from jax._src import hardware_utils  # noqa: PLC0415
+    accelerated = (hardware_utils.num_available_tpu_chips_and_device_id()[0] or hardware_utils.has_visible_nvidia_gpu()
+                   or hardware_utils.num_available_amd_gpus(stop_at=1))
+  except (ImportError, AttributeError, TypeError):  # another jax: let it probe
+    return
+  if not accelerated:
+    jax.config.update("jax_platforms", "cpu")
+
+
 def tpu_slice(topology: str) -> list:
   """The devices of the TPU slice `topology` as `jax.experimental.topologies` names it (`v5e:2x2`,
   `v4:2x2x2`, `v5p:2x2x1`): what a step is compiled for on any host, through libtpu, with no TPU present."""
