@@ -464,16 +464,16 @@ def compile_for_slice(config: ml_collections.ConfigDict, topology: str) -> dict:
 
 def slice_summary(report: dict) -> str:
   """compile_for_slice's report for the console."""
-  gib = parallel.readable_bytes
+  readable = parallel.readable_bytes
   memory, capacity = report["bytes_per_chip"], report["chip_bytes"]
   fits = ("capacity unknown" if capacity is None else
-          f"{'fits' if report['fits'] else 'does NOT fit'} in {gib(capacity)} per chip")
+          f"{'fits' if report['fits'] else 'does NOT fit'} in {readable(capacity)} per chip")
   lines = [f"slice: {report['topology']} ({report['chips']} x {report['device_kind']}), mesh "
            + " ".join(f"{axis}={size}" for axis, size in report["mesh"].items()),
            f"attention: {report['attention_path']}",
-           "train step per chip: " + ", ".join(f"{name} {gib(memory[name])}" for name in
+           "train step per chip: " + ", ".join(f"{name} {readable(memory[name])}" for name in
                                                 ("arguments", "temporaries", "outputs", "total"))
-           + f"; eval step total {gib(report['eval_bytes_per_chip']['total'])}: {fits}",
+           + f"; eval step total {readable(report['eval_bytes_per_chip']['total'])}: {fits}",
            (f"{report['flops_per_chip'] / 1e12:.3g} TFLOP per train step and chip; " if report["flops_per_chip"] else "")
            + f"compiled in {report['compile_seconds']['train']} s (train), {report['compile_seconds']['eval']} s (eval)"]
   lines += [f"assumed: {field}: {why}" for field, why in report["assumed"].items()]
