@@ -450,3 +450,14 @@ def test_ade20k_through_tfds_scene_parse150():
     example = validation[0]
   assert len(validation) == 4  # mock images and annotations have unrelated random sizes
   assert example["label"].ndim == 2 and example["label"].dtype == np.uint8 and example["inputs"].shape[-1] == 3
+
+
+def test_files_matching_is_pathlibs_glob_of_files(tmp_path):
+  from etils import epath
+  from bilateral_jax.data import builders
+  for name in ("a.md", "b.txt", "x/c.md", "x/y/d.md", "x/y/e1.md", "z/f.md"):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_text(name)
+  for pattern in ("**/*.md", "*.md", "x/*.md", "x/**/*.md", "**/e?.md", "**/*", "*/*/*"):
+    expected = sorted(str(p) for p in tmp_path.glob(pattern) if p.is_file())
+    assert [str(p) for p in builders.files_matching(epath.Path(tmp_path), pattern)] == expected, pattern

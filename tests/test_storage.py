@@ -1,6 +1,7 @@
 """Runs on an object store: train, resume, eval.py, study.py and diagnose.py with a `gs://` work directory
 on a real GCS JSON API served on loopback (gcp-storage-emulator), nothing created locally but the TFDS
-data (array-record reads local files only: a `gs://` data directory is refused); and the lock there."""
+data (array-record reads local files only: a `gs://` TFDS directory is refused); the lock there; and the
+published datasets' files read from `gs://`."""
 import json
 import os
 import socket
@@ -8,11 +9,15 @@ import subprocess
 import sys
 import time
 
+import ml_collections
+import numpy as np
 import portpicker
 import pytest
 from etils import epath
 
 from bilateral_jax import workdir
+from bilateral_jax.data import sources
+from tests.samples import write_image_folders, write_pathfinder, write_text_corpus, write_wikitext
 from tests.test_training import ROOT, TINY, run_script
 
 
@@ -97,3 +102,37 @@ def test_the_lock_on_an_object_store_refuses_a_live_holder_and_takes_over_a_stal
   taker.acquire()
   assert json.loads(taker.path.read_text())["pid"] == os.getpid()
   taker.release()
+
+
+def _upload(local, remote: epath.Path) -> None:
+  for path in local.rglob("*"):
+    if path.is_file():
+      (remote / path.relative_to(local)).parent.mkdir(parents=True, exist_ok=True)
+      (remote / path.relative_to(local)).write_bytes(path.read_bytes())
+
+
+def test_published_data_directories_are_read_from_an_object_store(gcs, tmp_path):
+  """A text corpus, WikiText, LRA Pathfinder (converted to TFDS from its files) and ImageNet's folders
+  (decoded lazily) in `gs://` give the examples their local copies give."""
+  write_text_corpus(tmp_path / "plays")
+  write_wikitext(tmp_path / "wikitext")
+  write_pathfinder(tmp_path / "pf", count=10, empty=(3,))
+  write_image_folders(tmp_path / "imagenet", per_class=2)
+  cases = [dict(name="text_corpus", glob="**/*.md", tokenizer="chars", max_length=8, at="plays"),
+           dict(name="wikitext", max_length=8, at="wikitext"),
+           dict(name="lra_pathfinder", difficulty="hard", at="pf"),
+           dict(name="imagenet", image_size=16, crop_fraction=0.875, at="imagenet")]
+  for case in cases:
+    at = case.pop("at")
+    remote = epath.Path("gs://bkt/data") / at
+    _upload(tmp_path / at, remote)
+    copies = [sources.load_split(ml_collections.ConfigDict(case | {"directory": str(where),
+                                                                      "tfds_dir": str(tmp_path / "tfds")}), "train")
+              for where in (tmp_path / at, remote)]
+    assert len(copies[0]) == len(copies[1]) > 0, case["name"]
+    for i in (0, len(copies[0]) - 1):
+      for key, value in copies[0][i].items():
+        np.testing.assert_array_equal(copies[1][i][key], value, err_msg=f"{case['name']} {key}")
+  with pytest.raises(FileNotFoundError, match="wiki.train.tokens.*not found in data.directory='gs://bkt/none'"):
+    sources.load_split(ml_collections.ConfigDict(dict(name="wikitext", directory="gs://bkt/none", max_length=8,
+                                                      tfds_dir=str(tmp_path / "tfds"))), "train")

@@ -11,8 +11,10 @@ import fcntl
 import io
 import hashlib
 import json
+import os
 import pathlib
 import pickle
+import re
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -44,11 +46,30 @@ class ListOpsConfig(tfds.core.BuilderConfig):
   def make(cls, **fields) -> ListOpsConfig:
     identity = dict(fields)
     if fields.get("release_dir"):
-      directory = pathlib.Path(fields["release_dir"]).absolute()
+      directory = workdir.path(fields["release_dir"])
       identity["release_dir"] = str(directory)
-      identity["files"] = [[p.name, p.stat().st_size, p.stat().st_mtime_ns]
-                           for p in (directory / name for name in SPLIT_FILES.values()) if p.is_file()]
+      identity["files"] = [[p.name, *_stamp(p)] for p in (directory / name for name in SPLIT_FILES.values())
+                           if p.is_file()]
     return cls(**_named("release" if fields.get("release_dir") else "generated", identity), **fields)
+
+
+def _stamp(path: epath.Path) -> list[int]:
+  """A file's size and modification time (seconds), which name the dataset built from it."""
+  stat = path.stat()
+  return [stat.length, stat.mtime]
+
+
+def files_matching(root: epath.Path, pattern: str) -> list[epath.Path]:
+  """The files under `root` whose relative path matches the glob `pattern` (`*`, `?` within a name, `**`
+  for any folders, none included), sorted: `pathlib`'s glob, which `epath` refuses for `**`."""
+  name = lambda part: "".join({"*": "[^/]*", "?": "[^/]"}.get(c, re.escape(c)) for c in part)
+  *folders, last = pattern.split("/")
+  folders = "".join("(?:[^/]+/)*" if part == "**" else name(part) + "/" for part in folders)
+  matches = re.compile(folders + name(last) + r"\Z").match
+  bare = lambda path: os.fspath(path).split("://", 1)[-1]  # epath's walk drops gs:// from the folders it yields
+  found = [f"{bare(folder)[len(bare(root)):].strip('/')}/{name}".lstrip("/")
+           for folder, _, files in root.walk() for name in files]
+  return sorted(root / relative for relative in found if matches(relative))
 
 
 def _named(kind: str, identity: dict) -> dict:
@@ -82,7 +103,7 @@ class ListOps(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
     if cfg.release_dir:
-      splits = {split: read_release_file(pathlib.Path(cfg.release_dir), split) for split in SPLIT_FILES}
+      splits = {split: read_release_file(workdir.path(cfg.release_dir), split) for split in SPLIT_FILES}
     else:
       generated = [(listops.encode(tokens), label)
                    for tokens, label in listops.generate(sum(cfg.sizes), cfg.spec, seed=cfg.seed)]
@@ -146,8 +167,8 @@ class TokenStreamConfig(tfds.core.BuilderConfig):
 
   @classmethod
   def make(cls, files: dict, tokenizer: str) -> TokenStreamConfig:
-    stamps = {split: [[str(pathlib.Path(p).absolute()), lo, hi, pathlib.Path(p).stat().st_size,
-                       pathlib.Path(p).stat().st_mtime_ns] for p, lo, hi in parts] for split, parts in files.items()}
+    stamps = {split: [[str(workdir.path(p)), lo, hi, *_stamp(workdir.path(p))] for p, lo, hi in parts]
+              for split, parts in files.items()}
     return cls(**_named(tokenizer, dict(files=stamps)), files=files, tokenizer=tokenizer)
 
 
@@ -155,9 +176,9 @@ TOKENIZERS = ("words", "bytes", "chars")
 WORD_SPECIALS = ("<pad>", "<unk>", "<eos>")
 
 
-def read_text(path: str | pathlib.Path) -> str:
+def read_text(path: str | epath.PathLike) -> str:
   """A UTF-8 file's text (a leading BOM dropped); a byte that is not UTF-8 is an error naming file:line."""
-  data = pathlib.Path(path).read_bytes()
+  data = workdir.path(path).read_bytes()
   try:
     return data.decode("utf-8-sig")
   except UnicodeDecodeError as error:
@@ -165,7 +186,7 @@ def read_text(path: str | pathlib.Path) -> str:
     raise ValueError(f"{path}:{line}: not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start})") from None
 
 
-def text_lines(path: pathlib.Path):
+def text_lines(path: epath.Path):
   """(line number, line) of a UTF-8 text file's non-blank lines, without their line ends."""
   for number, line in enumerate(read_text(path).splitlines(), start=1):
     if line.strip():
@@ -238,7 +259,7 @@ class TokenStream(tfds.core.GeneratorBasedBuilder):
       yield key, {"ids": ids[start: start + STREAM_CHUNK]}
 
 
-def read_release_file(directory: pathlib.Path, split: str):
+def read_release_file(directory: epath.Path, split: str):
   """(ids, label) of an LRA release TSV: a header `Source\\tTarget`, then `expression\\tlabel` lines."""
   path = directory / SPLIT_FILES[split]
   if not all((directory / name).is_file() for name in SPLIT_FILES.values()):
@@ -271,15 +292,14 @@ class ReleaseConfig(tfds.core.BuilderConfig):
 
   @classmethod
   def make(cls, release: str, directory: str) -> ReleaseConfig:
-    root = pathlib.Path(directory).absolute()
-    files = sorted([str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns]
-                   for p in root.rglob("*") if p.is_file())
+    root = workdir.path(directory)
+    files = [[os.fspath(p)[len(os.fspath(root)) + 1:], *_stamp(p)] for p in files_matching(root, "**/*")]
     named = _named(release, dict(directory=str(root), files=files))
     named["description"] = f"{release} from {root}: {len(files)} files, {sum(f[1] for f in files)} bytes"
     return cls(**named, release=release, directory=str(root))
 
 
-def _aclimdb(root: pathlib.Path, split: str):
+def _aclimdb(root: epath.Path, split: str):
   """aclImdb: {train,test}/{neg,pos}/*.txt, label 1 = positive."""
   for label, name in enumerate(("neg", "pos")):
     for path in sorted((root / split / name).glob("*.txt")):
@@ -290,7 +310,7 @@ AAN_FILES = {"train": "new_aan_pairs.train.tsv", "validation": "new_aan_pairs.ev
              "test": "new_aan_pairs.test.tsv"}
 
 
-def _aan(root: pathlib.Path, split: str):
+def _aan(root: epath.Path, split: str):
   """LRA Retrieval TSV lines `label\tid1\tid2\ttext1\ttext2`, label 1 if the first paper cites the second."""
   path = root / AAN_FILES[split]
   examples = 0
@@ -315,7 +335,7 @@ CIFAR_FILES = {  # name -> (train files, test files, label key, classes)
 
 
 def _cifar(name: str):
-  def read(root: pathlib.Path, split: str):
+  def read(root: epath.Path, split: str):
     """CIFAR python batches: pickled dicts with `data` [n, 3072] (channel-major) and labels."""
     train_files, test_files, label_key, _ = CIFAR_FILES[name]
     for file in train_files if split == "train" else test_files:
@@ -331,12 +351,12 @@ PATHFINDER_DIFFICULTIES = {"easy": "curv_baseline", "medium": "curv_contour_leng
                            "hard": "curv_contour_length_14"}
 
 
-def _metadata_order(path: pathlib.Path):
+def _metadata_order(path: epath.Path):
   """Metadata files in numeric order (`0.npy`, `1.npy`, ..., `10.npy`), as the release numbers them."""
   return (0, int(path.stem), "") if path.stem.isdigit() else (1, 0, path.name)
 
 
-def _pathfinder(root: pathlib.Path, split: str):
+def _pathfinder(root: epath.Path, split: str):
   """Pathfinder release, one difficulty folder: metadata/*.npy text lines `<imgs subdir> <file> <index>
   <label> ...` (e.g. `imgs/0 sample_0.png 0 0 1.0 6 2 2 0.5 1 1`, label at index 3) naming grayscale
   PNGs; one split, `examples`, in metadata order. An empty PNG file becomes an empty [0, 0] image, which
@@ -351,10 +371,10 @@ def _pathfinder(root: pathlib.Path, split: str):
       image_path = root / fields[0] / fields[1]
       if not image_path.is_file():
         raise FileNotFoundError(f"{path}:{number}: image {image_path} not found")
-      if image_path.stat().st_size == 0:
+      if image_path.stat().length == 0:
         image = np.zeros((0, 0), np.uint8)
       else:
-        with Image.open(image_path) as png:
+        with image_path.open("rb") as file, Image.open(file) as png:
           image = np.asarray(png.convert("L"))
       yield {"image": image, "label": int(fields[3])}
 
@@ -399,7 +419,7 @@ class Converted(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str):
     read = RELEASES[self.builder_config.release].read
-    yield from enumerate(read(pathlib.Path(self.builder_config.directory), split))
+    yield from enumerate(read(workdir.path(self.builder_config.directory), split))
 
 
 def converted(release: str, directory: str, tfds_dir: str, split: str):

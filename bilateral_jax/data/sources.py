@@ -12,7 +12,9 @@ from typing import Any, Callable
 
 import ml_collections
 import numpy as np
+from etils import epath
 
+from bilateral_jax import workdir
 from bilateral_jax.data import augment, builders, listops, pathfinder
 
 SPLITS = ("train", "validation", "test")
@@ -114,12 +116,12 @@ def listops_generated(config: ml_collections.ConfigDict, split: str) -> PaddedSo
 def listops_release(config: ml_collections.ConfigDict, split: str) -> PaddedSource:
   """The LRA release files `basic_{train,val,test}.tsv` in `data.directory` (header `Source\tTarget`),
   tokenised as LRA does (parentheses deleted), converted into a TFDS dataset once."""
-  for _ in builders.read_release_file(pathlib.Path(config.directory), split):
+  for _ in builders.read_release_file(workdir.path(config.directory), split):
     break  # fail now, not inside TFDS, if a file is missing or its header is wrong
   return _listops(config, split, builders.ListOpsConfig.make(release_dir=config.directory))
 
 
-def _require_files(directory: pathlib.Path, names: list[str], what: str, where_to_get: str) -> None:
+def _require_files(directory: epath.Path, names: list[str], what: str, where_to_get: str) -> None:
   missing = [name for name in names if not (directory / name).is_file()]
   if missing:
     raise FileNotFoundError(f"{what}: {', '.join(missing)} not found in data.directory={str(directory)!r}; "
@@ -226,7 +228,7 @@ def wikitext(config: ml_collections.ConfigDict, split: str) -> ArraySource:
   """WikiText-103/-2 word level from `wiki.{train,valid,test}.tokens`: every line's words then `<eos>`,
   the vocabulary of the train file (id 0 = padding, unseen words -> `<unk>`), built once as a TFDS
   dataset, cut into contiguous windows of `max_length` inputs with their next-word targets."""
-  directory = pathlib.Path(config.directory)
+  directory = workdir.path(config.directory)
   files = {"train": "wiki.train.tokens", "validation": "wiki.valid.tokens", "test": "wiki.test.tokens"}
   _require_files(directory, list(files.values()), "WikiText", "the wikitext-103 or wikitext-2 release")
   parts = {s: [(str(directory / name), 0.0, 1.0)] for s, name in files.items()}
@@ -241,8 +243,8 @@ def _check_corpus_tokenizer(config: ml_collections.ConfigDict) -> None:
 def text_corpus(config: ml_collections.ConfigDict, split: str) -> ArraySource:
   """Any plain-text corpus: the files matching `data.glob` under `data.directory`, each split by
   position (first 90% train, next 5% validation, last 5% test), as `bytes` or `chars` tokens."""
-  directory = pathlib.Path(config.directory)
-  paths = sorted(p for p in directory.glob(config.glob) if p.is_file()) if directory.is_dir() else []
+  directory = workdir.path(config.directory)
+  paths = builders.files_matching(directory, config.glob) if directory.is_dir() else []
   if not paths:
     raise FileNotFoundError(f"text corpus: no files match {config.glob!r} under data.directory={str(directory)!r}")
   _check_corpus_tokenizer(config)
@@ -288,7 +290,7 @@ def _cifar_part(name: str, config: ml_collections.ConfigDict, tfds_split: str):
   if not config.directory:
     return catalog_source(name, config, tfds_split)
   train_files, test_files, _, _ = builders.CIFAR_FILES[name]
-  _require_files(pathlib.Path(config.directory), train_files + test_files, name.upper(),
+  _require_files(workdir.path(config.directory), train_files + test_files, name.upper(),
                  f"the '{name.upper()} python version' archive, extracted")
   return builders.converted(name, config.directory, config.tfds_dir, tfds_split)
 
@@ -325,7 +327,7 @@ def lra_text(config: ml_collections.ConfigDict, split: str) -> ArraySource:
   if config.validation_from not in VALIDATION_FROM:
     raise ValueError(f"data.validation_from={config.validation_from!r} is not one of: {', '.join(VALIDATION_FROM)}")
   if config.directory:
-    root = pathlib.Path(config.directory)
+    root = workdir.path(config.directory)
     missing = [str(root / part / label) for part in ("train", "test") for label in ("neg", "pos")
                if not (root / part / label).is_dir()]
     if missing:
@@ -348,7 +350,7 @@ def lra_retrieval(config: ml_collections.ConfigDict, split: str) -> DecodedSourc
   `label\tid1\tid2\ttext1\ttext2`; inputs [2, max_length] bytes, label 1 if the first paper cites the second.
   Read lazily from the TFDS source: an example is tokenised when the pipeline reads it (AAN's train split
   would be about 4.7 GB as int32 arrays)."""
-  _require_files(pathlib.Path(config.directory), list(builders.AAN_FILES.values()), "LRA Retrieval",
+  _require_files(workdir.path(config.directory), list(builders.AAN_FILES.values()), "LRA Retrieval",
                  "lra_release/tsv_data of the LRA release")
   source = builders.converted("aan", config.directory, config.tfds_dir, split)
 
@@ -396,7 +398,7 @@ def lra_pathfinder(config: ml_collections.ConfigDict, split: str) -> DecodedSour
   if config.difficulty not in difficulties:
     raise ValueError(f"data.difficulty={config.difficulty!r} is not one of: {', '.join(difficulties)} "
                      "(LRA's easy, intermediate, hard)")
-  root = pathlib.Path(config.directory) / difficulties[config.difficulty]
+  root = workdir.path(config.directory) / difficulties[config.difficulty]
   if not ((root / "metadata").is_dir() and any((root / "metadata").glob("*.npy"))):
     raise FileNotFoundError(f"LRA Pathfinder: no metadata/*.npy under {root}; data.directory must hold "
                             f"{'/'.join(difficulties.values())} from lra_release/pathfinder{{32,64,128}}")
@@ -445,10 +447,10 @@ class DecodedSource:
     return self.decode(self.examples[index])
 
 
-def _read_image(path: pathlib.Path, mode: str) -> np.ndarray:
+def _read_image(path: epath.Path, mode: str) -> np.ndarray:
   from PIL import Image
 
-  with Image.open(path) as image:
+  with path.open("rb") as file, Image.open(file) as image:
     return np.asarray(image.convert(mode) if mode else image)
 
 
@@ -479,14 +481,14 @@ def imagenet(config: ml_collections.ConfigDict, split: str) -> DecodedSource:
   if not config.directory:
     source = catalog_source("imagenet2012", config, "train" if split == "train" else "validation")
     return DecodedSource(source, _labelled_image, dataclasses.replace(info, num_classes=IMAGENET_CLASSES))
-  root = pathlib.Path(config.directory)
+  root = workdir.path(config.directory)
   folder = root / ("train" if split == "train" else "val")
   if not (root / "train").is_dir() or not folder.is_dir():
     raise FileNotFoundError(f"ImageNet: {root / 'train'} and {root / 'val'} (one folder per class) not found "
                             "in data.directory; extract ILSVRC2012 train and val into class folders")
   classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
   files = [(path, label) for label, name in enumerate(classes)
-           for path in sorted((folder / name).glob("*")) if path.is_file()]
+           for path in builders.files_matching(folder / name, "*")]  # a listing per folder, no call per file
   return DecodedSource(files, _labelled_image, dataclasses.replace(info, num_classes=len(classes)))
 
 
@@ -517,7 +519,7 @@ def ade20k(config: ml_collections.ConfigDict, split: str) -> DecodedSource:
   if not config.directory:
     source = catalog_source("scene_parse150", config, "train" if split == "train" else "test")
     return DecodedSource(source, _scene_parse, info)
-  root = pathlib.Path(config.directory)
+  root = workdir.path(config.directory)
   folder = "training" if split == "train" else "validation"
   images, annotations = root / "images" / folder, root / "annotations" / folder
   if not images.is_dir() or not annotations.is_dir():
