@@ -325,7 +325,7 @@ def evaluate(experiment, params, split: str, attacks: tuple[str, ...], settings:
   if refused:
     raise ValueError(f"attacks {', '.join(refused)} do not apply to model {experiment.config.model.name!r}; "
                      f"its attacks: {', '.join(experiment.task.attacks) or 'none'}")
-  source = sources.load_split(experiment.config.data, split)
+  source = sources.shared_split(experiment.config.data, split)
   results = {}
   for attack in attacks:
     if attack == "contamination":

@@ -181,7 +181,7 @@ class Experiment:
     if self.placeholder:
       self.info_source, self.assumed = sources.placeholder_split(self.config, self.info_split)
     else:
-      self.info_source, self.assumed = sources.load_split(self.config.data, self.info_split), {}
+      self.info_source, self.assumed = sources.shared_split(self.config.data, self.info_split), {}
     self.info = self.info_source.info
     self.config = config = resolve_from_data(self.config, self.info)
     self.task = task = tasks.get(config.model.name)
@@ -300,7 +300,7 @@ class Experiment:
   def evaluate(self, params, split: str, source=None, step=None) -> dict[str, float]:
     """Metrics of `split` (the whole split, once, in order; `source` if given) under `params`, by
     `step(params, batch) -> sums` (default: the clean eval step)."""
-    source = sources.load_split(self.config.data, split) if source is None else source
+    source = sources.shared_split(self.config.data, split) if source is None else source
     step = step or self.eval_step
     batches = pipeline.eval_batches(source, global_batch=self.eval_batch_size,
                                     process_index=jax.process_index(), process_count=jax.process_count(),
@@ -551,7 +551,7 @@ def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fre
                                    process_index=jax.process_index(), process_count=jax.process_count(),
                                    transform=experiment.train_transform, repeats=config.augment.repeats,
                                    workers=input_workers(config))
-  eval_sources = {split: sources.load_split(config.data, split) for split in config.eval.splits}
+  eval_sources = {split: sources.shared_split(config.data, split) for split in config.eval.splits}
   state, data_state, progress, step = _resume(experiment, checkpointer, workdir, fresh_optimizer)
   if data_state is not None:
     batches.set_state(data_state)

@@ -461,3 +461,12 @@ def test_files_matching_is_pathlibs_glob_of_files(tmp_path):
   for pattern in ("**/*.md", "*.md", "x/*.md", "x/**/*.md", "**/e?.md", "**/*", "*/*/*"):
     expected = sorted(str(p) for p in tmp_path.glob(pattern) if p.is_file())
     assert [str(p) for p in builders.files_matching(epath.Path(tmp_path), pattern)] == expected, pattern
+
+
+def test_a_split_is_loaded_once_per_process_for_each_data_config():
+  digits = data_config(name="sklearn_digits", seed=0, test_size=360, validation_size=180)
+  test = sources.shared_split(digits, "test")
+  assert sources.shared_split(ml_collections.ConfigDict(digits.to_dict()), "test") is test
+  assert sources.shared_split(digits, "train") is not test
+  other = sources.shared_split(data_config(name="sklearn_digits", seed=1, test_size=360, validation_size=180), "test")
+  assert other is not test and not np.array_equal(other.arrays["label"], test.arrays["label"])

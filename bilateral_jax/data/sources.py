@@ -5,8 +5,10 @@ fills the last evaluation batch). Classification: `inputs` int32 [length] (0 = p
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import importlib.util
+import json
 import pathlib
 from typing import Any, Callable
 
@@ -589,6 +591,22 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> ArraySource:
   """The `split` of the dataset named `config.name`."""
   _check_name_and_split(config.name, split)
   return DATASETS[config.name](config, split)
+
+
+_SHARED: collections.OrderedDict = collections.OrderedDict()  # (data config, split) -> source
+SHARED_SPLITS = 8
+
+
+def shared_split(config: ml_collections.ConfigDict, split: str) -> ArraySource:
+  """`load_split`, loaded once per process for each data config and split (the last `SHARED_SPLITS` kept):
+  the train loop, its evaluations, the attacks and a study's runs read one copy. Sources are read-only."""
+  key = (json.dumps(config.to_dict(), sort_keys=True, default=str), split)
+  if key not in _SHARED:
+    _SHARED[key] = load_split(config, split)
+    while len(_SHARED) > SHARED_SPLITS:
+      _SHARED.popitem(last=False)
+  _SHARED.move_to_end(key)
+  return _SHARED[key]
 
 
 # Placeholders: one example shaped as a dataset's and its info from the experiment config alone, reading
