@@ -189,10 +189,12 @@ def stack_input(model: nn.Module, params, inputs) -> jax.Array:
 
 
 def eval_inputs(experiment, examples: int) -> np.ndarray:
-  """The first `examples` inputs of a `trainer.Experiment`'s first eval split (through its eval transform)."""
+  """The first `examples` inputs of a `trainer.Experiment`'s first eval split (through its eval transform),
+  as the model takes them (`Experiment.device_batch`)."""
   source = experiment.info_source
   transform = experiment.eval_transform or (lambda example, rng: example)
   inputs = np.stack([transform(source[i], None)["inputs"] for i in range(min(examples, len(source)))])
+  inputs = np.asarray(experiment.device_batch({"inputs": inputs})["inputs"])
   if experiment.sliding_window:  # the first window of each image's canvas
     inputs = inputs[:, :experiment.info.image_size, :experiment.info.image_size]
   return inputs

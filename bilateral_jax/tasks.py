@@ -97,12 +97,11 @@ def no_transforms(config, info) -> tuple[None, None]:
 
 
 def image_transforms(config, info) -> tuple[Transform, Transform]:
-  """Normalisation with the data's pixel statistics, and `config.augment` when training."""
+  """The crop, and `config.augment` when training (uint8 out: `augment.normalise` runs on the device)."""
   if info.image_stats is None:
     raise ValueError(f"dataset {config.data.name!r} has no images (no pixel statistics) for an image model")
-  mean, std = info.image_stats
   size = dict(size=info.image_size, crop_fraction=info.crop_fraction)
-  return tuple(augment.image_transform(config.augment, mean, std, train=train, **size) for train in (True, False))
+  return tuple(augment.image_transform(config.augment, train=train, **size) for train in (True, False))
 
 
 SEGMENTATION_INFERENCE = ("single_scale", "sliding_window")
@@ -126,11 +125,10 @@ def segmentation_transforms(config, info) -> tuple[Transform, Transform]:
   `segmentation_inference`."""
   _refuse(config.augment, PER_IMAGE_AUGMENTATION, f"apply to image classification, not segmentation "
           f"({config.data.name!r} crops, scales and flips image and mask together)")
-  mean, std = info.image_stats
   size = dict(size=info.image_size, scale_range=info.scale_range)
   canvas = config.eval.canvas if segmentation_inference(config) == "sliding_window" else None
-  return (augment.segmentation_transform(mean, std, train=True, **size),
-          augment.segmentation_transform(mean, std, train=False, canvas=canvas, **size))
+  return (augment.segmentation_transform(train=True, **size),
+          augment.segmentation_transform(train=False, canvas=canvas, **size))
 
 
 INPUT_KINDS = ("tokens", "images", "token_stream")
@@ -139,8 +137,8 @@ INPUT_KINDS = ("tokens", "images", "token_stream")
 @dataclasses.dataclass(frozen=True)
 class Task:
   """sums(logits, batch) -> weighted sums; metrics: what `finalize` reports (the best-checkpoint metric is
-  one of them); inputs: `tokens` (int ids [b, n], 0 = padding), `images` (normalised float [b, h, w, c])
-  or `token_stream` (windows of a text, next-token targets); attacks: those of `robustness.ATTACKS` that
+  one of them); inputs: `tokens` (int ids [b, n], 0 = padding), `images` (uint8 [b, h, w, c] from the
+  transforms, normalised on the device by `augment.normalise` before the model sees them) or `token_stream` (windows of a text, next-token targets); attacks: those of `robustness.ATTACKS` that
   apply; epsilons: their default radii (`robustness`: images in 1/255, token embeddings in fractions of
   the mean embedding norm); mixes: whether mixup, cutmix and label smoothing apply; transforms(config,
   info) -> (train, eval) per-example transforms (None: none)."""

@@ -153,6 +153,9 @@ def fsdp_min_size(config: ml_collections.ConfigDict) -> int:
   return config.mesh.get("fsdp_min_size", parallel.FSDP_MIN_SIZE)
 
 
+ERASING_STREAM = 0x65726173  # folded into a train step's key for random erasing's noise: the other draws stay as they are
+
+
 def example_batch(source, batch_size: int, transform=None) -> dict[str, np.ndarray]:
   """Zeros shaped as a batch of `source` after the (training) `transform`."""
   example = source[0] if transform is None else transform(source[0], np.random.default_rng(0))
@@ -198,7 +201,7 @@ class Experiment:
     # Evaluation pads its last batch with weight-0 rows anyway: round the batch up to the devices.
     self.eval_batch_size = -(-config.eval.batch_size // self.mesh.size) * self.mesh.size
     example = example_batch(self.info_source, 1, self.train_transform)
-    inputs = example["inputs"]
+    inputs = np.asarray(self.device_batch({"inputs": example["inputs"]})["inputs"])  # what the model takes
     self.identity = model_settings(config) | {"inputs": [list(inputs.shape[1:]), str(inputs.dtype)]}
     self.tokens_per_example = inputs.shape[-1] if task.inputs == "token_stream" else None
     init = lambda rng: self._initial_state(rng, inputs)
@@ -237,6 +240,11 @@ class Experiment:
     params = self.model.init(rng, inputs)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
 
+  def device_batch(self, batch, rng=None):
+    """A batch as the model takes it, on the device: images normalised (`augment.normalise`, random
+    erasing drawn from `rng`); other inputs as they are."""
+    return augment.normalise(batch, self.info.image_stats, rng) if self.task.inputs == "images" else batch
+
   def _sums(self, params, batch, rng):
     segment = lambda images: self.model.apply({"params": params}, images, deterministic=rng is None,
                                               rngs=None if rng is None else {"dropout": rng})
@@ -249,6 +257,7 @@ class Experiment:
 
   def _train_step(self, state: TrainState, batch):
     rng = jax.random.fold_in(jax.random.key(self.config.seed), state.step)
+    batch = self.device_batch(batch, jax.random.fold_in(rng, ERASING_STREAM))
     if self.mixes:
       aug = self.config.augment
       rng, mix_rng = jax.random.split(rng)
@@ -280,13 +289,14 @@ class Experiment:
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def _eval_step(self, params, batch):
-    return self._sums(params, batch, None)
+    return self._sums(params, self.device_batch(batch), None)
 
   def attack_step(self, attack: str, settings: robustness.AttackSettings):
     """jit: (params, batch, epsilon, rng) -> the task's sums on the batch attacked by `attack` at epsilon,
     with `robustness.success_sums` (compiled once per batch shape; epsilon is traced)."""
 
     def step(params, batch, epsilon, rng):
+      batch = self.device_batch(batch)
       logits, _ = robustness.attacked_logits(self.model, params, batch, attack=attack, epsilon=epsilon,
                                              input_kind=self.task.inputs, settings=settings,
                                              image_stats=self.info.image_stats, rng=rng)

@@ -35,12 +35,24 @@ def test_flip_rand_augment_and_erasing():
     np.testing.assert_array_equal(np.asarray(augment.RAND_AUGMENT_OPS[name](pil, 0.0, np.random.default_rng(0))),
                                   x, err_msg=name)  # magnitude 0 changes nothing
   assert augment.rand_augment(x, np.random.default_rng(3), 2, 9).shape == x.shape
-  pixels = np.zeros((20, 28, 3), np.float32)
-  assert np.array_equal(augment.random_erasing(pixels, np.random.default_rng(0), 0.0), pixels)
-  erased = augment.random_erasing(pixels, np.random.default_rng(0), 1.0)
-  changed = np.any(erased != 0, axis=-1)
-  rows, cols = np.nonzero(changed)
-  assert changed.sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)  # one rectangle
+  assert not augment.erasing_box((20, 28, 3), np.random.default_rng(0), 0.0).any()
+  top, left, h, w = box = augment.erasing_box((20, 28, 3), np.random.default_rng(0), 1.0)
+  assert 0 < h < 20 and 0 < w < 28 and top + h <= 20 and left + w <= 28
+
+
+def test_normalise_on_the_device_is_the_formula_and_erases_one_rectangle():
+  images = np.random.default_rng(1).integers(0, 256, (2, 20, 28, 3), dtype=np.uint8)
+  mean, std = augment.IMAGENET_MEAN, augment.IMAGENET_STD
+  plain = augment.normalise({"inputs": images, "label": np.arange(2)}, (mean, std))
+  np.testing.assert_allclose(np.asarray(plain["inputs"]), (images.astype(np.float32) / 255.0 - mean) / std,
+                             rtol=1e-6, atol=1e-6)  # XLA's float32 division may differ from numpy's by an ulp
+  boxes = np.stack([augment.erasing_box(images.shape[1:], np.random.default_rng(0), 1.0), np.zeros(4, np.int32)])
+  erased = augment.normalise({"inputs": images, "erase": boxes}, (mean, std), jax.random.key(0))
+  assert "erase" not in erased
+  changed = np.any(np.asarray(erased["inputs"]) != np.asarray(plain["inputs"]), axis=-1)
+  top, left, h, w = boxes[0]
+  assert changed[0, top:top + h, left:left + w].all() and changed[0].sum() == h * w  # one rectangle of noise
+  assert not changed[1].any()  # a zero box erases nothing
 
 
 def batch(n=6, classes=5):
@@ -80,8 +92,7 @@ def test_repeated_augmentation_shows_each_example_repeats_times_differently_augm
                                label=np.arange(12), weight=np.ones(12, np.float32))
   switches = ml_collections.ConfigDict(dict(random_resized_crop=True, hflip=True, rand_augment_ops=0,
                                             rand_augment_magnitude=9.0, random_erasing=0.0))
-  transform = augment.image_transform(switches, np.float32(0.5), np.float32(0.25), size=8, crop_fraction=None,
-                                      train=True)
+  transform = augment.image_transform(switches, size=8, crop_fraction=None, train=True)
   batches = pipeline.train_batches(source, global_batch=6, seed=2, transform=transform, repeats=3)
   epochs = [[next(batches) for _ in range(2)] for _ in range(2)]  # an epoch is 12 examples
   for epoch in epochs:
@@ -100,15 +111,15 @@ def test_augmented_batches_do_not_depend_on_the_process_layout():
                                label=np.arange(16) % 3, weight=np.ones(16, np.float32))
   switches = ml_collections.ConfigDict(dict(random_resized_crop=True, hflip=True, rand_augment_ops=2,
                                             rand_augment_magnitude=9.0, random_erasing=0.5))
-  transform = augment.image_transform(switches, np.float32(0.5), np.float32(0.25), size=8, crop_fraction=None,
-                                      train=True)
+  transform = augment.image_transform(switches, size=8, crop_fraction=None, train=True)
   single = pipeline.train_batches(source, global_batch=8, seed=3, transform=transform, repeats=2)
   halves = [pipeline.train_batches(source, global_batch=8, seed=3, process_index=p, process_count=2,
                                    transform=transform, repeats=2) for p in range(2)]
   for _ in range(3):
-    whole = next(single)["inputs"]
-    assert whole.shape == (8, 8, 8, 3) and whole.dtype == np.float32
-    np.testing.assert_array_equal(np.concatenate([next(h)["inputs"] for h in halves]), whole)
+    whole, parts = next(single), [next(h) for h in halves]
+    assert whole["inputs"].shape == (8, 8, 8, 3) and whole["inputs"].dtype == np.uint8
+    for key in ("inputs", "erase"):
+      np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]), whole[key])
 
 
 def test_image_switches_on_text_data_are_refused(tmp_path):

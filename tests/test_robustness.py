@@ -49,8 +49,8 @@ def test_image_attacks_on_a_trained_model(trained_digits):
   clean = experiment.evaluate(params, "test")["accuracy"]
   assert clean > 0.4  # chance: 0.1
   source = sources.load_split(experiment.config.data, "test")
-  batch = {name: np.stack([experiment.eval_transform(source[i], None)[name] for i in range(16)])
-           for name in ("inputs", "label", "weight")}
+  batch = experiment.device_batch({name: np.stack([experiment.eval_transform(source[i], None)[name] for i in range(16)])
+                                   for name in ("inputs", "label", "weight")})
   mean, std = experiment.info.image_stats
   for convention in robustness.CONVENTIONS:
     settings = robustness.AttackSettings(epsilons=(8.0,), convention=convention)
@@ -78,8 +78,8 @@ def test_attack_success_rate_counts_the_clean_correct_examples_made_wrong(traine
   settings = robustness.AttackSettings(epsilons=(16.0,), convention="pixel")
   got = robustness.evaluate(experiment, params, "test", ("fgsm",), settings)["fgsm"]["16"]
   source = sources.load_split(experiment.config.data, "test")
-  batch = {name: np.stack([experiment.eval_transform(source[i], None)[name] for i in range(len(source))])
-           for name in ("inputs", "label", "weight")}
+  examples = [experiment.eval_transform(source[i], None) for i in range(len(source))]
+  batch = experiment.device_batch({name: np.stack([e[name] for e in examples]) for name in ("inputs", "label", "weight")})
   clean = np.argmax(experiment.model.apply({"params": params}, batch["inputs"]), -1) == batch["label"]
   attack = jax.jit(lambda p, b: robustness.attacked_logits(  # jitted as evaluate's (eager FGSM differs: sign(~0))
       experiment.model, p, b, attack="fgsm", epsilon=16.0, input_kind="images", settings=settings,
@@ -230,7 +230,8 @@ def test_reflection_probe_transposes_the_patch_grid_or_reverses_the_real_tokens(
   assert list(got) == ["1"]  # one strength, whatever the radii
   source = sources.load_split(experiment.config.data, "test")
   examples = [experiment.eval_transform(source[i], None) for i in range(len(source))]
-  inputs, labels = np.stack([e["inputs"] for e in examples]), np.asarray([e["label"] for e in examples])
+  inputs = experiment.device_batch({"inputs": np.stack([e["inputs"] for e in examples])})["inputs"]
+  labels = np.asarray([e["label"] for e in examples])
   logits = experiment.model.apply({"params": params}, robustness.reflect(jnp.asarray(inputs), "images", 2))
   np.testing.assert_allclose(got["1"]["accuracy"], np.mean(np.argmax(logits, -1) == labels), atol=1e-6)
   assert 0 <= got["1"]["attack_success_rate"] <= 1

@@ -106,27 +106,27 @@ def rand_augment(image: np.ndarray, rng: np.random.Generator, num_ops: int, magn
   return np.asarray(pil)
 
 
-def random_erasing(image: np.ndarray, rng: np.random.Generator, probability: float,
-                   scale=(0.02, 1 / 3), ratio=(0.3, 3.3)) -> np.ndarray:
-  """With `probability`, one rectangle of the normalised float image is replaced by standard normal noise
-  (timm's 'pixel' mode)."""
+def erasing_box(shape: tuple[int, ...], rng: np.random.Generator, probability: float,
+                scale=(0.02, 1 / 3), ratio=(0.3, 3.3)) -> np.ndarray:
+  """Random erasing's rectangle for an image of `shape` [h, w, ...]: int32 [4] (top, left, height,
+  width), all 0 when none is drawn (with 1 - `probability`, or after 10 tries that do not fit);
+  `normalise` fills it with standard normal noise on the device (timm's 'pixel' mode)."""
   if rng.random() >= probability:
-    return image
-  height, width = image.shape[:2]
+    return np.zeros(4, np.int32)
+  height, width = shape[:2]
   for _ in range(10):
     area = height * width * rng.uniform(*scale)
     aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
     h, w = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
     if h < height and w < width:
-      top, left = rng.integers(0, height - h), rng.integers(0, width - w)
-      image = image.copy()
-      image[top: top + h, left: left + w] = rng.standard_normal((h, w, image.shape[2])).astype(image.dtype)
-      return image
-  return image
+      return np.asarray([rng.integers(0, height - h), rng.integers(0, width - w), h, w], np.int32)
+  return np.zeros(4, np.int32)
 
 
-def image_transform(augment, mean, std, *, size: int, crop_fraction: float | None, train: bool):
-  """(example, rng) -> example: uint8 `inputs` [h, w, 3] -> float32 [size, size, 3], normalised."""
+def image_transform(augment, *, size: int, crop_fraction: float | None, train: bool):
+  """(example, rng) -> example: uint8 `inputs` [h, w, 3] -> uint8 [size, size, 3] (cropped, and augmented
+  when training; `normalise` makes them floats on the device), with random erasing's `erase` box [4]
+  when `augment.random_erasing` is on."""
 
   def transform(example, rng):
     image = np.asarray(example["inputs"], np.uint8)
@@ -138,18 +138,32 @@ def image_transform(augment, mean, std, *, size: int, crop_fraction: float | Non
       image = horizontal_flip(image, rng)
     if train and augment.rand_augment_ops:
       image = rand_augment(image, rng, augment.rand_augment_ops, augment.rand_augment_magnitude)
-    pixels = (image.astype(np.float32) / 255.0 - mean) / std
-    if train and augment.random_erasing:
-      pixels = random_erasing(pixels, rng, augment.random_erasing)
-    return dict(example, inputs=pixels)
+    erase = {"erase": erasing_box(image.shape, rng, augment.random_erasing)} if train and augment.random_erasing else {}
+    return dict(example, inputs=np.ascontiguousarray(image), **erase)
 
   return transform
 
 
-def segmentation_transform(mean, std, *, size: int, scale_range: tuple[float, float], train: bool,
-                           canvas: int | None = None):
+def normalise(batch: dict, image_stats, rng: jax.Array | None = None) -> dict:
+  """On the device: uint8 `inputs` [b, h, w, c] -> float32 (x / 255 - mean) / std with `image_stats`
+  (mean, std) per channel; an `erase` box [b, 4] (see `erasing_box`) is filled with standard normal noise
+  drawn from `rng` and dropped from the batch. Images cross to the device as uint8: a quarter of the
+  bytes of float32."""
+  mean, std = (jnp.asarray(value, jnp.float32) for value in image_stats)
+  batch = dict(batch)
+  pixels = (batch["inputs"].astype(jnp.float32) / 255.0 - mean) / std
+  erase = batch.pop("erase", None)
+  if erase is not None:
+    top, left, height, width = (erase[:, i, None, None] for i in range(4))
+    rows, cols = jnp.arange(pixels.shape[1])[None, :, None], jnp.arange(pixels.shape[2])[None, None, :]
+    inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
+    pixels = jnp.where(inside[..., None], jax.random.normal(rng, pixels.shape), pixels)
+  return dict(batch, inputs=pixels)
+
+
+def segmentation_transform(*, size: int, scale_range: tuple[float, float], train: bool, canvas: int | None = None):
   """(example, rng) -> example for semantic segmentation: uint8 `inputs` [h, w, 3] and annotation
-  `label` [h, w] (0 = unlabelled, c = class c - 1) -> float32 [size, size, 3], normalised, and int32
+  `label` [h, w] (0 = unlabelled, c = class c - 1) -> uint8 [size, size, 3] (`normalise` on the device) and int32
   `label` [size, size] with -1 for pixels that do not count.
 
   Train: the shorter side resized to size x U(scale_range), a random size x size crop (padded with
@@ -180,9 +194,8 @@ def segmentation_transform(mean, std, *, size: int, scale_range: tuple[float, fl
       pixels, label = pixels[top:top + size, left:left + size], label[top:top + size, left:left + size]
     if train and rng.random() < 0.5:
       pixels, label = pixels[:, ::-1], label[:, ::-1]
-    normalised = (pixels.astype(np.float32) / 255.0 - mean) / std
     extra = {} if canvas is None else {"size": extent}
-    return dict(example, inputs=normalised, label=np.ascontiguousarray(label), **extra)
+    return dict(example, inputs=np.ascontiguousarray(pixels), label=np.ascontiguousarray(label), **extra)
 
   return transform
 
