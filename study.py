@@ -38,7 +38,7 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from bilateral_jax import cli, diagnostics, metric_writer, plots, robustness, studies, tasks, trainer
+from bilateral_jax import cli, diagnostics, experiments, metric_writer, plots, robustness, steps, studies, tasks, trainer
 from bilateral_jax import workdir as workdir_lib
 from configs import common
 
@@ -98,7 +98,7 @@ def run_one(config, run_dir: epath.Path, attacks, settings, overrides: dict) -> 
 def grc_t(params) -> dict[str, list[float]]:
   """The learned GRC t per sublayer and layer (the mean over channels when per channel): {sublayer: [t_0, ..]}."""
   by_sublayer: dict[str, dict[int, float]] = {}
-  for name, value in trainer.to_host(trainer.parameter_summaries(params)).items():
+  for name, value in trainer.to_host(steps.parameter_summaries(params)).items():
     if name.startswith("t_"):
       sublayer, block = name[2:].split("/")
       by_sublayer.setdefault(sublayer, {})[int(block.removeprefix("block_"))] = value
@@ -166,7 +166,7 @@ def variant_configs(base, study: studies.Study) -> dict:
   for variant, overrides in study.variants.items():
     config = studies.variant_config(base, variant, overrides)
     try:
-      trainer.check_settings(config)
+      experiments.check_settings(config)
     except ValueError as error:
       raise ValueError(f"study variant {variant!r}: {error}") from None
     configs[variant] = config

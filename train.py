@@ -10,7 +10,7 @@ import json
 
 from absl import app, flags
 
-from bilateral_jax import cli, parallel, trainer
+from bilateral_jax import cli, console, experiments, parallel, trainer
 
 flags.DEFINE_bool("fresh_optimizer", False, "Resume the checkpoint's parameters with a new optimiser state "
                   "(after changing an optimizer option that changes its structure, e.g. clip_norm 0 <-> > 0).")
@@ -32,8 +32,8 @@ def main(argv):
     raise app.UsageError("--topology compiles for a TPU slice: it needs --dry_run")
   if topology:
     cli.set_up(cpu_only=True)  # the slice is compiled for through libtpu; nothing runs here
-    report = trainer.compile_for_slice(config, topology)
-    print(json.dumps(report) if cli.FLAGS.json else trainer.slice_summary(report))
+    report = experiments.compile_for_slice(config, topology)
+    print(json.dumps(report) if cli.FLAGS.json else console.slice_summary(report))
     return
   host_devices = parallel.devices_for_dry_run(config.mesh.data, config.mesh.fsdp) if cli.FLAGS.dry_run else 0
   workdir = cli.set_up(host_devices)

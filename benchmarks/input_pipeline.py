@@ -114,7 +114,7 @@ def measure_step(experiment, batches: list, steps: int, max_bytes: float) -> dic
   memory exceeds max_bytes) and times `steps` steps after a first one on the given local batches (cycled)."""
   import jax  # noqa: PLC0415
 
-  from bilateral_jax import parallel, trainer  # noqa: PLC0415
+  from bilateral_jax import experiments, parallel  # noqa: PLC0415
 
   batch_size = experiment.config.train.batch_size
   while True:
@@ -127,7 +127,7 @@ def measure_step(experiment, batches: list, steps: int, max_bytes: float) -> dic
     config.train.grad_accum_steps = 2 * accum
     del step, experiment
     gc.collect()
-    experiment = trainer.Experiment(config)
+    experiment = experiments.Experiment(config)
   if not fits:
     raise SystemExit(f"the train step needs {memory['total'] / 2**30:.1f} GiB per device at batch {batch_size} "
                      f"even in {accum} micro-batches; raise --max_step_gib or lower the batch")
@@ -153,7 +153,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # noqa: PLC0415
 
-  from bilateral_jax import parallel, trainer  # noqa: PLC0415
+  from bilateral_jax import experiments, parallel  # noqa: PLC0415
   from bilateral_jax.data import pipeline  # noqa: PLC0415
   parallel.skip_tpu_probe_without_accelerators()
 
@@ -175,10 +175,10 @@ def main(argv):
   rows, notes = [], []
   for name, config, note in runs:
     start = time.perf_counter()
-    experiment = trainer.Experiment(config)  # builds the data if it is not there yet
+    experiment = experiments.Experiment(config)  # builds the data if it is not there yet
     data_s = time.perf_counter() - start
     row = dict(config=name, batch_size=experiment.config.train.batch_size, data_ready_s=data_s,
-               input_workers=trainer.input_workers(experiment.config))  # what training would start here
+               input_workers=experiments.input_workers(experiment.config))  # what training would start here
     row |= measure_input(experiment, FLAGS.examples)
     batches = row.pop("batches")
     row |= measure_step(experiment, batches, FLAGS.steps, FLAGS.max_step_gib * 2**30)

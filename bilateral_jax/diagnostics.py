@@ -189,7 +189,7 @@ def stack_input(model: nn.Module, params, inputs) -> jax.Array:
 
 
 def eval_inputs(experiment, examples: int) -> np.ndarray:
-  """The first `examples` inputs of a `trainer.Experiment`'s first eval split (through its eval transform),
+  """The first `examples` inputs of an `experiments.Experiment`'s first eval split (through its eval transform),
   as the model takes them (`Experiment.device_batch`)."""
   source = experiment.info_source
   transform = experiment.eval_transform or (lambda example, rng: example)

@@ -320,7 +320,7 @@ def _uncontaminated(metrics: dict) -> dict:
 def evaluate(experiment, params, split: str, attacks: tuple[str, ...], settings: AttackSettings) -> dict:
   """Metrics of `split` under each attack: {attack: {ε or fraction (str): metrics}}. FGSM and PGD add
   `clean_correct` and `attack_success_rate`; contamination adds the `uncontaminated_` metrics and the
-  `replaced` and `eligible` word counts. `experiment` is a `trainer.Experiment`."""
+  `replaced` and `eligible` word counts. `experiment` is an `experiments.Experiment`."""
   refused = [attack for attack in attacks if attack not in experiment.task.attacks]
   if refused:
     raise ValueError(f"attacks {', '.join(refused)} do not apply to model {experiment.config.model.name!r}; "

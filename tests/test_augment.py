@@ -36,7 +36,7 @@ def test_flip_rand_augment_and_erasing():
                                   x, err_msg=name)  # magnitude 0 changes nothing
   assert augment.rand_augment(x, np.random.default_rng(3), 2, 9).shape == x.shape
   assert not augment.erasing_box((20, 28, 3), np.random.default_rng(0), 0.0).any()
-  top, left, h, w = box = augment.erasing_box((20, 28, 3), np.random.default_rng(0), 1.0)
+  top, left, h, w = augment.erasing_box((20, 28, 3), np.random.default_rng(0), 1.0)
   assert 0 < h < 20 and 0 < w < 28 and top + h <= 20 and left + w <= 28
 
 
@@ -123,16 +123,16 @@ def test_augmented_batches_do_not_depend_on_the_process_layout():
 
 
 def test_image_switches_on_text_data_are_refused(tmp_path):
-  from bilateral_jax import trainer
+  from bilateral_jax import experiments
   from tests.test_training import tiny_config
   with pytest.raises(ValueError, match="augment.hflip apply to image datasets"):
-    trainer.Experiment(tiny_config(**{"augment.hflip": True}))
+    experiments.Experiment(tiny_config(**{"augment.hflip": True}))
 
 
 def test_classification_switches_on_segmentation_are_refused(tmp_path):
-  from bilateral_jax import trainer
+  from bilateral_jax import experiments
   from tests.test_training import small_config
   with pytest.raises(ValueError, match="augment.hflip apply to image classification, not segmentation"):
-    trainer.Experiment(small_config("segmenter_ade20k", tmp_path, **{"augment.hflip": True}))
+    experiments.Experiment(small_config("segmenter_ade20k", tmp_path, **{"augment.hflip": True}))
   with pytest.raises(ValueError, match="apply to classifiers, not 'segmenter'"):
-    trainer.Experiment(small_config("segmenter_ade20k", tmp_path, **{"augment.label_smoothing": 0.1}))
+    experiments.Experiment(small_config("segmenter_ade20k", tmp_path, **{"augment.label_smoothing": 0.1}))

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from bilateral_jax import diagnostics, ops, trainer
+from bilateral_jax import diagnostics, experiments, ops, trainer
 from tests.test_training import ROOT, run_script, small_config, tiny_config
 
 
@@ -73,7 +73,7 @@ def test_token_uniformity_and_snr_against_numpy():
 def test_depth_profile_adds_noise_to_y0_after_the_position_table_and_counts_real_tokens():
   """A CLS classifier with padding and an additive sinusoidal table: Y_0 = U + table, the noise is scaled
   to Y_0's RMS, and SNR and uniformity count neither the CLS token nor padding."""
-  experiment = trainer.Experiment(tiny_config(**{"model.pooling": "cls", "model.transformer.attention": "standard",
+  experiment = experiments.Experiment(tiny_config(**{"model.pooling": "cls", "model.transformer.attention": "standard",
                                                  "model.transformer.position_table": "sinusoidal"}))
   model, params = experiment.model, experiment.init(jax.random.key(0)).params
   inputs = np.stack([experiment.info_source[i]["inputs"] for i in range(4)])
@@ -106,7 +106,7 @@ def test_depth_profile_adds_noise_to_y0_after_the_position_table_and_counts_real
 
 def tiny_model(**transformer):
   """A tiny ListOps classifier at initialisation, its params and 4 padded examples."""
-  experiment = trainer.Experiment(tiny_config(**{f"model.transformer.{k}": v for k, v in transformer.items()}))
+  experiment = experiments.Experiment(tiny_config(**{f"model.transformer.{k}": v for k, v in transformer.items()}))
   inputs = np.stack([experiment.info_source[i]["inputs"] for i in range(4)])
   return experiment.model, experiment.init(jax.random.key(0)).params, inputs
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bilateral_jax import ops, trainer
+from bilateral_jax import experiments, ops
 from bilateral_jax.models import TransformerConfig, build_model
 from configs import default, digits_vit
 from tests import reference as ref
@@ -70,14 +70,14 @@ def test_shipped_bidirectional_configs_see_direction():
   """The Done-when of the direction issue: the default and digits models change by > 1e-4 (relative, at
   random initialisation) when their grid is reflected."""
   config = default.get_config()
-  model = trainer.make_model(config)
+  model = experiments.make_model(config)
   tokens = (np.arange(4 * 40).reshape(4, 40) * 5) % 15 + 1
   params = model.init(jax.random.key(0), tokens)
   assert model.config.sees_direction
   assert relative_change(model.apply(params, tokens), model.apply(params, tokens[:, ::-1])) > 1e-4
 
   config = digits_vit.get_config()
-  model = trainer.make_model(config)
+  model = experiments.make_model(config)
   images = jax.random.uniform(jax.random.key(1), (4, 8, 8, 1))
   params = model.init(jax.random.key(0), images)
   assert model.config.sees_direction

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bilateral_jax import ops, robustness, tasks, trainer
+from bilateral_jax import experiments, ops, robustness, tasks
 from bilateral_jax.data import builders, pipeline, sources
 from bilateral_jax.models import TransformerConfig
 from bilateral_jax.models.backbones import CausalLM
@@ -189,7 +189,7 @@ def test_small_and_medium_are_lmtools_settings():
   from configs import wikitext103_lm
   for variant, (width, heads, context, batch, steps) in wikitext103_lm.LMTOOL.items():
     config = wikitext103_lm.get_config(variant)
-    trainer.check_settings(config)
+    experiments.check_settings(config)
     stack = config.model.transformer
     assert (stack.num_layers, stack.model_dim, stack.num_heads, stack.mlp_dim, stack.max_length, stack.dropout_rate,
             stack.norm) == (16, width, heads, 2048, context, 0.1, "post")
@@ -204,7 +204,7 @@ def test_small_and_medium_are_lmtools_settings():
     assert cli.default_workdir(f"configs/wikitext103_lm.py:{variant}") == f"runs/wikitext103_lm_{variant}"
   with config.unlocked():
     config.model.vocab_size = 267_736  # WikiText-103's train words and <pad>
-  model = trainer.make_model(config)
+  model = experiments.make_model(config)
   tokens = jax.ShapeDtypeStruct((1, 384), jnp.int32)
   params = jax.eval_shape(model.init, jax.random.key(0), tokens)["params"]
   assert params["embed"]["embedding"].shape == (267_736, 256) and params["cluster_weight"].shape == (3, 256)

@@ -1,12 +1,11 @@
 """Linen modules and backbones: every combination trains, limits hold at module level, no leaks."""
-import dataclasses
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bilateral_jax import ops, trainer
+from bilateral_jax import console, ops
 from bilateral_jax.models import MODELS, Transformer, TransformerConfig, build_model, recorded_bsa_paths
 
 TINY = dict(num_layers=2, num_heads=2, model_dim=16, mlp_dim=32, max_length=16)
@@ -310,12 +309,12 @@ def test_start_up_summary_names_the_attention_path_of_each_layer():
                       num_classes=3, patch_size=4, decoder="mask_transformer")
   with recorded_bsa_paths() as paths:
     jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32))
-  assert trainer.attention_summary("bilateral", paths) == (
+  assert console.attention_summary("bilateral", paths) == (
       "attention: bilateral via folded (layers 0-2), decoder/transformer: bilateral via folded (layers 0-1)")
   with recorded_bsa_paths() as paths:  # auto on CPU: the explicit logits
     jax.eval_shape(build_model("lm", tiny(), vocab_size=13).init, jax.random.key(0), np.zeros((1, 8), np.int32))
-  assert trainer.attention_summary("bilateral", paths) == "attention: bilateral via xla (layers 0-1)"
+  assert console.attention_summary("bilateral", paths) == "attention: bilateral via xla (layers 0-1)"
   mixed = {f"transformer/block_{i}/attention": path for i, path in enumerate(("folded", "xla", "xla"))}
-  assert trainer.attention_summary("bilateral", mixed) == (
+  assert console.attention_summary("bilateral", mixed) == (
       "attention: bilateral via folded (layer 0), bilateral via xla (layers 1-2)")
-  assert trainer.attention_summary("rope", {}) == "attention: rope (explicit logits, all layers)"
+  assert console.attention_summary("rope", {}) == "attention: rope (explicit logits, all layers)"

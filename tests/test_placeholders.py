@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bilateral_jax import tasks, trainer
+from bilateral_jax import experiments, tasks
 from bilateral_jax.data import sources
 from tests.samples import write_cifar100
 from tests.test_training import CONFIGS, LRA_SMALL, small_config
@@ -61,7 +61,7 @@ def case_config(case: str, tmp_path) -> ml_collections.ConfigDict:
 
 
 def batch_spec(source, transform) -> dict:
-  return {name: (value.shape, value.dtype) for name, value in trainer.example_batch(source, 1, transform).items()}
+  return {name: (value.shape, value.dtype) for name, value in experiments.example_batch(source, 1, transform).items()}
 
 
 @pytest.mark.parametrize("case", CASES + list(OTHER_DATA))
@@ -86,8 +86,8 @@ def test_placeholder_is_shaped_as_the_data(case, tmp_path):
       assert [np.shape(s) for s in placeholder.info.image_stats] == [np.shape(s) for s in real.info.image_stats]
     raw = lambda source: {name: (np.ndim(value), np.asarray(value).dtype) for name, value in source[0].items()}
     assert raw(placeholder) == raw(real)  # before the transforms, which crop images of any size
-    real_transforms = task.transforms(trainer.resolve_from_data(config, real.info), real.info)
-    placeholder_transforms = task.transforms(trainer.resolve_from_data(config, placeholder.info), placeholder.info)
+    real_transforms = task.transforms(experiments.resolve_from_data(config, real.info), real.info)
+    placeholder_transforms = task.transforms(experiments.resolve_from_data(config, placeholder.info), placeholder.info)
     for real_transform, placeholder_transform in zip(real_transforms, placeholder_transforms):  # train, eval
       assert batch_spec(placeholder, placeholder_transform) == batch_spec(real, real_transform), split
 
@@ -136,6 +136,6 @@ def test_placeholder_split_reads_no_file(tmp_path):
       finally:
         events, _events = _events, None
       assert events == [], (case, events)
-      resolved = trainer.resolve_from_data(config, source.info)
-      trainer.example_batch(source, 1, tasks.get(config.model.name).transforms(resolved, source.info)[0])
+      resolved = experiments.resolve_from_data(config, source.info)
+      experiments.example_batch(source, 1, tasks.get(config.model.name).transforms(resolved, source.info)[0])
   assert list(tfds_dir.iterdir()) == []

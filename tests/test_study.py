@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bilateral_jax import studies, trainer
+from bilateral_jax import experiments, studies
 from configs import common
 from tests.test_training import ROOT, TINY, run_script, tiny_config
 
@@ -73,7 +73,7 @@ def test_study_files_and_variant_configs(tmp_path):
   assert study.baseline == "learned absolute" and len(study.variants) == 7 and "study.py" in study.description
   base = __import__("configs.digits_vit", fromlist=["get_config"]).get_config()
   for name in ("learned absolute", "RoPE", "BSA gaussian"):
-    trainer.check_settings(studies.variant_config(base, name, study.variants[name]))
+    experiments.check_settings(studies.variant_config(base, name, study.variants[name]))
   config = studies.variant_config(base, "x", study.variants["BSA gaussian, mean pooling"])
   assert config.model.pooling == "mean" and config.model.transformer.attention == "bilateral"
   assert base.model.pooling == "cls"  # the base is copied, not changed
@@ -170,5 +170,5 @@ def test_every_shipped_study_file_builds_a_valid_model_for_each_variant(path):
   base = importlib.import_module(f"configs.{config_file}").get_config(*[v for v in variant if v])
   for name, overrides in study.variants.items():
     config = studies.variant_config(base, name, overrides)
-    trainer.check_settings(config)
-    trainer.make_model(config)
+    experiments.check_settings(config)
+    experiments.make_model(config)

@@ -14,7 +14,7 @@ import portpicker
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from bilateral_jax import trainer, workdir
+from bilateral_jax import experiments, trainer, workdir
 from bilateral_jax.checkpointing import CheckpointError, CheckpointMismatch
 from tests.samples import (write_aan, write_aclimdb, write_ade20k, write_cifar10, write_image_folders,
                            write_pathfinder, write_text_corpus, write_wikitext)
@@ -99,7 +99,7 @@ def run_script(script, workdir, overrides, devices=8, extra=(), timeout=300, con
 
 
 def final_params(workdir, config):
-  experiment = trainer.Experiment(config)
+  experiment = experiments.Experiment(config)
   checkpointer = experiment.checkpointer(workdir, read_only=True)
   _, params, *_ = checkpointer.restore(experiment.abstract_state.params)
   checkpointer.close()
@@ -153,7 +153,7 @@ def test_rsqrt_schedule_is_lras_constant_linear_warmup_rsqrt_decay():
   import ml_collections
   opt = ml_collections.ConfigDict(dict(learning_rate=0.05 / 1000**0.5, warmup_steps=1000, schedule="rsqrt",
                                        final_learning_rate_fraction=0.0))
-  schedule = trainer.make_schedule(opt, num_steps=5000)
+  schedule = experiments.make_schedule(opt, num_steps=5000)
   for step in (0, 1, 500, 999, 1000, 1001, 2500, 4999):
     lra = 0.05 * min(1.0, step / 1000) / max(step, 1000) ** 0.5  # lra_benchmarks/utils/train_utils.py
     np.testing.assert_allclose(float(schedule(step)), lra, rtol=1e-5, atol=1e-12)
@@ -238,10 +238,10 @@ def test_a_diverging_run_never_replaces_a_finite_best_checkpoint(tmp_path):
 
 
 def test_eval_batch_is_padded_to_any_device_count(tmp_path):
-  experiment = trainer.Experiment(tiny_config(**{"eval.batch_size": 250}))
+  experiment = experiments.Experiment(tiny_config(**{"eval.batch_size": 250}))
   assert jax.device_count() == 8 and experiment.eval_batch_size == 256
   params = experiment.init(jax.random.key(0)).params
-  reference = trainer.Experiment(tiny_config()).evaluate(params, "validation")
+  reference = experiments.Experiment(tiny_config()).evaluate(params, "validation")
   padded = experiment.evaluate(params, "validation")
   assert padded["examples"] == reference["examples"] == 24
   np.testing.assert_allclose(padded["loss"], reference["loss"], rtol=1e-6)
@@ -418,10 +418,10 @@ def test_fsdp_mesh_and_bfloat16_train_and_restore_onto_another_mesh(tmp_path, ca
   trainer.train_and_evaluate(fsdp, str(tmp_path / "fsdp"))
   summary = capsys.readouterr().out
   assert "fsdp: parameters " in summary and "attention: bilateral via xla (layer 0)" in summary  # start-up lines
-  experiment = trainer.Experiment(fsdp)
+  experiment = experiments.Experiment(fsdp)
   sharded = [s for s in jax.tree.leaves(experiment.state_sharding) if "fsdp" in str(s.spec)]
   assert sharded, "no parameter is sharded over the fsdp axis"
-  default_minimum = trainer.Experiment(tiny_config(**{"mesh.data": 4, "mesh.fsdp": 2})).state_sharding
+  default_minimum = experiments.Experiment(tiny_config(**{"mesh.data": 4, "mesh.fsdp": 2})).state_sharding
   assert not any("fsdp" in str(s.spec) for s in jax.tree.leaves(default_minimum))  # all under 2**14 elements
   np.testing.assert_allclose([m["loss"] for m in read_metrics(tmp_path / "fsdp")],
                              [m["loss"] for m in read_metrics(tmp_path / "data_only")], rtol=2e-5)
@@ -547,7 +547,7 @@ def test_deit_variants_follow_deits_recipe():
   module = __import__("configs.deit_tiny_imagenet", fromlist=["get_config"])
   for variant, (width, heads) in (("", (192, 3)), ("small", (384, 6))):
     config = module.get_config(variant)
-    trainer.check_settings(config)
+    experiments.check_settings(config)
     stack, opt = config.model.transformer, config.optimizer
     assert (stack.num_layers, stack.model_dim, stack.num_heads, stack.mlp_dim, stack.drop_path_rate) == (
         12, width, heads, 4 * width, 0.1)
