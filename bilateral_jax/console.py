@@ -34,8 +34,9 @@ def attention_summary(attention: str, bsa_paths: dict[str, str]) -> str:
       + (f"(layer {first})" if first == last else f"(layers {first}-{last})") for stack, path, first, last in runs)
 
 
-def print_summary(experiment, workdir: str, compile_seconds: float, flops, memory,
-                   eval_sources: dict) -> None:
+def print_summary(experiment, workdir: str, compile_seconds: float, flops, memory, eval_sources: dict) -> None:
+  """The start-up summary of an `experiments.Experiment` (process 0): devices and mesh, parameters and
+  their sharding, attention path per layer, data, the compiled train step, the work directory."""
   if jax.process_index() != 0:
     return
   config, mesh = experiment.config, experiment.mesh
@@ -59,7 +60,7 @@ def print_summary(experiment, workdir: str, compile_seconds: float, flops, memor
   ]
   if mesh.shape["fsdp"] > 1:
     fsdp, unshardable = parallel.fsdp_report(experiment.abstract_state.params, mesh.shape["fsdp"],
-                                             config.mesh.get("fsdp_min_size", parallel.FSDP_MIN_SIZE))
+                                             parallel.fsdp_min_size(config))
     lines.insert(2, fsdp)
     if unshardable:
       logging.warning(unshardable)

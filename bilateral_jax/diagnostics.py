@@ -194,10 +194,9 @@ def eval_inputs(experiment, examples: int) -> np.ndarray:
   source = experiment.info_source
   transform = experiment.eval_transform or (lambda example, rng: example)
   inputs = np.stack([transform(source[i], None)["inputs"] for i in range(min(examples, len(source)))])
-  inputs = np.asarray(experiment.device_batch({"inputs": inputs})["inputs"])
   if experiment.sliding_window:  # the first window of each image's canvas
     inputs = inputs[:, :experiment.info.image_size, :experiment.info.image_size]
-  return inputs
+  return np.asarray(experiment.device_batch({"inputs": inputs})["inputs"])
 
 
 def depth_profile(model: nn.Module, params, inputs, *, noise: float, seed: int = 0) -> dict:

@@ -107,8 +107,8 @@ def check_settings(config: ml_collections.ConfigDict, devices=None) -> None:
        f"optimizer.final_learning_rate_fraction={opt.final_learning_rate_fraction} must lie in [0, 1]"),
       (isinstance(config.train.get("input_workers", -1), int) and config.train.get("input_workers", -1) >= -1,
        f"train.input_workers={config.train.get('input_workers')!r} must be an integer >= -1 (-1: sized to the host)"),
-      (isinstance(fsdp_min_size(config), int) and fsdp_min_size(config) >= 0,
-       f"mesh.fsdp_min_size={fsdp_min_size(config)!r} must be an integer >= 0 (elements)"),
+      (isinstance(parallel.fsdp_min_size(config), int) and parallel.fsdp_min_size(config) >= 0,
+       f"mesh.fsdp_min_size={parallel.fsdp_min_size(config)!r} must be an integer >= 0 (elements)"),
   ]
   for ok, message in checks:
     if not ok:
@@ -124,11 +124,6 @@ def input_workers(config: ml_collections.ConfigDict) -> int:
   """train.input_workers, -1 (also for runs saved before it existed) sized to the host."""
   workers = config.train.get("input_workers", -1)
   return pipeline.default_workers() if workers == -1 else workers
-
-
-def fsdp_min_size(config: ml_collections.ConfigDict) -> int:
-  """mesh.fsdp_min_size; the default for the configs of runs saved before it existed."""
-  return config.mesh.get("fsdp_min_size", parallel.FSDP_MIN_SIZE)
 
 
 def example_batch(source, batch_size: int, transform=None) -> dict[str, np.ndarray]:
@@ -186,7 +181,7 @@ class Experiment:
     init = lambda rng: initial_state(self.model, self.tx, rng, inputs)
     with recorded_bsa_paths() as self.bsa_paths, dispatch.compiling_for(self.platform):  # for the summary
       abstract = jax.eval_shape(init, jax.random.key(0))
-    self.state_sharding = parallel.fsdp_sharding(self.mesh, abstract, fsdp_min_size(config))
+    self.state_sharding = parallel.fsdp_sharding(self.mesh, abstract, parallel.fsdp_min_size(config))
     self.abstract_state = abstract_with_shardings(abstract, self.state_sharding)
     self.optimizer_structure = str(jax.tree.structure(abstract.opt_state))  # a resume must match it
     self.init = jax.jit(init, out_shardings=self.state_sharding)

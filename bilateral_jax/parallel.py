@@ -20,6 +20,11 @@ BATCH_AXES = ("data", "fsdp")
 FSDP_MIN_SIZE = 2**14
 
 
+def fsdp_min_size(config) -> int:
+  """An experiment config's mesh.fsdp_min_size; the default for the configs of runs saved before it existed."""
+  return config.mesh.get("fsdp_min_size", FSDP_MIN_SIZE)
+
+
 def mesh_size(data: int, fsdp: int, devices=None) -> int:
   """The number of devices a (data, fsdp) mesh spans: all of them (`devices`, default jax's), which it
   must cover exactly."""

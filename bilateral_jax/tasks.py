@@ -138,7 +138,8 @@ INPUT_KINDS = ("tokens", "images", "token_stream")
 class Task:
   """sums(logits, batch) -> weighted sums; metrics: what `finalize` reports (the best-checkpoint metric is
   one of them); inputs: `tokens` (int ids [b, n], 0 = padding), `images` (uint8 [b, h, w, c] from the
-  transforms, normalised on the device by `augment.normalise` before the model sees them) or `token_stream` (windows of a text, next-token targets); attacks: those of `robustness.ATTACKS` that
+  transforms, normalised on the device by `augment.normalise` before the model sees them) or
+  `token_stream` (windows of a text, next-token targets); attacks: those of `robustness.ATTACKS` that
   apply; epsilons: their default radii (`robustness`: images in 1/255, token embeddings in fractions of
   the mean embedding norm); mixes: whether mixup, cutmix and label smoothing apply; transforms(config,
   info) -> (train, eval) per-example transforms (None: none)."""

@@ -150,7 +150,7 @@ def normalise(batch: dict, image_stats, rng: jax.Array | None = None) -> dict:
   drawn from `rng` and dropped from the batch. Images cross to the device as uint8: a quarter of the
   bytes of float32."""
   mean, std = (jnp.asarray(value, jnp.float32) for value in image_stats)
-  batch = dict(batch)
+  batch = dict(batch)  # the caller's batch keeps its `erase`
   pixels = (batch["inputs"].astype(jnp.float32) / 255.0 - mean) / std
   erase = batch.pop("erase", None)
   if erase is not None:
@@ -158,7 +158,8 @@ def normalise(batch: dict, image_stats, rng: jax.Array | None = None) -> dict:
     rows, cols = jnp.arange(pixels.shape[1])[None, :, None], jnp.arange(pixels.shape[2])[None, None, :]
     inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
     pixels = jnp.where(inside[..., None], jax.random.normal(rng, pixels.shape), pixels)
-  return dict(batch, inputs=pixels)
+  batch["inputs"] = pixels
+  return batch
 
 
 def segmentation_transform(*, size: int, scale_range: tuple[float, float], train: bool, canvas: int | None = None):

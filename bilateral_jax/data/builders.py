@@ -62,13 +62,13 @@ def _stamp(path: epath.Path) -> list[int]:
 def files_matching(root: epath.Path, pattern: str) -> list[epath.Path]:
   """The files under `root` whose relative path matches the glob `pattern` (`*`, `?` within a name, `**`
   for any folders, none included), sorted: `pathlib`'s glob, which `epath` refuses for `**`."""
-  name = lambda part: "".join({"*": "[^/]*", "?": "[^/]"}.get(c, re.escape(c)) for c in part)
-  *folders, last = pattern.split("/")
-  folders = "".join("(?:[^/]+/)*" if part == "**" else name(part) + "/" for part in folders)
-  matches = re.compile(folders + name(last) + r"\Z").match
+  in_name = lambda part: "".join({"*": "[^/]*", "?": "[^/]"}.get(c, re.escape(c)) for c in part)
+  *folders, name = pattern.split("/")
+  prefix = "".join("(?:[^/]+/)*" if part == "**" else in_name(part) + "/" for part in folders)
+  matches = re.compile(prefix + in_name(name) + r"\Z").match
   bare = lambda path: os.fspath(path).split("://", 1)[-1]  # epath's walk drops gs:// from the folders it yields
-  found = [f"{bare(folder)[len(bare(root)):].strip('/')}/{name}".lstrip("/")
-           for folder, _, files in root.walk() for name in files]
+  found = [f"{bare(folder)[len(bare(root)):].strip('/')}/{file}".lstrip("/")
+           for folder, _, files in root.walk() for file in files]
   return sorted(root / relative for relative in found if matches(relative))
 
 
@@ -293,7 +293,7 @@ class ReleaseConfig(tfds.core.BuilderConfig):
   @classmethod
   def make(cls, release: str, directory: str) -> ReleaseConfig:
     root = workdir.path(directory)
-    files = [[os.fspath(p)[len(os.fspath(root)) + 1:], *_stamp(p)] for p in files_matching(root, "**/*")]
+    files = [[str(p.relative_to(root)), *_stamp(p)] for p in files_matching(root, "**/*")]
     named = _named(release, dict(directory=str(root), files=files))
     named["description"] = f"{release} from {root}: {len(files)} files, {sum(f[1] for f in files)} bytes"
     return cls(**named, release=release, directory=str(root))
