@@ -1,11 +1,11 @@
-"""Forward + backward time and temporary memory of attention: standard (`jax.nn.dot_product_attention`)
-vs BSA on each path, measured side by side in one run.
+"""Forward + backward time and temporary memory of attention: standard (`jax.nn.dot_product_attention`,
+cuDNN's on a GPU) vs BSA on each path, measured side by side in one run.
 
     python benchmarks/attention.py [--lengths N ...] [--batch 2] [--heads 8] [--head-dim 64]
                                    [--rounds 5] [--out runs/benchmark_attention.json]
 
-Paths (`bilateral_jax.ops.dispatch`): `xla` is the explicit logits of `bilateral_attention`; `folded` is
-`folded_bilateral_attention` for the foldable kernels (dot content + causal Laplacian spatial, i.e.
+Paths (`bilateral_jax.ops.dispatch`): `xla` is the explicit logits (`explicit_bilateral_attention`); `folded` is
+`folded_bilateral_attention` (cuDNN on a GPU where it applies) for the foldable kernels (dot content + causal Laplacian spatial, i.e.
 learned-bandwidth ALiBi; Gaussian content without spatial term; TUPE); `pallas` is the flash kernel
 (in-tile spatial terms, or the folded q and k for TUPE; interpreted on CPU). Every variant is causal. Times are medians of
 interleaved rounds; memory is XLA's temporary buffer size for the compiled forward + backward (a Pallas
@@ -30,15 +30,20 @@ from bilateral_jax.ops.flash import flash_bilateral_attention  # noqa: E402
 from bilateral_jax.ops.folded import folded_bilateral_attention  # noqa: E402
 
 
+# cuDNN's fused attention on a GPU (the baseline to beat there), XLA's elsewhere.
+STANDARD_IMPLEMENTATION = "cudnn" if jax.default_backend() == "gpu" else None
+
+
 def variants(length, heads):
   coords = ops.sequence_coordinates(length)
   h_y, h_p = jnp.full((heads,), 2.0), ops.geometric_bandwidths(heads, 1.0, 256.0)
   features = 0.1 * jax.random.normal(jax.random.key(1), (length, heads, 8))  # TUPE's projected position table
   return {
-      "standard (jax.nn)": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True),
-      "BSA gaussian/gaussian, xla": lambda q, k, v: ops.bilateral_attention(
+      "standard (jax.nn)": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                                                        implementation=STANDARD_IMPLEMENTATION),
+      "BSA gaussian/gaussian, xla": lambda q, k, v: ops.explicit_bilateral_attention(
           q, k, v, coords, coords, h_y=h_y, h_p=h_p, is_causal=True),
-      "BSA dot/laplacian, xla": lambda q, k, v: ops.bilateral_attention(
+      "BSA dot/laplacian, xla": lambda q, k, v: ops.explicit_bilateral_attention(
           q, k, v, coords, coords, h_y=h_y, h_p=h_p, content="dot", spatial="laplacian", is_causal=True),
       "BSA dot/laplacian, folded": lambda q, k, v: folded_bilateral_attention(
           q, k, v, coords, coords, h_y=h_y, h_p=h_p, content="dot", spatial="laplacian", is_causal=True),

@@ -18,7 +18,7 @@ from bilateral_jax import console, parallel, robustness, steps, tasks
 from bilateral_jax.checkpointing import Checkpointer, abstract_with_shardings
 from bilateral_jax.data import pipeline, sources
 from bilateral_jax.models import TransformerConfig, build_model, recorded_bsa_paths
-from bilateral_jax.ops import dispatch
+from bilateral_jax.ops import target
 
 SCHEDULES = ("cosine", "linear", "constant", "rsqrt")
 
@@ -179,25 +179,38 @@ class Experiment:
     self.identity = model_settings(config) | {"inputs": [list(inputs.shape[1:]), str(inputs.dtype)]}
     self.tokens_per_example = inputs.shape[-1] if task.inputs == "token_stream" else None
     init = lambda rng: initial_state(self.model, self.tx, rng, inputs)
-    with recorded_bsa_paths() as self.bsa_paths, dispatch.compiling_for(self.platform):  # for the summary
-      abstract = jax.eval_shape(init, jax.random.key(0))
+    with recorded_bsa_paths() as self.bsa_paths:  # for the summary
+      abstract = jax.eval_shape(self.traced(init), jax.random.key(0))
     self.state_sharding = parallel.fsdp_sharding(self.mesh, abstract, parallel.fsdp_min_size(config))
     self.abstract_state = abstract_with_shardings(abstract, self.state_sharding)
     self.optimizer_structure = str(jax.tree.structure(abstract.opt_state))  # a resume must match it
-    self.init = jax.jit(init, out_shardings=self.state_sharding)
+    self.init = self.jit(init, out_shardings=self.state_sharding)
     self.init_optimizer = jax.jit(self.tx.init, in_shardings=(self.state_sharding.params,),
                                   out_shardings=self.state_sharding.opt_state)
     batch_sharding = parallel.batch_sharding(self.mesh)
     replicated = parallel.replicated(self.mesh)
     self.step_arguments = dict(model=self.model, task=task, config=config, info=self.info)
-    self.train_step = jax.jit(functools.partial(steps.train_step, **self.step_arguments, tx=self.tx,
-                                                schedule=self.schedule),
-                              in_shardings=(self.state_sharding, batch_sharding),
-                              out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-    self.eval_step = jax.jit(functools.partial(steps.eval_step, **self.step_arguments),
-                             in_shardings=(self.state_sharding.params, batch_sharding), out_shardings=replicated)
+    self.train_step = self.jit(functools.partial(steps.train_step, **self.step_arguments, tx=self.tx,
+                                                 schedule=self.schedule),
+                               in_shardings=(self.state_sharding, batch_sharding),
+                               out_shardings=(self.state_sharding, replicated), donate_argnums=0)
+    self.eval_step = self.jit(functools.partial(steps.eval_step, **self.step_arguments),
+                              in_shardings=(self.state_sharding.params, batch_sharding), out_shardings=replicated)
     self.abstract_batch = {name: jax.ShapeDtypeStruct((config.train.batch_size,) + value.shape[1:], value.dtype,
                                                       sharding=batch_sharding) for name, value in example.items()}
+
+  def traced(self, fn):
+    """`fn` traced for this experiment's devices (`ops.target`): attention paths chosen for them (a TPU
+    slice compiled from a CPU host included), Pallas kernels run per shard of the batch axes."""
+    @functools.wraps(fn)
+    def for_target(*args, **kwargs):
+      with target.compiling_for(self.platform, self.mesh, parallel.BATCH_AXES):
+        return fn(*args, **kwargs)
+    return for_target
+
+  def jit(self, fn, **jit_kwargs):
+    """`jax.jit` of `fn` traced for this experiment's devices (`traced`)."""
+    return jax.jit(self.traced(fn), **jit_kwargs)
 
   def checkpointer(self, workdir: str, read_only: bool = False) -> Checkpointer:
     return Checkpointer(workdir, self.identity, keep=self.config.train.keep_checkpoints, read_only=read_only)
@@ -205,13 +218,13 @@ class Experiment:
   def compile_train_step(self):
     """-> (the compiled train step, seconds it took, XLA's FLOPs per step and device or None, bytes of
     memory per device or None: {arguments, outputs, temporaries, generated_code, total})."""
-    return compile_step(self.train_step, self.platform, self.abstract_state, self.abstract_batch)
+    return compile_step(self.train_step, self.abstract_state, self.abstract_batch)
 
   def compile_eval_step(self):
     """`compile_train_step` for the eval step, at the eval batch."""
     batch = {name: jax.ShapeDtypeStruct((self.eval_batch_size,) + value.shape[1:], value.dtype, sharding=value.sharding)
              for name, value in self.abstract_batch.items()}
-    return compile_step(self.eval_step, self.platform, self.abstract_state.params, batch)
+    return compile_step(self.eval_step, self.abstract_state.params, batch)
 
   def device_batch(self, batch, rng=None):
     """`steps.device_batch` for this experiment's task and data."""
@@ -223,8 +236,8 @@ class Experiment:
     step = functools.partial(steps.attack_step, attack=attack, settings=settings, model=self.model, task=self.task,
                              info=self.info)
     replicated = parallel.replicated(self.mesh)
-    return jax.jit(step, in_shardings=(self.state_sharding.params, parallel.batch_sharding(self.mesh), replicated,
-                                       replicated), out_shardings=replicated)
+    return self.jit(step, in_shardings=(self.state_sharding.params, parallel.batch_sharding(self.mesh), replicated,
+                                        replicated), out_shardings=replicated)
 
   def evaluate(self, params, split: str, source=None, step=None) -> dict[str, float]:
     """Metrics of `split` (the whole split, once, in order; `source` if given) under `params`, by
@@ -242,12 +255,11 @@ class Experiment:
     return tasks.finalize(totals, self.task)
 
 
-def compile_step(step, platform: str, *abstract_args):
-  """Lowers and compiles a jitted step for its arguments' devices (their `platform`) -> (compiled, seconds,
+def compile_step(step, *abstract_args):
+  """Lowers and compiles a jitted step (`Experiment.jit`) for its arguments' devices -> (compiled, seconds,
   FLOPs per device or None, memory bytes per device or None)."""
   start = time.perf_counter()
-  with dispatch.compiling_for(platform):
-    compiled = step.lower(*abstract_args).compile()
+  compiled = step.lower(*abstract_args).compile()
   seconds = time.perf_counter() - start
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -301,7 +301,7 @@ def _contamination_step(experiment):
     kept = experiment.task.sums(output, batch | {"weight": batch["weight"] * batch["uncontaminated"]})
     return experiment.task.sums(output, batch) | {f"uncontaminated_{name}": value for name, value in kept.items()}
 
-  return jax.jit(step, out_shardings=parallel.replicated(experiment.mesh))
+  return experiment.jit(step, out_shardings=parallel.replicated(experiment.mesh))
 
 
 def _uncontaminated(metrics: dict) -> dict:

@@ -10,12 +10,13 @@ import sys
 
 import pytest
 
-from benchmarks import attention
+from benchmarks import attention, tpu_memory
 from configs import common
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(path.name for path in (ROOT / "benchmarks").glob("*.py"))
 TINY = {"attention.py": ["--lengths", "64", "--rounds", "1"], "train_step.py": ["--rounds", "1", "--steps", "3"],
+        "tpu_memory.py": ["--lengths", "256"],
         "input_pipeline.py": ["--configs", "configs/digits_vit.py", "--config", "configs/default.py",
                               "--config.data.train_size=256", "--config.data.validation_size=32",
                               "--config.data.test_size=32", "--examples", "32", "--steps", "2"]}
@@ -26,10 +27,13 @@ ROWS = {  # the printed row of each variant, by script
     "train_step.py": [rf"{re.escape(name)}\s+{NUMBER}\s+\d+\s+{NUMBER}" for name in common.ABLATION],
     "input_pipeline.py": [rf"{re.escape(name)}\s+{batch}\s+\d+\s+{NUMBER}\s+\d+\s+{NUMBER}"
                           for name, batch in (("configs/digits_vit.py", 64), ("configs/default.py (overrides)", 32))],
+    "tpu_memory.py": [rf"{re.escape(case)}\s+N=256\s+{re.escape(name)}\s+temp\s+{NUMBER} MiB  x\s*(?:{NUMBER}|-)  compile\s+{NUMBER} s"
+                      for case in tpu_memory.CASES for name in tpu_memory.ATTENTIONS],
 }
 BASELINE = {"attention.py": r"N=64\s+standard \(jax\.nn\)\s+\S+ ms  x 1\.00 ",
             "train_step.py": r"standard attention \+ standard residual\s+\S+\s+\S+\s+1\.000",
-            "input_pipeline.py": None}  # no baseline variant: each row holds its own ratio, checked in its JSON
+            "input_pipeline.py": None,  # no baseline variant: each row holds its own ratio, checked in its JSON
+            "tpu_memory.py": r"gaussian, bidirectional\s+N=256\s+standard \(XLA\)\s+temp\s+\S+ MiB  x(  1\.00|     -) "}
 
 
 def test_the_readme_and_make_show_every_benchmark_and_only_those():
@@ -56,3 +60,19 @@ def test_benchmark_runs_at_a_tiny_size_and_prints_its_ratios(script, tmp_path):
     assert row["input_examples_per_core_s"] > 0 and row["step_examples_per_s"] > 0, row
     assert row["cores_needed"] == pytest.approx(row["step_examples_per_s"] / row["input_examples_per_core_s"])
     assert row["examples_read"] >= 32, row
+
+
+def test_the_gpu_check_stops_without_a_gpu_and_otherwise_writes_its_report(tmp_path):
+  """benchmarks/gpu_check.sh (the README's GPU command), run here on the CPU at a tiny size."""
+  env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_OUT=str(tmp_path))
+  refused = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+  assert refused.returncode == 3 and "no GPU here (jax's backend: cpu): nothing measured" in refused.stderr
+  tiny = env | dict(GPU_CHECK_ALLOW_CPU="1", GPU_CHECK_TESTS="dispatch_takes", GPU_CHECK_LENGTHS="64",
+                    GPU_CHECK_ROUNDS="1", GPU_CHECK_STEPS="3")
+  done = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=tiny, capture_output=True, text=True,
+                        timeout=900)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  report = (tmp_path / "report.txt").read_text()
+  assert "1 passed" in report and re.search(ROWS["attention.py"][0], report, re.M), report
+  assert re.search(BASELINE["train_step.py"], report), report
+  assert {"attention.json", "train_step.json"} <= {path.name for path in tmp_path.iterdir()}

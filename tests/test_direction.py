@@ -107,7 +107,7 @@ def test_bfloat16_bsa_is_within_1p5_percent_of_float64_on_the_same_inputs(conten
   pos = ops.grid_coordinates(8, 8)
   h_y = jnp.asarray([1.5, 2.0, 3.0])
   params = spatial_params(spatial, 2)
-  out = ops.bilateral_attention(q, k, v, pos, pos, h_y=h_y, content=content, spatial=spatial, **params)
+  out = ops.explicit_bilateral_attention(q, k, v, pos, pos, h_y=h_y, content=content, spatial=spatial, **params)
   assert out.dtype == jnp.bfloat16
   logits = ref.bilateral_logits(np.float64(q), np.float64(k), pos, pos, h_y, params["h_p"], content, spatial,
                                 params["shift"])

@@ -37,7 +37,7 @@ def test_flash_equals_explicit_forward_and_gradients(content, spatial, dims, cau
   flash = lambda *a, **kw: flash_bilateral_attention(*a, block_size=16, **kw)
   grad = lambda f: jax.value_and_grad(lambda *a: loss(f, *a), argnums=range(len(args)), has_aux=True)(*args.values())
   (_, got), got_grads = grad(flash)
-  (_, want), want_grads = grad(ops.bilateral_attention)
+  (_, want), want_grads = grad(ops.explicit_bilateral_attention)
   assert_close(got, want)
   for name, got_grad, want_grad in zip(args, got_grads, want_grads):
     assert_close(got_grad, want_grad, rtol=1e-4)
@@ -53,9 +53,9 @@ def test_pallas_path_on_folded_features_equals_explicit(content, layout, causal)
   loss = lambda f, *a: jnp.sum(jnp.sin(f(*a[:3], pos, pos, h_y=a[3], h_p=a[4], **kwargs)))
   args = (q, k, v, H_Y, H_P)
   assert_close(dispatch.pallas_attention(*args[:3], pos, pos, h_y=H_Y, h_p=H_P, **kwargs),
-               ops.bilateral_attention(*args[:3], pos, pos, h_y=H_Y, h_p=H_P, **kwargs))
+               ops.explicit_bilateral_attention(*args[:3], pos, pos, h_y=H_Y, h_p=H_P, **kwargs))
   got = jax.grad(lambda *a: loss(dispatch.pallas_attention, *a), argnums=range(5))(*args)
-  want = jax.grad(lambda *a: loss(ops.bilateral_attention, *a), argnums=range(5))(*args)
+  want = jax.grad(lambda *a: loss(ops.explicit_bilateral_attention, *a), argnums=range(5))(*args)
   for got_grad, want_grad in zip(got, want):
     assert_close(got_grad, want_grad, rtol=1e-4)
 
@@ -67,7 +67,7 @@ def test_rows_with_no_key_are_uniform_as_in_the_explicit_ops():
   padding[0] = False
   kwargs = dict(h_y=H_Y, h_p=H_P, mask=jnp.asarray(padding)[:, None, None, :])
   flash = lambda q, k, v: flash_bilateral_attention(q, k, v, pos, pos, block_size=16, **kwargs)
-  explicit = lambda q, k, v: ops.bilateral_attention(q, k, v, pos, pos, **kwargs)
+  explicit = lambda q, k, v: ops.explicit_bilateral_attention(q, k, v, pos, pos, **kwargs)
   assert_close(flash(q, k, v), explicit(q, k, v))
   loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))
   for got, want in zip(jax.grad(loss(flash), argnums=range(3))(q, k, v),
@@ -111,8 +111,10 @@ def test_dispatch_takes_an_exact_path_or_refuses():
                               is_causal=False) == "pallas"
   with pytest.raises(ValueError, match="'pallas' does not apply"):  # a mask that depends on the query
     dispatch.choose_path("pallas", "gpu", spatial="gaussian", **{**case, "mask": jnp.ones((2, 1, 8, 8), bool)})
-  with pytest.raises(ValueError, match="'pallas' has no TPU kernel"):
-    dispatch.choose_path("pallas", "tpu", spatial="gaussian", **case)
+  assert dispatch.choose_path("auto", "tpu", spatial="gaussian", **case) == "pallas"  # the Mosaic kernel
+  assert dispatch.choose_path("auto", "tpu", spatial="dot", q_pos=features, k_pos=features, mask=None,
+                              is_causal=False) == "pallas"
+  assert dispatch.choose_path("auto", "tpu", spatial="gaussian", **{**case, "mask": jnp.ones((2, 1, 8, 8), bool)}) == "xla"
   with pytest.raises(ValueError, match="unknown attention implementation 'triton'"):
     dispatch.choose_path("triton", "gpu", spatial="gaussian", **case)
   assert not flash_applies("gaussian", jnp.ones((8, 4)))  # more than 3 coordinates

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from bilateral_jax import ops
-from bilateral_jax.ops.folded import foldable, folded_bilateral_attention
+from bilateral_jax.ops import target
+from bilateral_jax.ops.folded import cudnn_applies, foldable, folded_bilateral_attention
 from tests.test_ops import B, D, H, H_P, H_Y, N, assert_close, positions, qkv, spatial_params
 
 CASES = [(content, spatial, layout, causal)
@@ -44,7 +45,7 @@ def test_folded_equals_explicit_forward_and_gradients(content, spatial, layout, 
 
   grads = lambda f: jax.value_and_grad(lambda *a: loss(f, *a), argnums=range(len(args)), has_aux=True)(*args.values())
   (_, folded), folded_grads = grads(folded_bilateral_attention)
-  (_, explicit), explicit_grads = grads(ops.bilateral_attention)
+  (_, explicit), explicit_grads = grads(ops.explicit_bilateral_attention)
   assert_close(folded, explicit)
   for got, want in zip(folded_grads, explicit_grads):
     assert_close(got, want, rtol=1e-4)
@@ -95,3 +96,12 @@ def test_models_give_the_same_outputs_and_gradients_on_every_implementation():
                                             attention_implementation="folded"), num_classes=3)
   with pytest.raises(ValueError, match="attention_implementation='folded' does not apply to spatial='gaussian'"):
     vit.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))
+
+
+def test_the_folded_path_asks_for_cudnn_only_where_it_applies():
+  assert not cudnn_applies(jnp.bfloat16, 66, None)  # a CPU target
+  with target.compiling_for("gpu"):
+    assert cudnn_applies(jnp.bfloat16, 66, None) and cudnn_applies(jnp.float16, 128, None)
+    assert not cudnn_applies(jnp.float32, 66, None)  # cuDNN's attention is half precision
+    assert not cudnn_applies(jnp.bfloat16, 130, None)  # a folded head wider than 128
+    assert not cudnn_applies(jnp.bfloat16, 66, jnp.ones((2, 1, 1, 8), bool))

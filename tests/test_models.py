@@ -284,8 +284,9 @@ def test_remat_policies_give_the_same_gradients_and_parameters():
       remat_params, got = grads(remat)
       assert jax.tree.map(np.shape, remat_params) == jax.tree.map(np.shape, params), (name, remat)
       jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), remat_params, params)
-      # float32 rounding of a recomputed forward: to 1e-6 of each gradient's own scale
-      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.max(np.abs(b))), got,
+      # float32 rounding of a recomputed forward: to 1e-5 of each gradient's own scale (a scalar's, summed
+      # over the batch, moves by a few ulps)
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.max(np.abs(b))), got,
                    expected)
   with pytest.raises(ValueError, match="remat='some' is not one of: none, full, dots, dots_no_batch"):
     tiny(remat="some")

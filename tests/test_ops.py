@@ -91,7 +91,7 @@ def test_bilateral_attention_matches_reference(content, spatial, causal):
   padding[1, -2:] = False
   for layout in layouts(spatial):
     pos = positions(spatial, layout, N)
-    got = ops.bilateral_attention(q, k, v, pos, pos, h_y=H_Y, content=content, spatial=spatial,
+    got = ops.explicit_bilateral_attention(q, k, v, pos, pos, h_y=H_Y, content=content, spatial=spatial,
                                   mask=padding[:, None, None, :], is_causal=causal, **spatial_params(spatial, layout))
     logits = reference_logits(q, k, pos, content, spatial, layout)
     want = ref.attention(logits, v, ref.keep_mask(B, H, N, N, padding, causal))
@@ -101,7 +101,7 @@ def test_bilateral_attention_matches_reference(content, spatial, causal):
 def test_cross_attention_lengths_and_single_shared_coordinates():
   q, k, v = qkv(n=4, m=7)
   q_pos, k_pos = positions("gaussian", 2, 4, placeless=0), positions("gaussian", 2, 7, placeless=2)
-  got = ops.bilateral_attention(q, k, v, q_pos, k_pos, h_y=H_Y, h_p=H_P)
+  got = ops.explicit_bilateral_attention(q, k, v, q_pos, k_pos, h_y=H_Y, h_p=H_P)
   want = ref.attention(ref.bilateral_logits(q, k, q_pos, k_pos, H_Y, H_P, "gaussian", "gaussian"), v,
                        ref.keep_mask(B, H, 4, 7))
   assert got.shape == (B, 4, H, D)
@@ -134,7 +134,7 @@ def test_gradients_match_finite_differences(content, spatial, causal):
   args = dict(q=q, k=k, v=v, h_y=H_Y) | {name: x for name, x in spatial_params(spatial, layout).items() if x is not None}
 
   def loss(q, k, v, h_y, h_p, shift=None):
-    out = ops.bilateral_attention(q, k, v, pos, pos, h_y=h_y, h_p=h_p, shift=shift, content=content,
+    out = ops.explicit_bilateral_attention(q, k, v, pos, pos, h_y=h_y, h_p=h_p, shift=shift, content=content,
                                   spatial=spatial, mask=padding[:, None, None, :], is_causal=causal)
     return jnp.sum(out * cotangent)
 
@@ -151,12 +151,12 @@ def test_gradients_match_finite_differences(content, spatial, causal):
 def test_infinite_spatial_bandwidth_is_non_local_means():
   q, k, v = qkv()
   pos = positions("gaussian", 2, N)
-  content_only = ops.bilateral_attention(q, k, v, None, None, h_y=H_Y, h_p=None)
+  content_only = ops.explicit_bilateral_attention(q, k, v, None, None, h_y=H_Y, h_p=None)
   for spatial in ("gaussian", "laplacian"):
-    exact = ops.bilateral_attention(q, k, v, pos, pos, h_y=H_Y, h_p=jnp.full((H,), jnp.inf), spatial=spatial)
+    exact = ops.explicit_bilateral_attention(q, k, v, pos, pos, h_y=H_Y, h_p=jnp.full((H,), jnp.inf), spatial=spatial)
     np.testing.assert_array_equal(exact, content_only)
     for h_p, tol in ((1e3, 1e-2), (1e6, 1e-5)):
-      wide = ops.bilateral_attention(q, k, v, pos, pos, h_y=H_Y, h_p=jnp.full((H,), h_p), spatial=spatial)
+      wide = ops.explicit_bilateral_attention(q, k, v, pos, pos, h_y=H_Y, h_p=jnp.full((H,), h_p), spatial=spatial)
       assert_close(wide, content_only, rtol=tol)
 
 
@@ -166,7 +166,7 @@ def test_dot_content_with_standard_bandwidth_is_standard_attention(causal):
   padding = jnp.asarray(np.arange(N)[None, :] < np.array([[N], [N - 2]]))
   mask = padding[:, None, None, :]
   h_y = jnp.full((H,), D**0.25)
-  bsa = ops.bilateral_attention(q, k, v, None, None, h_y=h_y, h_p=None, content="dot", mask=mask,
+  bsa = ops.explicit_bilateral_attention(q, k, v, None, None, h_y=h_y, h_p=None, content="dot", mask=mask,
                                 is_causal=causal)
   expected = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
   assert_close(bsa, expected)
@@ -188,7 +188,7 @@ def test_alibi_is_causal_laplacian_bsa_with_fixed_bandwidths():
   explicit_bias = -np.asarray(slopes)[:, None, None] * np.abs(i - j)[None]
   assert_close(ops.alibi_bias(coords, coords, slopes)[0], explicit_bias)
   alibi = ops.standard_attention(q, k, v, bias=ops.alibi_bias(coords, coords, slopes), is_causal=True)
-  bsa = ops.bilateral_attention(q, k, v, coords, coords, h_y=jnp.full((H,), D**0.25), h_p=1.0 / slopes,
+  bsa = ops.explicit_bilateral_attention(q, k, v, coords, coords, h_y=jnp.full((H,), D**0.25), h_p=1.0 / slopes,
                                 content="dot", spatial="laplacian", is_causal=True)
   assert_close(bsa, alibi)
   want = ref.attention(ref.bilateral_logits(q, k, None, None, np.full(H, D**0.25), None, "dot", None)
@@ -227,7 +227,7 @@ def test_masked_keys_get_exactly_zero_weight_and_gradient():
   padding = jnp.asarray(np.arange(N) < N - 2)[None, None, None, :]
   weights = ops.attention_weights(ops.bilateral_logits(q, k, None, None, h_y=H_Y, h_p=None), mask=padding)
   assert float(jnp.max(weights[..., -2:])) == 0.0
-  dk = jax.grad(lambda k: jnp.sum(ops.bilateral_attention(q, k, v, None, None, h_y=H_Y, h_p=None,
+  dk = jax.grad(lambda k: jnp.sum(ops.explicit_bilateral_attention(q, k, v, None, None, h_y=H_Y, h_p=None,
                                                           mask=padding) ** 2))(k)
   assert float(jnp.max(jnp.abs(dk[:, -2:]))) == 0.0
 

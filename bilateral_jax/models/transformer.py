@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from bilateral_jax import ops
 from bilateral_jax.models.config import TransformerConfig
-from bilateral_jax.ops import dispatch
+from bilateral_jax.ops import dispatch, target
 
 
 class MultiHeadAttention(nn.Module):
@@ -66,7 +66,7 @@ class MultiHeadAttention(nn.Module):
 
   def bsa_path(self, spatial, q_pos, k_pos, mask, is_causal) -> str:
     """The `ops.dispatch` path of this call (a method, so that `recorded_bsa_paths` sees it)."""
-    return dispatch.choose_path(self.config.attention_implementation, dispatch.target_platform(), spatial=spatial,
+    return dispatch.choose_path(self.config.attention_implementation, target.target_platform(), spatial=spatial,
                                 q_pos=q_pos, k_pos=k_pos, mask=mask, is_causal=is_causal)
 
   def _spatial_features(self, coords, pos_embed):

@@ -1,8 +1,9 @@
 """Pure-jax math of BSA and GRC: the public functional API (no Flax)."""
 from bilateral_jax.ops.adaptive import (AdaptiveSoftmax, adaptive_embed, adaptive_log_probs,
                                         adaptive_target_log_probs, cluster_bounds, cluster_dims)
-from bilateral_jax.ops.attention import (attention_weights, bilateral_attention, causal_mask,
+from bilateral_jax.ops.attention import (attention_weights, causal_mask, explicit_bilateral_attention,
                                          filter_values, standard_attention, standard_logits)
+from bilateral_jax.ops.dispatch import MASK_LAYOUTS, bilateral_attention
 from bilateral_jax.ops.kernels import (CONTENT_KERNELS, SPATIAL, SPATIAL_KERNELS, SpatialKernel,
                                        bilateral_logits, content_logits, geometric_bandwidths, spatial_kernel,
                                        spatial_logits)

@@ -40,10 +40,12 @@ def filter_values(weights, v) -> jnp.ndarray:
   return out.astype(v.dtype)
 
 
-def bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str = "gaussian",
-                        spatial: str = "gaussian", shift=None, mask=None, is_causal: bool = False) -> jnp.ndarray:
-  """Bilateral Self-Attention: softmax(C + S) v -> [batch, q_len, heads, head_dim] (logits and softmax
-  in float32, the output in v's dtype).
+def explicit_bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str = "gaussian",
+                                 spatial: str = "gaussian", shift=None, mask=None,
+                                 is_causal: bool = False) -> jnp.ndarray:
+  """Bilateral Self-Attention with explicit logits (the `xla` path, every other path's reference):
+  softmax(C + S) v -> [batch, q_len, heads, head_dim] (logits and softmax in float32, the output in v's
+  dtype). `ops.bilateral_attention` is the entry point that checks its inputs and picks a path.
 
   See `bilateral_logits` for the kernels and position features; `mask` is boolean, broadcastable to
   [batch, heads, q_len, k_len], True = attend.

@@ -1,7 +1,10 @@
 """Flash BSA: a Pallas kernel that computes the spatial term of every kernel with an in-tile form
-(`SpatialKernel.tile`: gaussian, shifted, laplacian, asymmetric) inside each tile from the coordinates, with an online softmax, so that no N x N buffer exists in the forward or the backward
-pass (memory linear in N). On GPU it compiles through Pallas' Triton backend; on CPU it runs with
-`interpret=True` (the tests' path).
+(`SpatialKernel.tile`: gaussian, shifted, laplacian, asymmetric) inside each tile from the coordinates,
+with an online softmax, so that no N x N buffer exists in the forward or the backward pass (memory linear
+in N). This module holds the tile math, the wrapper and the Triton (GPU) kernels; `ops.flash_tpu` the
+Mosaic (TPU) kernels. On a CPU target either runs in its interpreter (the tests' path). float32 inputs are
+multiplied at full precision (no TF32); Triton pads the head width to a power of two (its tensors must
+have power-of-two sizes), Mosaic to a multiple of 128 lanes.
 
 The kernel sees the BSA logit in a form with every bandwidth moved outside it, so that autodiff of the
 wrapper gives the gradients for h_y and h_p from the kernel's gradients for q, the key bias and the
@@ -20,13 +23,18 @@ from differences of coordinates, never from expanded polynomials, so it does not
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as plgpu
+from jax.sharding import PartitionSpec as P
+
+from bilateral_jax.ops import target
 
 from bilateral_jax.ops.kernels import SPATIAL, _split_placed
 
@@ -53,26 +61,33 @@ class _Options(NamedTuple):
   k_len: int
   block_q: int
   block_k: int
-  interpret: bool
+  interpret: bool | pltpu.InterpretParams
 
 
-def _tile(q, k, k_bias, k_keep, q_coords, k_coords, q_start, k_start, opts: _Options):
+def _dot(a, b, contract=((1,), (0,))):
+  """a, b contracted over `contract` (a's axis, b's axis), in float32; float32 inputs at full precision
+  (not TF32 on a GPU: the tests' tolerances are those of float32 math)."""
+  precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+  return lax.dot_general(a, b, (contract, ((), ())), precision=precision, preferred_element_type=jnp.float32)
+
+
+def _tile(q, k, k_bias, k_keep, q_coords, k_coords, q_start, k_start, opts):
   """Logits [block_q, block_k] (float32) of one tile, which pairs count, and dS/dR_q per coordinate row.
 
-  q [block_q, d], k [block_k, d], k_bias/k_keep [block_k]; q_coords/k_coords: lists of coordinate rows
-  ([block_q] / [block_k]) whose last row is the 0/1 `placed` flag.
+  q [block_q, d], k [block_k, d], k_bias/k_keep [1, block_k]; q_coords: the coordinate rows of the queries
+  as columns [block_q, 1], k_coords those of the keys as rows [1, block_k]; the last of each is the 0/1
+  `placed` flag. Shared by the Triton kernels here and the Mosaic kernels of `ops.flash_tpu`.
   """
-  s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-  s = s + k_bias[None, :]
+  s = _dot(q, k, ((1,), (1,))) + k_bias
   spatial_grads = []
   if opts.spatial is not None:
-    placed = q_coords[-1][:, None] * k_coords[-1][None, :]
-    term, grads = SPATIAL[opts.spatial].tile([a[:, None] - b[None, :] for a, b in zip(q_coords[:-1], k_coords[:-1])])
+    placed = q_coords[-1] * k_coords[-1]
+    term, grads = SPATIAL[opts.spatial].tile([a - b for a, b in zip(q_coords[:-1], k_coords[:-1])])
     s = s + placed * term
     spatial_grads = [placed * g for g in grads]
   rows = q_start + lax.broadcasted_iota(jnp.int32, s.shape, 0)
   cols = k_start + lax.broadcasted_iota(jnp.int32, s.shape, 1)
-  keep = k_keep[None, :] > 0
+  keep = k_keep > 0
   if opts.causal:
     keep = keep & (cols <= rows)
   s = jnp.where(keep, s, _MASKED)
@@ -89,26 +104,32 @@ def _key_blocks(q_end, opts: _Options, num_k_blocks: int):
 
 
 def _rows(ref, start=None, size=None):
-  """The coordinate rows of a [rows, len] ref (optionally a slice of the columns), as a list."""
+  """The coordinate rows of a [rows, len] ref (optionally a slice of the columns), each as a row [1, len]."""
   cols = slice(None) if start is None else pl.ds(start, size)
-  return [ref[r, cols] for r in range(ref.shape[0])]
+  return [ref[r, cols][None, :] for r in range(ref.shape[0])]
+
+
+def _columns(ref, start=None, size=None):
+  """`_rows` as columns [len, 1]: the coordinates of the queries."""
+  cols = slice(None) if start is None else pl.ds(start, size)
+  return [ref[r, cols][:, None] for r in range(ref.shape[0])]
 
 
 def _forward_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, o_ref, m_ref, inv_l_ref, *, opts):
   block_q, block_k = opts.block_q, opts.block_k
   q_start = pl.program_id(2) * block_q
-  q, q_coords = q_ref[...], _rows(qc_ref)
+  q, q_coords = q_ref[...], _columns(qc_ref)
 
   def body(j, carry):
     m, l, acc = carry
     keys = pl.ds(j * block_k, block_k)
-    s, _, _ = _tile(q, k_ref[keys, :], kb_ref[keys], keep_ref[keys], q_coords, _rows(kc_ref, j * block_k, block_k),
-                    q_start, j * block_k, opts)
+    s, _, _ = _tile(q, k_ref[keys, :], kb_ref[keys][None, :], keep_ref[keys][None, :], q_coords,
+                    _rows(kc_ref, j * block_k, block_k), q_start, j * block_k, opts)
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
     p = jnp.exp(s - m_new[:, None])
     alpha = jnp.exp(m - m_new)
     v = v_ref[keys, :]
-    acc = alpha[:, None] * acc + jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    acc = alpha[:, None] * acc + _dot(p.astype(v.dtype), v)
     return m_new, alpha * l + jnp.sum(p, axis=1), acc
 
   init = (jnp.full((block_q,), -jnp.inf, jnp.float32), jnp.zeros((block_q,), jnp.float32),
@@ -122,11 +143,12 @@ def _forward_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, o_ref
 
 
 def _tile_gradients(q, k, v, k_bias, k_keep, q_coords, k_coords, do, m, inv_l, delta, q_start, k_start, opts):
-  """Softmax weights p and logit cotangents ds = p (dO.v - delta) of one tile, and dS/dR_q."""
+  """Softmax weights p and logit cotangents ds = p (dO.v - delta) of one tile, and dS/dR_q (m, inv_l,
+  delta: per-query columns [block_q, 1])."""
   s, counted, spatial_grads = _tile(q, k, k_bias, k_keep, q_coords, k_coords, q_start, k_start, opts)
-  p = jnp.exp(s - m[:, None]) * inv_l[:, None]
-  dp = lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-  ds = jnp.where(counted, p * (dp - delta[:, None]), 0.0)  # a fully masked row has constant logits
+  p = jnp.exp(s - m) * inv_l
+  dp = _dot(do, v, ((1,), (1,)))
+  ds = jnp.where(counted, p * (dp - delta), 0.0)  # a fully masked row has constant logits
   return p, ds, spatial_grads
 
 
@@ -134,17 +156,17 @@ def _key_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref,
                           delta_ref, dk_ref, dv_ref, dkb_ref, dkc_ref, *, opts):
   block_q, block_k = opts.block_q, opts.block_k
   k_start = pl.program_id(2) * block_k
-  k, v, k_bias, k_keep, k_coords = k_ref[...], v_ref[...], kb_ref[...], keep_ref[...], _rows(kc_ref)
+  k, v, k_bias, k_keep, k_coords = k_ref[...], v_ref[...], kb_ref[...][None, :], keep_ref[...][None, :], _rows(kc_ref)
 
   def body(i, carry):
     dk, dv, dkb, dkc = carry
     rows = pl.ds(i * block_q, block_q)
     q, do = q_ref[rows, :], do_ref[rows, :]
-    p, ds, spatial_grads = _tile_gradients(q, k, v, k_bias, k_keep, _rows(qc_ref, i * block_q, block_q), k_coords,
-                                           do, m_ref[rows], inv_l_ref[rows], delta_ref[rows], i * block_q, k_start,
-                                           opts)
-    dv = dv + lax.dot_general(p.astype(do.dtype), do, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-    dk = dk + lax.dot_general(ds.astype(q.dtype), q, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    p, ds, spatial_grads = _tile_gradients(q, k, v, k_bias, k_keep, _columns(qc_ref, i * block_q, block_q),
+                                           k_coords, do, m_ref[rows][:, None], inv_l_ref[rows][:, None],
+                                           delta_ref[rows][:, None], i * block_q, k_start, opts)
+    dv = dv + _dot(p.astype(do.dtype), do, ((0,), (0,)))
+    dk = dk + _dot(ds.astype(q.dtype), q, ((0,), (0,)))
     dkc = [dc - jnp.sum(ds * g, axis=0) for dc, g in zip(dkc, spatial_grads)] + dkc[len(spatial_grads):]
     return dk, dv, dkb + jnp.sum(ds, axis=0), dkc
 
@@ -164,17 +186,17 @@ def _query_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_re
                             delta_ref, dq_ref, dqc_ref, *, opts):
   block_q, block_k = opts.block_q, opts.block_k
   q_start = pl.program_id(2) * block_q
-  q, do, delta, q_coords = q_ref[...], do_ref[...], delta_ref[...], _rows(qc_ref)
-  m, inv_l = m_ref[...], inv_l_ref[...]
+  q, do, delta, q_coords = q_ref[...], do_ref[...], delta_ref[...][:, None], _columns(qc_ref)
+  m, inv_l = m_ref[...][:, None], inv_l_ref[...][:, None]
 
   def body(j, carry):
     dq, dqc = carry
     keys = pl.ds(j * block_k, block_k)
     k = k_ref[keys, :]
-    _, ds, spatial_grads = _tile_gradients(q, k, v_ref[keys, :], kb_ref[keys], keep_ref[keys], q_coords,
+    _, ds, spatial_grads = _tile_gradients(q, k, v_ref[keys, :], kb_ref[keys][None, :], keep_ref[keys][None, :], q_coords,
                                            _rows(kc_ref, j * block_k, block_k), do, m, inv_l, delta, q_start,
                                            j * block_k, opts)
-    dq = dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+    dq = dq + _dot(ds.astype(k.dtype), k)
     dqc = [dc + jnp.sum(ds * g, axis=1) for dc, g in zip(dqc, spatial_grads)] + dqc[len(spatial_grads):]
     return dq, dqc
 
@@ -208,11 +230,11 @@ def _specs(q, k, q_coords, blocked: str, opts: _Options):
 
 
 def _call(kernel, grid_blocks: int, in_specs, out_specs, out_shape, opts: _Options):
-  batch, heads = out_shape[0].shape[0], out_shape[0].shape[2]
+  batch, heads, width = out_shape[0].shape[0], out_shape[0].shape[2], out_shape[0].shape[3]
   return pl.pallas_call(
       functools.partial(kernel, opts=opts), grid=(batch, heads, grid_blocks), in_specs=in_specs,
       out_specs=out_specs, out_shape=out_shape, interpret=opts.interpret,
-      compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2))
+      compiler_params=plgpu.CompilerParams(num_warps=4 if width <= 64 else 8, num_stages=2))
 
 
 def _forward(q, k, v, k_bias, k_keep, q_coords, k_coords, opts: _Options):
@@ -285,28 +307,48 @@ def _kernel_coordinates(kernel_rows, pos, length: int):
   return _pad(jnp.concatenate([scaled, filler, flag], axis=1), 2, length)
 
 
+KERNELS = ("triton", "mosaic")  # GPU, TPU
+
+
 def flash_bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str = "gaussian",
                               spatial: str | None = "gaussian", shift=None, mask=None, is_causal: bool = False,
-                              block_size: int | None = None, interpret: bool | None = None) -> jnp.ndarray:
-  """Equals `bilateral_attention` (same arguments) where `flash_applies`; [batch, q_len, heads, head_dim].
+                              block_size: int | None = None, kernel: str | None = None,
+                              interpret=None) -> jnp.ndarray:
+  """Equals `explicit_bilateral_attention` (same arguments) where `flash_applies`; [batch, q_len, heads, head_dim].
 
-  Memory is linear in the lengths. `interpret` defaults to True on CPU; `block_size` (the tile side) to 64
-  compiled and 512 interpreted, where fewer, larger tiles run faster (x1.25 vs x2.1 at 256, N=1024).
+  Memory is linear in the lengths. `kernel`: 'mosaic' (TPU, `ops.flash_tpu`) or 'triton' (GPU), default
+  the compile target's (`ops.target`; Triton on a CPU target). `interpret` defaults to True on a CPU
+  target (for Mosaic it may be a `pltpu.InterpretParams`). `block_size` (the tile side): Triton
+  compiled 128 for head widths <= 64, else 64 (4 and 8 warps; not yet timed on a GPU), interpreted 512, where
+  fewer, larger tiles run faster (x1.25 vs x2.1 at 256, N=1024); Mosaic 256 compiled and 128 interpreted,
+  rounded to multiples of 128. Under a target mesh the kernel
+  runs per shard of its batch axes (`jax.shard_map`).
   """
   if not flash_applies(spatial, q_pos, mask):
     raise ValueError(f"flash_bilateral_attention does not apply to spatial={spatial!r} with coordinates of "
                      f"shape {getattr(q_pos, 'shape', None)} and mask of shape {getattr(mask, 'shape', None)}; "
-                     "use bilateral_attention (or the folded path for spatial 'dot')")
+                     "use ops.bilateral_attention (or the folded path for spatial 'dot')")
+  compile_target = target.current()
+  kernel = kernel or ("mosaic" if compile_target.platform == "tpu" else "triton")
+  if kernel not in KERNELS:
+    raise ValueError(f"kernel={kernel!r} is not one of: {', '.join(KERNELS)}")
   spatial = None if spatial == "none" or q_pos is None else spatial
   batch, n, heads, head_dim = q.shape
   m = k.shape[1]
-  interpret = jax.default_backend() == "cpu" if interpret is None else interpret
-  block_size = (512 if interpret else 64) if block_size is None else block_size
-  opts = _Options(spatial, bool(is_causal), n, m, _block(n, block_size), _block(m, block_size), interpret)
-  n_pad, m_pad = -(-n // opts.block_q) * opts.block_q, -(-m // opts.block_k) * opts.block_k
+  interpret = compile_target.platform == "cpu" if interpret is None else interpret
   d_pad = max(head_dim, v.shape[-1])
-  if not interpret:
-    d_pad = max(16, pl.next_power_of_2(d_pad))  # Triton's dot: power-of-two widths >= 16
+  if kernel == "mosaic":
+    interpret = pltpu.InterpretParams() if interpret is True else interpret
+    block_size = (128 if interpret else 256) if block_size is None else block_size
+    block = lambda length: min(-(-block_size // 128) * 128, -(-length // 128) * 128)
+    d_pad = -(-d_pad // 128) * 128  # lanes
+  else:
+    if not interpret:  # Triton's tensors have power-of-two sizes, its dot widths >= 16
+      d_pad = max(16, pl.next_power_of_2(d_pad))
+    block_size = (512 if interpret else 128 if d_pad <= 64 else 64) if block_size is None else block_size
+    block = lambda length: _block(length, block_size)
+  opts = _Options(spatial, bool(is_causal), n, m, block(n), block(m), interpret)
+  n_pad, m_pad = -(-n // opts.block_q) * opts.block_q, -(-m // opts.block_k) * opts.block_k
 
   inv_hy2 = 1.0 / jnp.square(jnp.asarray(h_y, jnp.float32))  # [heads]
   q_scaled = q * inv_hy2[None, None, :, None].astype(q.dtype)
@@ -332,6 +374,17 @@ def flash_bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str =
   def pad_tokens(x, length):
     return _pad(_pad(x, 1, length), 3, d_pad)
 
-  out = _flash(pad_tokens(q_scaled, n_pad), pad_tokens(k, m_pad), pad_tokens(v, m_pad), _pad(k_bias, 2, m_pad),
-               _pad(k_keep, 1, m_pad), q_coords, k_coords, opts)
+  core = _flash
+  if kernel == "mosaic":
+    from bilateral_jax.ops import flash_tpu  # it builds on this module's tile math
+    core = flash_tpu.flash
+  run = lambda *args: core(*args, opts)
+  mesh, axes = compile_target.mesh, compile_target.batch_axes
+  shards = 1 if mesh is None else math.prod(mesh.shape[a] for a in axes)
+  if shards > 1 and batch % shards == 0:  # a Pallas kernel is not partitioned by XLA: one call per shard
+    per_example, shared = P(axes), P()
+    run = jax.shard_map(run, mesh=mesh, in_specs=(per_example,) * 5 + (shared, shared), out_specs=per_example,
+                        check_vma=False)
+  out = run(pad_tokens(q_scaled, n_pad), pad_tokens(k, m_pad), pad_tokens(v, m_pad), _pad(k_bias, 2, m_pad),
+            _pad(k_keep, 1, m_pad), q_coords, k_coords)
   return out[:, :n, :, :v.shape[-1]]

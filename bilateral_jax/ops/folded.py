@@ -16,6 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from bilateral_jax.ops import target
 from bilateral_jax.ops.flash import flash_bilateral_attention
 from bilateral_jax.ops.kernels import spatial_kernel
 
@@ -28,6 +29,14 @@ def foldable(spatial: str | None, is_causal: bool, q_pos=None, k_pos=None) -> bo
   return kernel.fold is not None and kernel.foldable(is_causal, q_pos, k_pos)
 
 
+def cudnn_applies(dtype, width: int, mask) -> bool:
+  """Whether the folded path runs on cuDNN: a GPU target, half precision, a folded head of at most 128
+  (padded to a multiple of 8), no mask array (its rows with no key to attend differ from the explicit
+  ops')."""
+  return (target.target_platform() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+          and -(-width // 8) * 8 <= 128 and mask is None)
+
+
 def _head_scale(x) -> jnp.ndarray:
   return jnp.asarray(x)[None, None, :, None]  # [heads] -> [1, 1, heads, 1], against [b, n, h, d]
 
@@ -35,15 +44,16 @@ def _head_scale(x) -> jnp.ndarray:
 def folded_bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str = "gaussian",
                                spatial: str | None = "gaussian", shift=None, mask=None, is_causal: bool = False,
                                implementation: str | None = None) -> jnp.ndarray:
-  """Equals `bilateral_attention` (same arguments) where `foldable`; [batch, q_len, heads, head_dim].
+  """Equals `explicit_bilateral_attention` (same arguments) where `foldable`; [batch, q_len, heads, head_dim].
 
-  `implementation` goes to `jax.nn.dot_product_attention` (None, 'xla', 'cudnn'), or is 'pallas': the
-  folded q and k then go through the flash kernel (`ops.flash`), memory linear in the length (key-only
-  masks).
+  `implementation` goes to `jax.nn.dot_product_attention` ('xla', 'cudnn'), or is 'pallas': the folded q
+  and k then go through the flash kernel (`ops.flash`), memory linear in the length (key-only masks).
+  None: cuDNN where it applies (`cudnn_applies`: a GPU target, bf16/fp16, a folded head <= 128 wide, no
+  mask), else XLA's (which builds the [batch, heads, q_len, k_len] logits).
   """
   if not foldable(spatial, is_causal, q_pos, k_pos):
     raise ValueError(f"spatial={spatial!r} (causal={is_causal}) cannot be folded into q and k; use "
-                     "bilateral_attention")
+                     "ops.bilateral_attention")
   batch, heads, head_dim = q.shape[0], q.shape[2], q.shape[3]
   inv_hy2 = 1.0 / jnp.square(_head_scale(h_y)).astype(q.dtype)
   q_parts, k_parts = [q * inv_hy2], [k]
@@ -59,6 +69,8 @@ def folded_bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str 
     return flash_bilateral_attention(q_folded, k_folded, v, None, None, h_y=jnp.ones((heads,)), h_p=None,
                                      content="dot", spatial=None, mask=mask, is_causal=is_causal)
   width = q_folded.shape[-1]
+  if implementation is None:
+    implementation = "cudnn" if cudnn_applies(q.dtype, width, mask) else "xla"
   if implementation == "cudnn":
     width = -(-width // 8) * 8  # cuDNN wants head dims in multiples of 8
   pad = lambda x: jnp.pad(x, [(0, 0)] * 3 + [(0, width - x.shape[-1])])

@@ -126,14 +126,14 @@ def _scaled_rows(r, h_p, shift, factor):
 
 
 def _increasing_sequence(q_pos, k_pos) -> bool:
-  """Query and key coordinates are the same strictly increasing 1-D sequence positions (checked when
-  concrete, taken on trust inside jit)."""
-  if q_pos is None or q_pos.shape[-1] != 1:
+  """Query and key coordinates are the same strictly increasing 1-D sequence positions [len, 1]. Traced
+  coordinates cannot be checked: False (the models' coordinates are numpy constants, concrete under jit)."""
+  if q_pos is None or q_pos.ndim != 2 or q_pos.shape[-1] != 1:
     return False
   try:
     q_pos, k_pos = np.asarray(q_pos), np.asarray(k_pos)
   except jax.errors.TracerArrayConversionError:
-    return True
+    return False
   return q_pos.shape == k_pos.shape and np.array_equal(q_pos, k_pos) and bool(np.all(np.diff(q_pos[:, 0]) > 0))
 
 

@@ -14,20 +14,23 @@ import numpy as np
 from bilateral_jax.ops.kernels import spatial_logits
 
 
-def sequence_coordinates(length: int) -> jnp.ndarray:
-  """[length, 1]: r_i = i."""
-  return jnp.arange(length, dtype=jnp.float32)[:, None]
+# Coordinates are numpy constants, concrete under jit, so that a path's conditions on them (the folded
+# causal Laplacian's increasing positions) are checked rather than taken on trust.
+def sequence_coordinates(length: int) -> np.ndarray:
+  """[length, 1] float32: r_i = i."""
+  return np.arange(length, dtype=np.float32)[:, None]
 
 
-def grid_coordinates(rows: int, cols: int) -> jnp.ndarray:
-  """[rows * cols, 2]: (row, col) of each patch in row-major order."""
-  r, c = jnp.meshgrid(jnp.arange(rows), jnp.arange(cols), indexing="ij")
-  return jnp.stack([r.ravel(), c.ravel()], axis=-1).astype(jnp.float32)
+def grid_coordinates(rows: int, cols: int) -> np.ndarray:
+  """[rows * cols, 2] float32: (row, col) of each patch in row-major order."""
+  r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+  return np.stack([r.ravel(), c.ravel()], axis=-1).astype(np.float32)
 
 
-def prepend_placeless(coords, count: int) -> jnp.ndarray:
-  """Prepends `count` tokens with no place (NaN rows) to coordinates [len, c]."""
-  return jnp.concatenate([jnp.full((count, coords.shape[-1]), jnp.nan, coords.dtype), coords])
+def prepend_placeless(coords, count: int) -> np.ndarray:
+  """Prepends `count` tokens with no place (NaN rows) to coordinates [len, c] (numpy in, numpy out)."""
+  coords = np.asarray(coords)
+  return np.concatenate([np.full((count, coords.shape[-1]), np.nan, coords.dtype), coords])
 
 
 def sinusoidal_table(length: int, dim: int, base: float = 10_000.0) -> jnp.ndarray:
