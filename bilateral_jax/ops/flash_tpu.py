@@ -42,6 +42,11 @@ def _spread(column, width: int):
   return jnp.tile(column, (1, width // LANES))
 
 
+def _zero(*refs):
+  for ref in refs:
+    ref[...] = jnp.zeros(ref.shape, jnp.float32)
+
+
 def _coordinates(qc_ref, kc_ref, rows: int):
   q_lanes = qc_ref[...]
   return [_column(q_lanes, r) for r in range(rows)], [kc_ref[pl.ds(r, 1), :] for r in range(rows)]
@@ -54,8 +59,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, o_ref
   @pl.when(j == 0)
   def _start():
     m_scratch[...] = jnp.full(m_scratch.shape, -jnp.inf, jnp.float32)
-    l_scratch[...] = jnp.zeros(l_scratch.shape, jnp.float32)
-    acc_scratch[...] = jnp.zeros(acc_scratch.shape, jnp.float32)
+    _zero(l_scratch, acc_scratch)
 
   @pl.when(_runs(i, j, opts))
   def _accumulate():
@@ -98,10 +102,7 @@ def _key_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref,
 
   @pl.when(i == 0)
   def _start():
-    dk_scratch[...] = jnp.zeros(dk_scratch.shape, jnp.float32)
-    dv_scratch[...] = jnp.zeros(dv_scratch.shape, jnp.float32)
-    dkb_ref[...] = jnp.zeros(dkb_ref.shape, jnp.float32)
-    dkc_ref[...] = jnp.zeros(dkc_ref.shape, jnp.float32)
+    _zero(dk_scratch, dv_scratch, dkb_ref, dkc_ref)
 
   @pl.when(_runs(i, j, opts))
   def _accumulate():
@@ -125,8 +126,7 @@ def _query_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_re
 
   @pl.when(j == 0)
   def _start():
-    dq_scratch[...] = jnp.zeros(dq_scratch.shape, jnp.float32)
-    dqc_ref[...] = jnp.zeros(dqc_ref.shape, jnp.float32)
+    _zero(dq_scratch, dqc_ref)
 
   @pl.when(_runs(i, j, opts))
   def _accumulate():
