@@ -107,7 +107,7 @@ def bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str = "gaus
   if spatial != "none":
     h_p = _per_head(h_p, heads, pair=spatial == "asymmetric")
     shared_rank = 3 if spatial_kernel(spatial).features == "table" else 2
-    if jnp.ndim(q_pos) == shared_rank + 1 or (shared_rank == 3 and jnp.ndim(q_pos) == 4):
+    if jnp.ndim(q_pos) == shared_rank + 1:
       return _per_example(q, k, v, q_pos, k_pos, h_y=h_y, h_p=h_p, content=content, spatial=spatial, shift=shift,
                           mask=mask, is_causal=is_causal, implementation=implementation)
   path = choose_path(implementation, target.target_platform(), spatial=spatial, q_pos=q_pos, k_pos=k_pos,

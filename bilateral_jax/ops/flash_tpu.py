@@ -154,12 +154,11 @@ def _specs(opts: _Options, rows: int, d: int, blocked_first: str):
   q_spec = pl.BlockSpec((None, None, bq, d), lambda b, h, a, c: (b, h, qi(b, h, a, c), 0))
   k_spec = pl.BlockSpec((None, None, bk, d), lambda b, h, a, c: (b, h, ki(b, h, a, c), 0))
   lanes = pl.BlockSpec((None, None, bq, LANES), lambda b, h, a, c: (b, h, qi(b, h, a, c), 0))
+  k_row = pl.BlockSpec((None, None, 1, bk), lambda b, h, a, c: (b, h, 0, ki(b, h, a, c)))
   return dict(
-      q=q_spec, k=k_spec, lanes=lanes,
-      k_row=pl.BlockSpec((None, None, 1, bk), lambda b, h, a, c: (b, h, 0, ki(b, h, a, c))),
+      q=q_spec, k=k_spec, lanes=lanes, k_row=k_row,
       k_rows=pl.BlockSpec((None, None, rows, bk), lambda b, h, a, c: (b, h, 0, ki(b, h, a, c))),
-      inputs=[q_spec, k_spec, k_spec,
-              pl.BlockSpec((None, None, 1, bk), lambda b, h, a, c: (b, h, 0, ki(b, h, a, c))),
+      inputs=[q_spec, k_spec, k_spec, k_row,
               pl.BlockSpec((None, 1, bk), lambda b, h, a, c: (b, 0, ki(b, h, a, c))),
               pl.BlockSpec((None, bq, LANES), lambda b, h, a, c: (h, qi(b, h, a, c), 0)),
               pl.BlockSpec((None, rows, bk), lambda b, h, a, c: (h, 0, ki(b, h, a, c))),
