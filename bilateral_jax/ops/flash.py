@@ -35,7 +35,6 @@ from jax.experimental.pallas import triton as plgpu
 from jax.sharding import PartitionSpec as P
 
 from bilateral_jax.ops import target
-
 from bilateral_jax.ops.kernels import SPATIAL, _split_placed
 
 FLASH_SPATIAL = (None, "none") + tuple(name for name, kernel in SPATIAL.items() if kernel.tile is not None)
@@ -71,7 +70,7 @@ def _dot(a, b, contract=((1,), (0,))):
   return lax.dot_general(a, b, (contract, ((), ())), precision=precision, preferred_element_type=jnp.float32)
 
 
-def _tile(q, k, k_bias, k_keep, q_coords, k_coords, q_start, k_start, opts):
+def _tile(q, k, k_bias, k_keep, q_coords, k_coords, q_start, k_start, opts: _Options):
   """Logits [block_q, block_k] (float32) of one tile, which pairs count, and dS/dR_q per coordinate row.
 
   q [block_q, d], k [block_k, d], k_bias/k_keep [1, block_k]; q_coords: the coordinate rows of the queries
@@ -314,15 +313,16 @@ def flash_bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str =
                               spatial: str | None = "gaussian", shift=None, mask=None, is_causal: bool = False,
                               block_size: int | None = None, kernel: str | None = None,
                               interpret=None) -> jnp.ndarray:
-  """Equals `explicit_bilateral_attention` (same arguments) where `flash_applies`; [batch, q_len, heads, head_dim].
+  """Equals `explicit_bilateral_attention` (same arguments) where `flash_applies`; [batch, q_len, heads,
+  head_dim].
 
   Memory is linear in the lengths. `kernel`: 'mosaic' (TPU, `ops.flash_tpu`) or 'triton' (GPU), default
   the compile target's (`ops.target`; Triton on a CPU target). `interpret` defaults to True on a CPU
   target (for Mosaic it may be a `pltpu.InterpretParams`). `block_size` (the tile side): Triton
-  compiled 128 for head widths <= 64, else 64 (4 and 8 warps; not yet timed on a GPU), interpreted 512, where
-  fewer, larger tiles run faster (x1.25 vs x2.1 at 256, N=1024); Mosaic 256 compiled and 128 interpreted,
-  rounded to multiples of 128. Under a target mesh the kernel
-  runs per shard of its batch axes (`jax.shard_map`).
+  compiled 128 for head widths <= 64, else 64 (4 and 8 warps; not yet timed on a GPU), interpreted 512,
+  where fewer, larger tiles run faster (x1.25 vs x2.1 at 256, N=1024); Mosaic 256 compiled and 128
+  interpreted, rounded to multiples of 128. Under a target mesh the kernel runs per shard of its batch axes
+  (`jax.shard_map`).
   """
   if not flash_applies(spatial, q_pos, mask):
     raise ValueError(f"flash_bilateral_attention does not apply to spatial={spatial!r} with coordinates of "
