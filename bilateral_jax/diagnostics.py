@@ -121,11 +121,17 @@ class Call:
   output: Any = None
 
 
+def explicit(model: nn.Module) -> nn.Module:
+  """`model` with BSA on its explicit-logits path (the only one that forms the attention weights the
+  diagnostics read) and no remat (a rematerialised block is called inside jax.checkpoint's trace: its
+  arguments would be tracers). The same parameters and numbers."""
+  return model.clone(config=dataclasses.replace(model.config, remat="none", attention_implementation="xla"))
+
+
 def _apply(model: nn.Module, params, inputs, module_type, **kwargs) -> tuple[Any, list[Call]]:
   """model.apply with the `intermediates` collection -> (intermediates, the calls of `module_type` modules
   in call order)."""
-  # A rematerialised block is called inside jax.checkpoint's trace: its arguments would be tracers.
-  model = model.clone(config=dataclasses.replace(model.config, remat="none"))
+  model = explicit(model)
   calls = []
 
   def intercept(next_fun, args, kwargs, context):
@@ -167,7 +173,7 @@ def stacks(model: nn.Module, params, inputs, y0_noise=None) -> list[Stack]:
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(intercept):
-    _, state = model.apply({"params": params}, inputs, mutable=["intermediates"])
+    _, state = explicit(model).apply({"params": params}, inputs, mutable=["intermediates"])
   out = []
   for path, batch, kwargs in calls:
     sown = state["intermediates"]
@@ -178,9 +184,15 @@ def stacks(model: nn.Module, params, inputs, y0_noise=None) -> list[Stack]:
     if kwargs.get("mask") is not None:
       real = real & kwargs["mask"]
     layers = sorted((int(key[len("block_"):]) for key in sown if key.startswith("block_")))
-    attention = [sown[f"block_{layer}"]["attention"]["attention_weights"][0] for layer in layers]
+    attention = [sown_attention_weights(sown[f"block_{layer}"]["attention"]) for layer in layers]
     out.append(Stack("/".join(path), list(sown["hidden_states"]), attention, coords, real))
   return out
+
+
+def sown_attention_weights(attention: dict) -> jax.Array:
+  """The weights [b, heads, n, n] a `MultiHeadAttention`'s intermediates hold: its own, or for BSA its
+  `BilateralAttention`'s."""
+  return attention.get("bilateral", attention)["attention_weights"][0]
 
 
 def stack_input(model: nn.Module, params, inputs) -> jax.Array:

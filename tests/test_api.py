@@ -1,14 +1,15 @@
 """`ops.bilateral_attention`, the public entry point: every call gives the explicit op's numbers or a clear
 refusal, never a silently wrong result (ambiguous masks, traced coordinates, scalar bandwidths, per-example
-coordinates, unbatched inputs, every path)."""
+coordinates, unbatched inputs, every path); `models.BilateralAttention`, the Linen layer, in one's own model."""
 import pathlib
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bilateral_jax import ops
+from bilateral_jax import models, ops
 from bilateral_jax.ops import target
 from tests.test_ops import B, D, H, H_P, H_Y, assert_close, positions, qkv
 
@@ -101,6 +102,55 @@ def test_every_path_gives_the_explicit_numbers(spatial, dims, causal):
     ops.bilateral_attention(q, k, v, pos, pos, implementation="cudnn", **kwargs)
 
 
+class OwnModel(nn.Module):
+  """A researcher's own attention layer around `models.BilateralAttention`: their projections, BSA's filter."""
+  implementation: str = "auto"
+  spatial: str = "shifted"
+
+  @nn.compact
+  def __call__(self, x, coords):
+    q, k, v = (nn.DenseGeneral((H, D), name=name)(x) for name in "qkv")
+    return models.BilateralAttention(H, D, spatial=self.spatial, bandwidth_range=(1.0, 4.0),
+                                     implementation=self.implementation, name="bsa")(q, k, v, coords)
+
+
+def test_the_bsa_module_in_ones_own_model_is_the_explicit_op():
+  x, coords = jax.random.normal(jax.random.key(6), (B, N, 10)), positions("shifted", 2, N)
+  model = OwnModel()
+  params = model.init(jax.random.key(0), x, coords)["params"]
+  bsa = params["bsa"]
+  np.testing.assert_allclose(jnp.exp(bsa["log_h_y"]) ** 2, np.full(H, np.sqrt(D)), rtol=1e-6)
+  np.testing.assert_allclose(jnp.exp(bsa["log_h_p"]), [1.0, 2.0, 4.0], rtol=1e-6)
+  q, k, v = (jnp.einsum("bnc,chd->bnhd", x, params[name]["kernel"]) + params[name]["bias"] for name in "qkv")
+  h_p = jnp.exp(bsa["log_h_p"])
+  want = ops.explicit_bilateral_attention(q, k, v, coords, coords, h_y=jnp.exp(bsa["log_h_y"]), h_p=h_p,
+                                          spatial="shifted", shift=bsa["shift_per_h_p"] * h_p[:, None])
+  assert_close(model.apply({"params": params}, x, coords), want)
+  assert_close(OwnModel(implementation="pallas").apply({"params": params}, x, coords), want)
+
+
+def test_the_bsa_module_checks_its_input_and_never_switches_path():
+  x, coords = jax.random.normal(jax.random.key(7), (B, N, 10)), ops.sequence_coordinates(N)
+  params = OwnModel(spatial="laplacian").init(jax.random.key(0), x, coords)
+  q = jnp.ones((B, N, H, 2 * D))
+  with pytest.raises(ValueError, match=r"BilateralAttention\(num_heads=3, head_dim=4\) got q, k, v of shapes "
+                                       r"\(2, 8, 3, 8\)"):
+    models.BilateralAttention(H, D).init(jax.random.key(0), q, q, q, coords)
+  with pytest.raises(ValueError, match="needs the tokens' positions"):
+    models.BilateralAttention(H, D).init(jax.random.key(0), q[..., :D], q[..., :D], q[..., :D])
+  with pytest.raises(ValueError, match="'folded' does not apply to spatial='laplacian'"):  # not causal: not foldable
+    OwnModel(implementation="folded", spatial="laplacian").apply(params, x, coords)
+  with pytest.raises(ValueError, match="attention weights were requested .* 'pallas' path does not form them"):
+    OwnModel(implementation="pallas", spatial="laplacian").apply(params, x, coords, mutable=["intermediates"])
+  out, state = OwnModel(implementation="xla", spatial="laplacian").apply(params, x, coords, mutable=["intermediates"])
+  weights = state["intermediates"]["bsa"]["attention_weights"][0]
+  assert weights.shape == (B, H, N, N)
+  np.testing.assert_allclose(jnp.sum(weights, -1), 1.0, rtol=1e-6)
+  stack = models.TransformerConfig(num_layers=1, num_heads=2, model_dim=16, mlp_dim=32)
+  with pytest.raises(ValueError, match="MultiHeadAttention of model_dim 16 got an input of width 10"):
+    models.MultiHeadAttention(stack).init(jax.random.key(0), x, coords=coords)
+
+
 def test_the_readmes_functional_api_snippet_runs():
   readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
   section = readme[readme.index("### Functional API"):readme.index("### Modules and backbones")]
@@ -110,3 +160,4 @@ def test_the_readmes_functional_api_snippet_runs():
   assert scope["out"].shape == (2, 16, 4, 8) and scope["one"].shape == (16, 4, 8)
   assert scope["sweep"].shape == (3, 2, 16, 4, 8) and scope["logits"].shape == (2, 4, 16, 16)
   assert bool(jnp.all(jnp.isfinite(scope["y"])))
+  assert set(scope["variables"]["params"]) == {"log_h_y", "log_h_p"}

@@ -119,7 +119,7 @@ def test_attention_maps_average_the_sown_weights_and_their_distance():
   maps = diagnostics.attention_maps(stack)
   assert len(maps) == 2
   for layer, got in enumerate(maps):
-    want = np.asarray(sown[f"block_{layer}"]["attention"]["attention_weights"][0]).mean(axis=(0, 1))
+    want = np.asarray(diagnostics.sown_attention_weights(sown[f"block_{layer}"]["attention"])).mean(axis=(0, 1))
     np.testing.assert_allclose(got, want, rtol=1e-6)
     np.testing.assert_allclose(np.sum(got, axis=-1), 1.0, rtol=1e-5)
   n = maps[0].shape[0]

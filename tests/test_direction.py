@@ -94,7 +94,7 @@ def test_cls_token_gets_a_learned_position_with_spatial_dot():
   assert transformer["position_table"].shape == (2, 17, 8)  # one table per grid axis
   grads = jax.grad(lambda p: jnp.sum(model.apply(p, images) ** 2))(params)["params"]["transformer"]
   assert float(jnp.max(jnp.abs(grads["placeless_position"]))) > 0
-  assert float(jnp.max(jnp.abs(grads[f"block_{TINY['num_layers'] - 1}"]["attention"]["log_h_p"]))) > 0
+  assert float(jnp.max(jnp.abs(grads[f"block_{TINY['num_layers'] - 1}"]["attention"]["bilateral"]["log_h_p"]))) > 0
 
 
 @pytest.mark.parametrize("spatial", ["gaussian", "shifted", "laplacian"])
@@ -141,11 +141,11 @@ def test_direction_parameters_are_learned_on_every_path(spatial, implementation)
     params = model.init(jax.random.key(0), tokens)
     return jax.grad(lambda p: jnp.sum(model.apply(p, tokens) ** 2))(params)["params"]["transformer"]["block_0"]
 
-  got = grads(implementation)["attention"]
+  got = grads(implementation)["attention"]["bilateral"]
   names = ["log_h_p"] + (["shift_per_h_p"] if spatial == "shifted" else [])
   for name in names:
     assert bool(jnp.all(jnp.isfinite(got[name]))) and float(jnp.max(jnp.abs(got[name]))) > 0, name
   if implementation != "xla":
-    want = grads("xla")["attention"]
+    want = grads("xla")["attention"]["bilateral"]
     for name in names:
       assert_close(got[name], want[name], rtol=1e-4)

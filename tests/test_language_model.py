@@ -235,3 +235,8 @@ def test_train_py_lowers_the_loss_with_the_adaptive_softmax_and_sliding_evaluati
   np.testing.assert_allclose(validation["perplexity"], np.exp(validation["loss"]), rtol=1e-6)
   evaluated = run_script("eval.py", tmp_path / "run", {}, devices=1, extra=["--best"])  # the docstring's eval command
   assert evaluated.returncode == 0 and "perplexity" in evaluated.stdout, evaluated.stderr[-3000:]
+  generated = run_script("generate.py", tmp_path / "run", {}, devices=1,  # word-level sampling, greedy
+                         extra=["--prompt=the", "--length=6", "--temperature=0"])
+  assert generated.returncode == 0, generated.stderr[-3000:]
+  continuation = generated.stdout[len("the"):-1]
+  assert len(continuation.split()) + continuation.count("\n") == 6, generated.stdout

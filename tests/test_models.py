@@ -87,7 +87,7 @@ def test_registry_and_config_errors_name_the_choices():
 def test_bandwidths_start_as_method_md_says():
   config = tiny(num_heads=4, model_dim=64, spatial_bandwidth_range=(1.0, 27.0))
   params = build_model("lm", config, vocab_size=7).init(jax.random.key(0), jnp.ones((1, 4), int))
-  attention = params["params"]["transformer"]["block_0"]["attention"]
+  attention = params["params"]["transformer"]["block_0"]["attention"]["bilateral"]
   np.testing.assert_allclose(jnp.exp(attention["log_h_y"]) ** 2, np.full(4, np.sqrt(16.0)), rtol=1e-6)
   np.testing.assert_allclose(jnp.exp(attention["log_h_p"]), [1.0, 3.0, 9.0, 27.0], rtol=1e-5)
 
@@ -182,7 +182,7 @@ def test_intermediates_on_request_only():
   inter = state["intermediates"]["transformer"]
   hidden = inter["hidden_states"]
   assert len(hidden) == TINY["num_layers"] + 1 and hidden[0].shape == (2, 5, 16)
-  weights = inter["block_1"]["attention"]["attention_weights"][0]
+  weights = inter["block_1"]["attention"]["bilateral"]["attention_weights"][0]
   assert weights.shape == (2, 2, 5, 5)
   np.testing.assert_allclose(jnp.sum(weights, -1), 1.0, rtol=1e-6)
   assert "intermediates" not in params
@@ -194,7 +194,7 @@ def test_cls_token_has_no_spatial_term_in_vit():
   images = jax.random.uniform(jax.random.key(1), (1, 8, 8, 3))
   params = model.init(jax.random.key(0), images)
   _, state = model.apply(params, images, mutable=["intermediates"])
-  weights = np.asarray(state["intermediates"]["transformer"]["block_0"]["attention"]["attention_weights"][0])
+  weights = np.asarray(state["intermediates"]["transformer"]["block_0"]["attention"]["bilateral"]["attention_weights"][0])
   patches = weights[0, :, 1:, 1:]  # [heads, patch, patch]
   off_diagonal = patches * (1 - np.eye(patches.shape[-1]))
   assert off_diagonal.max() < 1e-6

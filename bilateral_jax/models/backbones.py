@@ -45,6 +45,8 @@ class CausalLM(nn.Module):
   table and a projection, the tails' projections tied between input and output, the head's its own (as
   lmtool ties them for WikiText-103). tie_embeddings=False: separate output tables and tail projections.
   adaptive_chunk: positions of each sequence scored at once (memory: local batch x chunk x vocab logits).
+  cache_index: decoding with a key-value cache (the `cache` collection mutable; `bilateral_jax.sampling`):
+  `tokens` sit at positions cache_index.. of the sequence, after those already cached.
   """
   config: TransformerConfig
   vocab_size: int
@@ -53,7 +55,15 @@ class CausalLM(nn.Module):
   adaptive_div_val: int = 1
   adaptive_chunk: int = 32
 
-  def _adaptive(self, tokens, deterministic):
+  def _stack(self, x, deterministic, cache_index):
+    """The Transformer on token embeddings x [batch, len, dim] at positions 0.. or cache_index.."""
+    coords = ops.sequence_coordinates(x.shape[1])
+    if cache_index is not None:
+      coords = coords + jnp.asarray(cache_index, jnp.float32)
+    return Transformer(self.config, name="transformer")(x, coords=coords, is_causal=True, deterministic=deterministic,
+                                                        cache_index=cache_index)
+
+  def _adaptive(self, tokens, deterministic, cache_index):
     dim, div_val = self.config.model_dim, self.adaptive_div_val
     bounds = ops.cluster_bounds(self.adaptive_cutoffs, self.vocab_size)
     sizes = [end - start for start, end in zip(bounds[:-1], bounds[1:])]
@@ -76,9 +86,7 @@ class CausalLM(nn.Module):
       projections = (self.param("head_projection", normal(0.01), (dims[0], dim)),) + tuple(
           in_projections[i] if self.tie_embeddings else self.param(f"output_projection_{i}", normal(0.01), (d, dim))
           for i, d in enumerate(dims) if i)
-    coords = ops.sequence_coordinates(tokens.shape[1])
-    y = Transformer(self.config, name="transformer")(x * jnp.sqrt(jnp.float32(dim)).astype(x.dtype), coords=coords,
-                                                     is_causal=True, deterministic=deterministic)
+    y = self._stack(x * jnp.sqrt(jnp.float32(dim)).astype(x.dtype), deterministic, cache_index)
     y = nn.Dropout(self.config.dropout_rate, deterministic=deterministic)(y.astype(jnp.float32))
     softmax = ops.AdaptiveSoftmax(
         tables=tables, bias=slices(self.param("output_bias", zeros, (self.vocab_size,))), projections=projections,
@@ -87,14 +95,12 @@ class CausalLM(nn.Module):
     return AdaptiveOutput(hidden=y, softmax=softmax, chunk=self.adaptive_chunk)
 
   @nn.compact
-  def __call__(self, tokens, *, deterministic=True):
+  def __call__(self, tokens, *, deterministic=True, cache_index=None):
     if self.adaptive_cutoffs:
-      return self._adaptive(tokens, deterministic)
+      return self._adaptive(tokens, deterministic, cache_index)
     embed = nn.Embed(self.vocab_size, self.config.model_dim, embedding_init=nn.initializers.normal(0.02),
                      name="embed")
-    coords = ops.sequence_coordinates(tokens.shape[1])
-    y = Transformer(self.config, name="transformer")(embed(tokens), coords=coords, is_causal=True,
-                                                     deterministic=deterministic)
+    y = self._stack(embed(tokens), deterministic, cache_index)
     if self.tie_embeddings:
       return embed.attend(y.astype(jnp.float32))
     return nn.Dense(self.vocab_size, name="head")(y.astype(jnp.float32))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from bilateral_jax.ops.dispatch import IMPLEMENTATIONS
 from bilateral_jax.ops.kernels import CONTENT_KERNELS, SPATIAL, SPATIAL_KERNELS
@@ -133,8 +132,3 @@ class TransformerConfig:
     if self.attention == "bilateral":
       return self.spatial != "none" and SPATIAL[self.spatial].directional
     return self.attention == "rope" or self.additive_positions
-
-  @property
-  def initial_log_h_y(self) -> float:
-    """log h_y with h_y^2 = sqrt(head_dim): `dot` content starts as standard scaled attention."""
-    return 0.25 * math.log(self.head_dim)
