@@ -16,7 +16,7 @@ of an inserted word (`uncontaminated_targets`).
 import dataclasses
 import json
 
-from absl import app, flags
+from absl import flags
 
 from bilateral_jax import cli, plots, robustness, tasks, trainer
 from bilateral_jax import workdir as workdir_lib
@@ -28,11 +28,8 @@ flags.adopt_module_key_flags(cli)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  workdir = cli.set_up()
+  workdir, config = cli.open_run(argv)
   flags_ = cli.FLAGS
-  config = cli.run_config(workdir)
   task = tasks.get(config.model.name)
   attacks, settings = cli.attack_settings(task, config.seed)
   step, results, attacked = trainer.evaluate_checkpoint(config, workdir, flags_.step, flags_.best, attacks, settings)

@@ -8,7 +8,7 @@ words with `<eos>` as a line break). --temperature 0 takes the most probable tok
 keeps a key-value cache of the model's context (`bilateral_jax.sampling`): beyond it, the continuation
 is conditioned on the latest half context.
 """
-from absl import app, flags
+from absl import flags
 
 from bilateral_jax import cli, sampling, trainer
 
@@ -22,11 +22,8 @@ flags.adopt_module_key_flags(cli)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  workdir = cli.set_up()
+  workdir, config = cli.open_run(argv)
   flags_ = cli.FLAGS
-  config = cli.run_config(workdir)
   if config.model.name != "lm":
     raise ValueError(f"{workdir} holds a {config.model.name!r} model; generate.py samples from causal "
                      "language models ('lm')")

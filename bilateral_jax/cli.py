@@ -144,6 +144,15 @@ def run_config(workdir: str):
   return saved
 
 
+def open_run(argv: list[str]):
+  """The start of a script that reads a finished or running run (eval.py, generate.py): no positional
+  arguments, `set_up` -> (the work directory, its config: `run_config`)."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  workdir = set_up()
+  return workdir, run_config(workdir)
+
+
 def number(value) -> str:
   """A metric for the console: integers (counts) as integers, the rest with 4 decimals."""
   return str(value) if isinstance(value, int) else f"{value:.4f}"

@@ -61,7 +61,7 @@ def next_token(logits, rng, *, temperature: float, top_k: int, banned: tuple[int
   logits = logits.astype(jnp.float32).at[:, list(banned)].set(-jnp.inf)
   if temperature == 0:
     return jnp.argmax(logits, axis=-1)
-  if top_k:
+  if 0 < top_k < logits.shape[-1]:
     kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   return jax.random.categorical(rng, logits / temperature, axis=-1)

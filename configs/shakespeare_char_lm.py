@@ -2,6 +2,8 @@
 
     python train.py --config configs/shakespeare_char_lm.py
     python study.py --config configs/shakespeare_char_lm.py:small --workdir runs/study_shakespeare
+    python train.py --config configs/shakespeare_char_lm.py:small   # BSA + GRC: test perplexity 7.136 (seed 0)
+    python generate.py --workdir runs/shakespeare_char_lm_small --prompt "**ROMEO**" --length 300 --temperature 0.8
 
 `:small`: 2 layers of width 64, 4 heads, MLP 256, context 64, 600 steps of 32 (the README's study,
 `studies/shakespeare_positions.py`, seeds 0-4, standard residual): BSA's causal Laplacian test perplexity

@@ -58,6 +58,10 @@ def test_the_cache_refuses_what_it_cannot_decode():
   lm = build_model("lm", tiny(), vocab_size=VOCAB)
   with pytest.raises(ValueError, match="non-empty prompt"):
     sampling.generate(lm, {}, [], 4)
+  tokens = jnp.ones((1, 4), jnp.int32)
+  params = lm.init(jax.random.key(0), tokens)["params"]
+  with pytest.raises(ValueError, match="decoding 4 tokens at position 13 overflows the cache of max_length 16"):
+    lm.apply({"params": params}, tokens, cache_index=13, mutable=["cache"])
 
 
 def test_generation_is_seeded_follows_the_model_greedily_and_runs_past_the_context():

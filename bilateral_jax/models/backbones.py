@@ -46,7 +46,8 @@ class CausalLM(nn.Module):
   lmtool ties them for WikiText-103). tie_embeddings=False: separate output tables and tail projections.
   adaptive_chunk: positions of each sequence scored at once (memory: local batch x chunk x vocab logits).
   cache_index: decoding with a key-value cache (the `cache` collection mutable; `bilateral_jax.sampling`):
-  `tokens` sit at positions cache_index.. of the sequence, after those already cached.
+  `tokens` sit at positions cache_index.. of the sequence, after those already cached; cache_index + len
+  <= max_length (checked unless traced under jit: the cache's writes would be clamped).
   """
   config: TransformerConfig
   vocab_size: int

@@ -251,6 +251,14 @@ def remat_block(remat: str) -> type[Block]:
   return nn.remat(Block, policy=REMAT_POLICIES[remat])
 
 
+def _concrete(index, traced: int) -> int:
+  """A position as a Python int, or `traced` when it is only known at run time (under jit)."""
+  try:
+    return int(index)
+  except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
+    return traced
+
+
 class Transformer(nn.Module):
   """The stack: token embeddings x [batch, len, dim] at coords [len, c] -> [batch, len, dim].
 
@@ -273,6 +281,9 @@ class Transformer(nn.Module):
     length = x.shape[1]
     if length > cfg.max_length:
       raise ValueError(f"sequence length {length} exceeds max_length {cfg.max_length}")
+    if cache_index is not None and _concrete(cache_index, 0) + length > cfg.max_length:  # traced: the caller's
+      raise ValueError(f"decoding {length} tokens at position {cache_index} overflows the cache of max_length "
+                       f"{cfg.max_length}")
     pos_embed = None
     if cfg.additive_positions:  # rows by token index, the standard baseline's table
       table = self._table((cfg.max_length, cfg.model_dim))
