@@ -8,6 +8,8 @@ both with the standard residual.
 
 2,400 steps of 32 windows of 64 characters: 1.03 epochs of the 74,794 training windows. Does BSA's lead
 at a quarter of an epoch (0.27 [0.19, 0.35] test perplexity below RoPE) last, or was it learning speed?
+Measured (5 seeds, 28.8 min, README): test perplexity RoPE 5.490 ± 0.013, BSA 5.440 ± 0.035; BSA - RoPE
+-0.051 [-0.096, -0.005]: it lasts, a fifth of its size.
 """
 
 # Pinned as in studies/shakespeare_positions.py, so that the study does not move when the shipped config does.
