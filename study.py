@@ -71,8 +71,10 @@ def trained_otherwise(run_dir: epath.Path, config) -> dict:
     return {}
   decisive = lambda field: field.split(".")[0] in ("seed", "model", "data", "optimizer") or field in (
       "train.num_steps", "train.batch_size", "train.grad_accum_steps")
-  return {field: values for field, values in workdir_lib.changes(saved, config).items()
-          if decisive(field) and not field.endswith((".attention_implementation", ".remat"))}  # same numbers either way
+  from_data = lambda field, now: field in ("model.vocab_size", "model.num_classes") and now == 0  # filled as then
+  return {field: (then, now) for field, (then, now) in workdir_lib.changes(saved, config).items()
+          if decisive(field) and not field.endswith((".attention_implementation", ".remat"))  # same numbers
+          and not from_data(field, now)}
 
 
 def run_one(config, run_dir: epath.Path, attacks, settings, overrides: dict) -> dict:
