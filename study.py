@@ -40,6 +40,7 @@ from etils import epath
 
 from bilateral_jax import cli, diagnostics, experiments, metric_writer, plots, robustness, steps, studies, tasks, trainer
 from bilateral_jax import workdir as workdir_lib
+from bilateral_jax.data import sources
 from configs import common
 
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds, one run per variant and seed.")
@@ -71,7 +72,7 @@ def trained_otherwise(run_dir: epath.Path, config) -> dict:
     return {}
   decisive = lambda field: field.split(".")[0] in ("seed", "model", "data", "optimizer") or field in (
       "train.num_steps", "train.batch_size", "train.grad_accum_steps")
-  from_data = lambda field, now: field in ("model.vocab_size", "model.num_classes") and now == 0  # filled as then
+  from_data = lambda field, now: field.removeprefix("model.") in sources.MODEL_SIZES and now == 0  # filled as then
   return {field: (then, now) for field, (then, now) in workdir_lib.changes(saved, config).items()
           if decisive(field) and not field.endswith((".attention_implementation", ".remat"))  # same numbers
           and not from_data(field, now)}

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bilateral_jax.data import builders
 from bilateral_jax.data.sources import DatasetInfo
 from bilateral_jax.models.backbones import AdaptiveOutput, CausalLM
 
@@ -24,7 +25,7 @@ def encode(text: str, info: DatasetInfo) -> np.ndarray:
   """A prompt -> ids [n] in the corpus's vocabulary: characters, bytes, or words (lines joined by
   `<eos>`, as the corpus reads; no `<eos>` after the last line). Unknown tokens -> `<unk>`."""
   if info.tokenizer == "bytes":
-    return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) + 1
+    return builders.byte_ids(text)
   if info.tokenizer not in ("chars", "words") or info.vocabulary is None:
     raise ValueError(f"cannot encode text for a corpus with tokenizer {info.tokenizer!r} and "
                      f"{'no' if info.vocabulary is None else 'a'} vocabulary")

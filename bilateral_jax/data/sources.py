@@ -20,6 +20,7 @@ from bilateral_jax import workdir
 from bilateral_jax.data import augment, builders, listops, pathfinder
 
 SPLITS = ("train", "validation", "test")
+MODEL_SIZES = ("vocab_size", "num_classes")  # what a model config may take from the data (0 there: the data's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +40,7 @@ class DatasetInfo:
 
   def model_sizes(self) -> dict[str, int]:
     """The sizes a model config may take from the data (`vocab_size`, `num_classes`) that it has."""
-    return {name: getattr(self, name) for name in ("vocab_size", "num_classes") if getattr(self, name) is not None}
+    return {name: getattr(self, name) for name in MODEL_SIZES if getattr(self, name) is not None}
 
 
 class ArraySource:

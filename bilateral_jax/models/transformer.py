@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from bilateral_jax import ops
-from bilateral_jax.models.config import BILATERAL_SPATIAL, TransformerConfig
+from bilateral_jax.models.config import BILATERAL_SPATIAL, TransformerConfig, _choose
 from bilateral_jax.ops import dispatch, target
 from bilateral_jax.ops.kernels import CONTENT_KERNELS
 
@@ -71,9 +71,8 @@ class BilateralAttention(nn.Module):
                                 k_pos=k_pos, mask=mask, is_causal=is_causal)
 
   def _check(self, q, k, v, q_pos):
-    if self.content not in CONTENT_KERNELS or self.spatial not in BILATERAL_SPATIAL:
-      raise ValueError(f"content={self.content!r}, spatial={self.spatial!r}: content is one of "
-                       f"{', '.join(CONTENT_KERNELS)}, spatial one of {', '.join(BILATERAL_SPATIAL)}")
+    _choose("content", self.content, CONTENT_KERNELS)
+    _choose("spatial", self.spatial, BILATERAL_SPATIAL)
     want = (self.num_heads, self.head_dim)
     if q.shape[-2:] != want or k.shape[-2:] != want or v.shape[-2] != self.num_heads:
       raise ValueError(f"BilateralAttention(num_heads={self.num_heads}, head_dim={self.head_dim}) got q, k, v of "
