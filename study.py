@@ -1,15 +1,16 @@
 """A study: named variants of one config (name -> config overrides), each over seeds, and their comparison.
 
     python study.py --config configs/X.py --workdir runs/study_X [--variants studies/Y.py] [--variant NAME ...]
-        [--seeds 0,1,2,3,4] [--nopaired] [--attacks fgsm,pgd] [--config.<field>=...] [attack flags as eval.py's]
+        [--baseline NAME] [--seeds 0,1,2,3,4] [--nopaired] [--attacks fgsm,pgd] [--config.<field>=...]
+        [attack flags as eval.py's]
 
 --variants: a study file (`bilateral_jax/studies.py`): Python defining `VARIANTS = {name: {key: value}}` (its
 docstring says the command and what it measures) or a JSON object of the same; a key is a dotted config
 path (`model.pooling`) or a TransformerConfig field (`attention` = `model.transformer.attention`). The
-first variant is the baseline. Default: the paper's 2 x 2 (`configs/common.py` ABLATION: standard
-attention or BSA x the standard residual or GRC). --variant NAME (repeatable): run only these variants
-(the baseline always runs). Every variant's config is built and checked before anything trains: an
-unknown key or a bad value stops the study at once.
+first variant is the baseline (--baseline NAME: another of its variants). Default: the paper's 2 x 2
+(`configs/common.py` ABLATION: standard attention or BSA x the standard residual or GRC). --variant NAME
+(repeatable): run only these variants (the baseline always runs). Every variant's config is built and
+checked before anything trains: an unknown key or a bad value stops the study at once.
 
 Per variant and seed (the seed drives initialisation and shuffling; the data is the same) it trains
 WORKDIR/<variant>/seed_<s> (train.py's loop: a run interrupted midway resumes from its checkpoint),
@@ -49,6 +50,7 @@ flags.DEFINE_float("noise", 0.1, "Depth diagnostics: noise relative to the RMS o
 flags.DEFINE_string("variants", None, "Study file (.py defining VARIANTS, or .json): name -> config overrides, the "
                     "baseline first; default: the 2 x 2 of configs/common.py ABLATION.")
 flags.DEFINE_multi_string("variant", [], "Run only this variant of the study (repeatable); the baseline always runs.")
+flags.DEFINE_string("baseline", None, "The variant every other is compared with (default: the study's first).")
 flags.DEFINE_bool("paired", True, "Compare each variant with the baseline by a t-test paired by seed (--nopaired: "
                   "Welch's t-test).")
 cli.define_attack_flags()
@@ -188,7 +190,8 @@ def main(argv):
   seeds = [int(seed) for seed in cli.FLAGS.seeds]
   attacks, settings = cli.attack_settings(task, seed=0)
   attacks = attacks or task.attacks
-  study = studies.select(studies.load(cli.FLAGS.variants) if cli.FLAGS.variants else ABLATION, cli.FLAGS.variant)
+  study = studies.select(studies.load(cli.FLAGS.variants) if cli.FLAGS.variants else ABLATION, cli.FLAGS.variant,
+                         cli.FLAGS.baseline)
   configs = variant_configs(base, study)
   split, metric = base.eval.splits[-1], robustness.headline(task)
   results: dict[str, dict[int, dict]] = {}

@@ -67,18 +67,16 @@ def load(path: str | pathlib.Path) -> Study:
   return Study(dict(variants), description.strip(), str(path))
 
 
-def select(study: Study, names) -> Study:
-  """The study's variants named in `names` (all when empty), in the study's order; the baseline always
-  stays, as every difference is taken against it."""
-  unknown = [name for name in names if name not in study.variants]
+def select(study: Study, names, baseline: str | None = None) -> Study:
+  """The study's variants named in `names` (all when empty), in the study's order, with `baseline` (default:
+  the study's first variant) moved first; the baseline always stays, as every difference is taken against it."""
+  unknown = [name for name in [*names, *([baseline] if baseline else [])] if name not in study.variants]
   if unknown:
-    raise ValueError(f"--variant {', '.join(map(repr, unknown))} not in {study.source or 'the study'}; its variants: "
-                     + ", ".join(map(repr, study.variants)))
-  if not names:
-    return study
-  kept = {name: overrides for index, (name, overrides) in enumerate(study.variants.items())
-          if index == 0 or name in names}
-  return dataclasses.replace(study, variants=kept)
+    raise ValueError(f"--variant/--baseline {', '.join(map(repr, unknown))} not in {study.source or 'the study'}; "
+                     "its variants: " + ", ".join(map(repr, study.variants)))
+  baseline = baseline or study.baseline
+  kept = [baseline] + [name for name in study.variants if name != baseline and (not names or name in names)]
+  return dataclasses.replace(study, variants={name: study.variants[name] for name in kept})
 
 
 def config_key(key: str) -> str:

@@ -90,8 +90,12 @@ def test_study_files_and_variant_configs(tmp_path):
   loaded = studies.load(path)
   assert list(loaded.variants) == list(VARIANTS) and loaded.baseline == "absolute"
   assert list(studies.select(loaded, ["BSA"]).variants) == ["absolute", "BSA"]
-  with pytest.raises(ValueError, match="--variant 'bsa' not in"):
+  assert list(studies.select(loaded, [], baseline="BSA").variants) == ["BSA"] + [v for v in VARIANTS if v != "BSA"]
+  assert list(studies.select(loaded, [list(VARIANTS)[0]], baseline="BSA").variants) == ["BSA", list(VARIANTS)[0]]
+  with pytest.raises(ValueError, match="--variant/--baseline 'bsa' not in"):
     studies.select(loaded, ["bsa"])
+  with pytest.raises(ValueError, match="--variant/--baseline 'bsa' not in"):
+    studies.select(loaded, [], baseline="bsa")
   (tmp_path / "empty.py").write_text("X = 1\n")
   with pytest.raises(ValueError, match="defines no VARIANTS"):
     studies.load(tmp_path / "empty.py")
@@ -154,12 +158,14 @@ def test_study_trains_the_chosen_variants_once_and_summarises_them(tmp_path):
 
   # other attack settings: every run is evaluated again from its checkpoint, none is retrained
   third = run_script("study.py", tmp_path, overrides, devices=1, timeout=600,
-                     extra=STUDY_FLAGS[:1] + ["--attacks=fgsm", "--epsilons=0.25"] + STUDY_FLAGS[2:] + chosen + ["--nopaired"])
+                     extra=STUDY_FLAGS[:1] + ["--attacks=fgsm", "--epsilons=0.25"] + STUDY_FLAGS[2:] + chosen[:1]
+                     + ["--variant=absolute", "--baseline=RoPE (no table)", "--nopaired"])
   assert third.returncode == 0, third.stderr
   assert third.stdout.count("evaluating again") == 4 and third.stdout.count("resumed from step 4") == 4
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["attacks"] == ["fgsm"] and "fgsm 0.25 success rate" in summary["variants"]["RoPE (no table)"]
-  assert summary["variants"]["RoPE (no table)"]["accuracy"]["test"] == "Welch t"
+  assert summary["baseline"] == "RoPE (no table)" and list(summary["variants"]) == ["RoPE (no table)", "absolute"]
+  assert summary["variants"]["absolute"]["accuracy"]["test"] == "Welch t"
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.py")), ids=lambda path: path.stem)
