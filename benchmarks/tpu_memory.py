@@ -1,6 +1,6 @@
 """Per-chip memory of one attention layer's forward + backward as libtpu compiles it for a TPU slice, on
-any host (no TPU needed): standard attention (XLA), BSA's explicit logits (`xla`) and BSA's flash kernel
-(`pallas`, Mosaic), side by side in one run.
+any host (no TPU needed): standard attention (XLA, and jax's splash kernel: Mosaic, no bias), BSA's explicit
+logits (`xla`) and BSA's flash kernel (`pallas`, Mosaic), side by side in one run.
 
     python benchmarks/tpu_memory.py [--topology v5e:2x2] [--lengths 1024 4096 16384] [--batch-per-chip 8]
                                     [--heads 8] [--head-dim 64] [--out runs/benchmark_tpu_memory.json]
@@ -23,15 +23,38 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding  # noqa: E402
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash  # noqa: E402
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from bilateral_jax import ops, parallel  # noqa: E402
 from bilateral_jax.ops import target  # noqa: E402
 from bilateral_jax.ops.flash import flash_bilateral_attention  # noqa: E402
 
+
+def splash_attention(q, k, v, mask, causal: bool):
+  """Standard attention through jax's splash kernel, per chip of the target mesh's batch axes (as the
+  flash kernel runs): q, k, v [B, N, H, D], mask [B, 1, 1, N] (keys, as segment ids) -> [B, N, H, D]."""
+  _, length, heads, head_dim = q.shape
+  shape = splash_mask.CausalMask((length, length)) if causal else splash_mask.FullMask((length, length))
+  kernel = splash.make_splash_mha(splash_mask.MultiHeadMask([shape] * heads), head_shards=1, q_seq_shards=1)
+  heads_first = lambda x: x.transpose(0, 2, 1, 3)
+
+  def per_chip(q, k, v, segments):
+    attend = lambda q, k, v, ids: kernel(q, k, v, segment_ids=splash.SegmentIds(q=ids, kv=ids))
+    return heads_first(jax.vmap(attend)(heads_first(q) * head_dim**-0.5, heads_first(k), heads_first(v), segments))
+
+  target_ = target.current()
+  batch = P(target_.batch_axes)
+  run = jax.shard_map(per_chip, mesh=target_.mesh, in_specs=(batch,) * 4, out_specs=batch, check_vma=False)
+  return run(q, k, v, mask[:, 0, 0].astype(jnp.int32))
+
+
 ATTENTIONS = {
     "standard (XLA)": lambda q, k, v, coords, mask, causal, h_y, h_p, spatial: jax.nn.dot_product_attention(
         q, k, v, mask=mask, is_causal=causal),
+    "standard (splash)": lambda q, k, v, coords, mask, causal, h_y, h_p, spatial: splash_attention(
+        q, k, v, mask, causal),
     "BSA, explicit logits": lambda q, k, v, coords, mask, causal, h_y, h_p, spatial: ops.explicit_bilateral_attention(
         q, k, v, coords, coords, h_y=h_y, h_p=h_p, spatial=spatial, mask=mask, is_causal=causal),
     "BSA, flash (Mosaic)": lambda q, k, v, coords, mask, causal, h_y, h_p, spatial: flash_bilateral_attention(

@@ -1,7 +1,6 @@
 """The Shakespeare position study (studies/shakespeare_positions.py) past one epoch, for its two best
 schemes at 600 steps, RoPE (the strongest baseline, here the study's baseline) and BSA's causal Laplacian,
-ALiBi (BSA's Laplacian with fixed bandwidths) and learned absolute positions (the weakest at 600 steps:
-is that learning speed too?), every variant with the standard residual.
+and ALiBi (BSA's Laplacian with fixed bandwidths), every variant with the standard residual.
 
     python study.py --config configs/shakespeare_char_lm.py:small --variants studies/shakespeare_positions_epoch.py \
         --seeds 0,1,2,3,4 --workdir runs/study_shakespeare_positions_epoch --config.train.num_steps=2400 \
@@ -20,5 +19,4 @@ VARIANTS = {
     "RoPE": STANDARD_RESIDUAL | {"attention": "rope", "position_table": "none"},
     "BSA laplacian": STANDARD_RESIDUAL | {"attention": "bilateral", "spatial": "laplacian"},
     "ALiBi": STANDARD_RESIDUAL | {"attention": "alibi", "position_table": "none"},
-    "learned absolute": STANDARD_RESIDUAL | {"attention": "standard", "position_table": "learned"},
 }

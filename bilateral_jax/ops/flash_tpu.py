@@ -183,14 +183,14 @@ def _layout(q, k, v, k_bias, k_keep, q_coords):
   return heads_first(q), heads_first(k), heads_first(v), k_bias[:, :, None, :], k_keep[:, None, :], q_lanes
 
 
-def _forward(q, k, v, k_bias, k_keep, q_coords, k_coords, opts: _Options):
-  """-> out [batch, n, heads, d], stats [batch, heads, n, 128] (lanes: row max, 1 / normaliser)."""
-  qt, kt, vt, kb, keep, q_lanes = _layout(q, k, v, k_bias, k_keep, q_coords)
-  (batch, heads, n, d), m, rows = qt.shape, kt.shape[2], q_coords.shape[1]
+def _forward(laid_out, k_coords, opts: _Options, rows: int):
+  """`_layout`'s tensors -> out [batch, n, heads, d], stats [batch, heads, n, 128] (lanes: row max, 1 / normaliser)."""
+  qt, kt, vt, kb, keep, q_lanes = laid_out
+  (batch, heads, n, d), m = qt.shape, kt.shape[2]
   specs = _specs(opts, rows, d, "queries")
   out, stats = _call(
       _forward_kernel, (n // opts.block_q, m // opts.block_k), specs["inputs"][:7], [specs["q"], specs["lanes"]],
-      [jax.ShapeDtypeStruct(qt.shape[:3] + vt.shape[3:], v.dtype),
+      [jax.ShapeDtypeStruct(qt.shape[:3] + vt.shape[3:], vt.dtype),
        jax.ShapeDtypeStruct((batch, heads, n, LANES), jnp.float32)],
       [pltpu.VMEM((opts.block_q, LANES), jnp.float32), pltpu.VMEM((opts.block_q, LANES), jnp.float32),
        pltpu.VMEM((opts.block_q, vt.shape[3]), jnp.float32)], opts, rows)(qt, kt, vt, kb, keep, q_lanes, k_coords)
@@ -200,17 +200,17 @@ def _forward(q, k, v, k_bias, k_keep, q_coords, k_coords, opts: _Options):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
 def flash(q, k, v, k_bias, k_keep, q_coords, k_coords, opts: _Options):
   """`flash._flash` (same arguments and result) on TPU."""
-  return _forward(q, k, v, k_bias, k_keep, q_coords, k_coords, opts)[0]
+  return _forward(_layout(q, k, v, k_bias, k_keep, q_coords), k_coords, opts, q_coords.shape[1])[0]
 
 
 def _flash_forward(q, k, v, k_bias, k_keep, q_coords, k_coords, opts):
-  out, stats = _forward(q, k, v, k_bias, k_keep, q_coords, k_coords, opts)
-  return out, (q, k, v, k_bias, k_keep, q_coords, k_coords, out, stats)
+  laid_out = _layout(q, k, v, k_bias, k_keep, q_coords)  # kept for the backward kernels, not laid out again
+  out, stats = _forward(laid_out, k_coords, opts, q_coords.shape[1])
+  return out, (laid_out, k_keep, q_coords, k_coords, out, stats)
 
 
 def _flash_backward(opts, residuals, d_out):
-  q, k, v, k_bias, k_keep, q_coords, k_coords, out, stats = residuals
-  qt, kt, vt, kb, keep, q_lanes = _layout(q, k, v, k_bias, k_keep, q_coords)
+  (qt, kt, vt, kb, keep, q_lanes), k_keep, q_coords, k_coords, out, stats = residuals
   (batch, heads, n, d), m, rows = qt.shape, kt.shape[2], q_coords.shape[1]
   delta = jnp.einsum("bnhd,bnhd->bhn", d_out.astype(jnp.float32), out.astype(jnp.float32))
   stats = stats.at[..., 2].set(delta)
@@ -221,7 +221,7 @@ def _flash_backward(opts, residuals, d_out):
   dk, dv, dk_bias, dk_coords = _call(
       _key_gradients_kernel, blocks[::-1], key_specs["inputs"],
       [key_specs["k"], key_specs["k"], key_specs["k_row"], key_specs["k_rows"]],
-      [jax.ShapeDtypeStruct(kt.shape, k.dtype), jax.ShapeDtypeStruct(vt.shape, v.dtype),
+      [jax.ShapeDtypeStruct(kt.shape, kt.dtype), jax.ShapeDtypeStruct(vt.shape, vt.dtype),
        jax.ShapeDtypeStruct((batch, heads, 1, m), jnp.float32),
        jax.ShapeDtypeStruct((batch, heads, rows, m), jnp.float32)],
       [pltpu.VMEM((opts.block_k, d), jnp.float32), pltpu.VMEM((opts.block_k, vt.shape[3]), jnp.float32)],
@@ -230,7 +230,7 @@ def _flash_backward(opts, residuals, d_out):
   query_specs = _specs(opts, rows, d, "queries")
   dq, dq_lanes = _call(
       _query_gradients_kernel, blocks, query_specs["inputs"], [query_specs["q"], query_specs["lanes"]],
-      [jax.ShapeDtypeStruct(qt.shape, q.dtype), jax.ShapeDtypeStruct((batch, heads, n, LANES), jnp.float32)],
+      [jax.ShapeDtypeStruct(qt.shape, qt.dtype), jax.ShapeDtypeStruct((batch, heads, n, LANES), jnp.float32)],
       [pltpu.VMEM((opts.block_q, d), jnp.float32)], opts, rows)(*inputs)
   dq_coords = jnp.swapaxes(dq_lanes[..., :rows], 2, 3).sum(0)  # [heads, rows, n]
   return (jnp.swapaxes(dq, 1, 2), jnp.swapaxes(dk, 1, 2), jnp.swapaxes(dv, 1, 2), dk_bias[:, :, 0],
