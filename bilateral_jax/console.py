@@ -76,16 +76,23 @@ def slice_summary(report: dict) -> str:
   """compile_for_slice's report for the console."""
   readable = parallel.readable_bytes
   memory, capacity = report["bytes_per_chip"], report["chip_bytes"]
-  fits = ("capacity unknown" if capacity is None else
-          f"{'fits' if report['fits'] else 'does NOT fit'} in {readable(capacity)} per chip")
   lines = [f"slice: {report['topology']} ({report['chips']} x {report['device_kind']}), mesh "
            + " ".join(f"{axis}={size}" for axis, size in report["mesh"].items()),
-           f"attention: {report['attention_path']}",
-           "train step per chip: " + ", ".join(f"{name} {readable(memory[name])}" for name in
-                                                ("arguments", "temporaries", "outputs", "total"))
-           + f"; eval step total {readable(report['eval_bytes_per_chip']['total'])}: {fits}",
-           (f"{report['flops_per_chip'] / 1e12:.3g} TFLOP per train step and chip; " if report["flops_per_chip"] else "")
-           + f"compiled in {report['compile_seconds']['train']} s (train), {report['compile_seconds']['eval']} s (eval)"]
+           f"attention: {report['attention_path']}"]
+  if report["refused"]:
+    lines.append(f"does NOT fit: libtpu refuses the program: {report['refused']}")
+  else:
+    fits = ("capacity unknown" if capacity is None else
+            f"{'fits' if report['fits'] else 'does NOT fit'} in {readable(capacity)} per chip")
+    lines.append("train step per chip: " + ", ".join(f"{name} {readable(memory[name])}" for name in
+                                                     ("arguments", "temporaries", "outputs", "total"))
+                 + f"; eval step total {readable(report['eval_bytes_per_chip']['total'])}: {fits}")
+    flops = ""
+    if report["flops_per_chip"]:
+      uncounted = " (without the Pallas kernels', which XLA does not count)" if "pallas" in report["attention_path"] else ""
+      flops = f"{report['flops_per_chip'] / 1e12:.3g} TFLOP per train step and chip{uncounted}; "
+    seconds = report["compile_seconds"]
+    lines.append(f"{flops}compiled in {seconds['train']} s (train), {seconds['eval']} s (eval)")
   lines += [f"assumed: {field}: {why}" for field, why in report["assumed"].items()]
   return "\n".join(lines)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import time
 
 import flax.linen as nn
@@ -221,9 +222,11 @@ class Experiment:
     return compile_step(self.train_step, self.abstract_state, self.abstract_batch)
 
   def compile_eval_step(self):
-    """`compile_train_step` for the eval step, at the eval batch."""
-    batch = {name: jax.ShapeDtypeStruct((self.eval_batch_size,) + value.shape[1:], value.dtype, sharding=value.sharding)
-             for name, value in self.abstract_batch.items()}
+    """`compile_train_step` for the eval step, at the eval batch as the eval transform shapes it."""
+    example = example_batch(self.info_source, 1, self.eval_transform)
+    sharding = parallel.batch_sharding(self.mesh)
+    batch = {name: jax.ShapeDtypeStruct((self.eval_batch_size,) + value.shape[1:], value.dtype, sharding=sharding)
+             for name, value in example.items()}
     return compile_step(self.eval_step, self.abstract_state.params, batch)
 
   def device_batch(self, batch, rng=None):
@@ -277,16 +280,35 @@ def compile_for_slice(config: ml_collections.ConfigDict, topology: str) -> dict:
   this host, from the config alone (no dataset; `assumed` lists the data-given sizes taken as assumed) ->
   {topology, chips, device_kind, mesh, bytes_per_chip (the train step's arguments, outputs, temporaries,
   generated_code, total), eval_bytes_per_chip, chip_bytes, fits, flops_per_chip, compile_seconds,
-  attention_path, assumed}."""
+  attention_path, assumed, refused}. A program larger than a chip's HBM, which libtpu refuses to compile,
+  gives fits False, `refused` its reason and None for what only a compiled program tells. XLA's FLOPs do
+  not count Pallas kernels (BSA's flash path)."""
   devices = parallel.tpu_slice(topology)
   experiment = Experiment(config, devices=devices, placeholder=True)
-  _, train_seconds, flops, train_memory = experiment.compile_train_step()
-  _, eval_seconds, _, eval_memory = experiment.compile_eval_step()
   capacity = parallel.device_bytes(devices)
+  report = {"topology": topology, "chips": len(devices), "device_kind": devices[0].device_kind,
+            "mesh": dict(experiment.mesh.shape), "chip_bytes": capacity,
+            "attention_path": console.attention_summary(experiment.model.config.attention, experiment.bsa_paths)
+            .removeprefix("attention: "), "assumed": experiment.assumed}
+  try:
+    _, train_seconds, flops, train_memory = experiment.compile_train_step()
+    _, eval_seconds, _, eval_memory = experiment.compile_eval_step()
+  except jax.errors.JaxRuntimeError as error:
+    refusal = hbm_refusal(error)
+    if refusal is None:
+      raise
+    return report | {"fits": False, "refused": refusal, "bytes_per_chip": None, "eval_bytes_per_chip": None,
+                     "flops_per_chip": None, "compile_seconds": None}
   needed = max(train_memory["total"], eval_memory["total"])
-  return {"topology": topology, "chips": len(devices), "device_kind": devices[0].device_kind,
-          "mesh": dict(experiment.mesh.shape), "bytes_per_chip": train_memory, "eval_bytes_per_chip": eval_memory,
-          "chip_bytes": capacity, "fits": None if capacity is None else needed <= capacity, "flops_per_chip": flops,
-          "compile_seconds": {"train": round(train_seconds, 1), "eval": round(eval_seconds, 1)},
-          "attention_path": console.attention_summary(experiment.model.config.attention, experiment.bsa_paths)
-          .removeprefix("attention: "), "assumed": experiment.assumed}
+  return report | {"fits": None if capacity is None else needed <= capacity, "refused": None,
+                   "bytes_per_chip": train_memory, "eval_bytes_per_chip": eval_memory, "flops_per_chip": flops,
+                   "compile_seconds": {"train": round(train_seconds, 1), "eval": round(eval_seconds, 1)}}
+
+
+def hbm_refusal(error: Exception) -> str | None:
+  """libtpu's reason for refusing a program larger than a chip's HBM ("the total memory required for HLO
+  temporaries (19.98G) exceeds available HBM (15.75G)"), or None for any other error."""
+  if "RESOURCE_EXHAUSTED" not in str(error):
+    return None
+  reason = re.search(r"Ran out of memory on HBM, (.*?)\.\s", str(error) + " ")
+  return reason.group(1) if reason else str(error).splitlines()[0]

@@ -17,6 +17,9 @@ KEYS = {"topology", "chips", "bytes_per_chip", "chip_bytes", "fits", "flops_per_
     (None, TINY),  # configs/default.py: generated ListOps, never built here
     ("configs/lra_text.py:small", TINY_MODEL_AND_LOOP | {"data.max_length": 64, "model.transformer.max_length": 65,
                                                           "data.directory": "/nonexistent/aclImdb"}),
+    # random erasing: the train batch carries an `erase` box, the eval batch does not
+    ("configs/deit_tiny_imagenet.py", TINY_MODEL_AND_LOOP | {"data.image_size": 32, "model.transformer.max_length": 5,
+                                                              "data.directory": "/nonexistent/imagenet"}),
 ])
 def test_dry_run_compiles_for_a_tpu_slice_without_the_data(tmp_path, config, overrides):
   tfds_dir = tmp_path / "tfds"
@@ -39,6 +42,12 @@ def test_the_console_report_and_bad_slices(tmp_path):
   assert "slice: v5e:2x2 (4 x TPU v5 lite), mesh data=4 fsdp=1" in done.stdout
   assert "fits in 16 GiB per chip" in done.stdout and "TFLOP per train step and chip" in done.stdout
   assert "TPU_WORKER_HOSTNAMES" not in done.stderr and "accelerator type" not in done.stderr  # libtpu is quiet
+  too_big = run_script("train.py", tmp_path / "run", TINY | {"train.batch_size": 2**22}, devices=1,
+                       extra=["--dry_run", "--topology=v5e:2x2", "--json"])
+  assert too_big.returncode == 0, too_big.stderr[-3000:]
+  report = json.loads(too_big.stdout.strip().splitlines()[-1])
+  assert report["fits"] is False and report["bytes_per_chip"] is None, report
+  assert "exceeds available HBM" in report["refused"] and "Traceback" not in too_big.stderr
   unknown = run_script("train.py", tmp_path / "run", TINY, devices=1, extra=["--dry_run", "--topology=v9z:1x1"])
   assert unknown.returncode == 2 and "cannot describe the TPU slice 'v9z:1x1'" in unknown.stderr, unknown.stderr
   alone = run_script("train.py", tmp_path / "run", TINY, devices=1, extra=["--topology=v5e:2x2"])
