@@ -80,7 +80,7 @@ def slice_summary(report: dict) -> str:
            + " ".join(f"{axis}={size}" for axis, size in report["mesh"].items()),
            f"attention: {report['attention_path']}"]
   if report["refused"]:
-    lines.append(f"does NOT fit: libtpu refuses the program: {report['refused']}")
+    lines.append(f"does NOT fit: libtpu refuses the {report['refused']}")
   else:
     fits = ("capacity unknown" if capacity is None else
             f"{'fits' if report['fits'] else 'does NOT fit'} in {readable(capacity)} per chip")

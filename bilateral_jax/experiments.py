@@ -281,7 +281,7 @@ def compile_for_slice(config: ml_collections.ConfigDict, topology: str) -> dict:
   {topology, chips, device_kind, mesh, bytes_per_chip (the train step's arguments, outputs, temporaries,
   generated_code, total), eval_bytes_per_chip, chip_bytes, fits, flops_per_chip, compile_seconds,
   attention_path, assumed, refused}. A program larger than a chip's HBM, which libtpu refuses to compile,
-  gives fits False, `refused` its reason and None for what only a compiled program tells. XLA's FLOPs do
+  gives fits False, `refused` the step and libtpu's reason, and None for the steps not compiled. XLA's FLOPs do
   not count Pallas kernels (BSA's flash path)."""
   devices = parallel.tpu_slice(topology)
   experiment = Experiment(config, devices=devices, placeholder=True)
@@ -290,19 +290,20 @@ def compile_for_slice(config: ml_collections.ConfigDict, topology: str) -> dict:
             "mesh": dict(experiment.mesh.shape), "chip_bytes": capacity,
             "attention_path": console.attention_summary(experiment.model.config.attention, experiment.bsa_paths)
             .removeprefix("attention: "), "assumed": experiment.assumed}
-  try:
-    _, train_seconds, flops, train_memory = experiment.compile_train_step()
-    _, eval_seconds, _, eval_memory = experiment.compile_eval_step()
-  except jax.errors.JaxRuntimeError as error:
-    refusal = hbm_refusal(error)
-    if refusal is None:
-      raise
-    return report | {"fits": False, "refused": refusal, "bytes_per_chip": None, "eval_bytes_per_chip": None,
-                     "flops_per_chip": None, "compile_seconds": None}
-  needed = max(train_memory["total"], eval_memory["total"])
-  return report | {"fits": None if capacity is None else needed <= capacity, "refused": None,
-                   "bytes_per_chip": train_memory, "eval_bytes_per_chip": eval_memory, "flops_per_chip": flops,
-                   "compile_seconds": {"train": round(train_seconds, 1), "eval": round(eval_seconds, 1)}}
+  memory, seconds, flops, refused = {}, {}, {}, None
+  for step, compile_it in (("train", experiment.compile_train_step), ("eval", experiment.compile_eval_step)):
+    try:
+      _, seconds[step], flops[step], memory[step] = compile_it()
+    except jax.errors.JaxRuntimeError as error:
+      refused = hbm_refusal(error)
+      if refused is None:
+        raise
+      refused = f"{step} step: {refused}"
+      break
+  fits = False if refused else None if capacity is None else max(m["total"] for m in memory.values()) <= capacity
+  return report | {"fits": fits, "refused": refused, "bytes_per_chip": memory.get("train"),
+                   "eval_bytes_per_chip": memory.get("eval"), "flops_per_chip": flops.get("train"),
+                   "compile_seconds": {step: round(value, 1) for step, value in seconds.items()}}
 
 
 def hbm_refusal(error: Exception) -> str | None:

@@ -47,7 +47,8 @@ def test_the_console_report_and_bad_slices(tmp_path):
   assert too_big.returncode == 0, too_big.stderr[-3000:]
   report = json.loads(too_big.stdout.strip().splitlines()[-1])
   assert report["fits"] is False and report["bytes_per_chip"] is None, report
-  assert "exceeds available HBM" in report["refused"] and "Traceback" not in too_big.stderr
+  assert report["refused"].startswith("train step: ") and "exceeds available HBM" in report["refused"]
+  assert "Traceback" not in too_big.stderr
   unknown = run_script("train.py", tmp_path / "run", TINY, devices=1, extra=["--dry_run", "--topology=v9z:1x1"])
   assert unknown.returncode == 2 and "cannot describe the TPU slice 'v9z:1x1'" in unknown.stderr, unknown.stderr
   alone = run_script("train.py", tmp_path / "run", TINY, devices=1, extra=["--topology=v5e:2x2"])
