@@ -79,14 +79,15 @@ def slice_summary(report: dict) -> str:
   lines = [f"slice: {report['topology']} ({report['chips']} x {report['device_kind']}), mesh "
            + " ".join(f"{axis}={size}" for axis, size in report["mesh"].items()),
            f"attention: {report['attention_path']}"]
+  if memory:
+    lines.append("train step per chip: " + ", ".join(f"{name} {readable(memory[name])}" for name in
+                                                     ("arguments", "temporaries", "outputs", "total")))
   if report["refused"]:
     lines.append(f"does NOT fit: libtpu refuses the {report['refused']}")
   else:
     fits = ("capacity unknown" if capacity is None else
             f"{'fits' if report['fits'] else 'does NOT fit'} in {readable(capacity)} per chip")
-    lines.append("train step per chip: " + ", ".join(f"{name} {readable(memory[name])}" for name in
-                                                     ("arguments", "temporaries", "outputs", "total"))
-                 + f"; eval step total {readable(report['eval_bytes_per_chip']['total'])}: {fits}")
+    lines[-1] += f"; eval step total {readable(report['eval_bytes_per_chip']['total'])}: {fits}"
     flops = ""
     if report["flops_per_chip"]:
       uncounted = " (without the Pallas kernels', which XLA does not count)" if "pallas" in report["attention_path"] else ""

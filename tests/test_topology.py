@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bilateral_jax import parallel
+from bilateral_jax import console, parallel
 from tests.test_training import ROOT, TINY, TINY_MODEL_AND_LOOP, run_script
 
 KEYS = {"topology", "chips", "bytes_per_chip", "chip_bytes", "fits", "flops_per_chip", "attention_path"}
@@ -71,3 +71,16 @@ def test_with_libtpu_installed_a_host_without_accelerators_runs_on_the_cpu_quiet
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   assert " cpu in 1 process" in done.stdout and "libtpu" not in done.stderr and "TPU_" not in done.stderr, done.stderr
+
+
+def test_a_refused_eval_step_reads_as_not_fitting_beside_the_train_steps_memory():
+  memory = {"arguments": 2**20, "temporaries": 2**30, "outputs": 2**20, "total": 2**30 + 2**21}
+  report = {"topology": "v5e:2x2", "chips": 4, "device_kind": "TPU v5 lite", "mesh": {"data": 4, "fsdp": 1},
+            "attention_path": "standard (explicit logits, all layers)", "assumed": {}, "chip_bytes": 16 * 2**30,
+            "fits": False, "refused": "eval step: the total memory required for HLO temporaries (20.81G) exceeds "
+            "available HBM (15.75G)", "bytes_per_chip": memory, "eval_bytes_per_chip": None, "flops_per_chip": 1e12,
+            "compile_seconds": {"train": 60.0}}
+  lines = console.slice_summary(report).splitlines()
+  assert lines[2] == "train step per chip: arguments 1 MiB, temporaries 1 GiB, outputs 1 MiB, total 1.002 GiB"
+  assert lines[3] == "does NOT fit: libtpu refuses the eval step: the total memory required for HLO temporaries " \
+                     "(20.81G) exceeds available HBM (15.75G)" and len(lines) == 4
