@@ -267,10 +267,15 @@ def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fre
 
 
 def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
-                   best: bool = False) -> tuple[Experiment, int, Any]:
+                   best: bool = False, with_data: bool = True) -> tuple[Experiment, int, Any]:
   """-> (the Experiment of `config` on its first eval split, the step, its parameters) of a checkpoint of
-  `workdir` (the newest that restores, `step`, or the best), opened read-only."""
-  experiment = Experiment(config, info_split=config.eval.splits[0])
+  `workdir` (the newest that restores, `step`, or the best), opened read-only.
+
+  with_data=False builds the Experiment from `config` alone (`Experiment(placeholder=True)`; a run's saved
+  config holds the data-given sizes) and reads no file of the dataset: the model and parameters are the
+  run's, for one's own inputs; its `info` has placeholder pixel statistics and no vocabulary, so it does
+  not evaluate the splits."""
+  experiment = Experiment(config, info_split=config.eval.splits[0], placeholder=not with_data)
   checkpointer = experiment.checkpointer(workdir, read_only=True)
   try:
     step, params, _, _, _ = checkpointer.restore(experiment.abstract_state.params, step=step, best=best)

@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -557,3 +558,21 @@ def test_deit_variants_follow_deits_recipe():
     assert config.train.num_steps * config.train.batch_size == pytest.approx(300 * 1_281_167, rel=1e-3)
   with pytest.raises(ValueError, match="unknown config variant 'base'"):
     module.get_config("base")
+
+
+def test_a_trained_model_restores_from_its_saved_config_with_no_dataset_present(tmp_path):
+  """A run's saved config holds the data-given sizes, so its model and parameters come back with the
+  dataset gone, and compute what the run's own model computes."""
+  tfds_dir = tmp_path / "tfds"
+  trainer.train_and_evaluate(tiny_config(**{"data.tfds_dir": str(tfds_dir)}), str(tmp_path / "run"))
+  config = workdir.load_config(tmp_path / "run")
+  with_data, step, params = trainer.restore_params(config, str(tmp_path / "run"))
+  batch = experiments.example_batch(with_data.info_source, 4, with_data.eval_transform)
+  batch["inputs"] = np.random.default_rng(0).integers(1, config.model.vocab_size, batch["inputs"].shape)
+  expected = with_data.model.apply({"params": params}, batch["inputs"])
+  shutil.rmtree(tfds_dir)
+  alone, alone_step, alone_params = trainer.restore_params(config, str(tmp_path / "run"), with_data=False)
+  assert alone_step == step == 6 and alone.identity == with_data.identity and not alone.assumed
+  jax.tree.map(np.testing.assert_array_equal, alone_params, params)
+  np.testing.assert_array_equal(alone.model.apply({"params": alone_params}, batch["inputs"]), expected)
+  assert not tfds_dir.exists()
