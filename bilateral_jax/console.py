@@ -90,7 +90,8 @@ def slice_summary(report: dict) -> str:
     lines[-1] += f"; eval step total {readable(report['eval_bytes_per_chip']['total'])}: {fits}"
     flops = ""
     if report["flops_per_chip"]:
-      uncounted = " (without the Pallas kernels', which XLA does not count)" if "pallas" in report["attention_path"] else ""
+      pallas = "pallas" in report["attention_path"]
+      uncounted = " (without the Pallas kernels', which XLA does not count)" if pallas else ""
       flops = f"{report['flops_per_chip'] / 1e12:.3g} TFLOP per train step and chip{uncounted}; "
     seconds = report["compile_seconds"]
     lines.append(f"{flops}compiled in {seconds['train']} s (train), {seconds['eval']} s (eval)")

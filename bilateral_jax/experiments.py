@@ -281,8 +281,8 @@ def compile_for_slice(config: ml_collections.ConfigDict, topology: str) -> dict:
   {topology, chips, device_kind, mesh, bytes_per_chip (the train step's arguments, outputs, temporaries,
   generated_code, total), eval_bytes_per_chip, chip_bytes, fits, flops_per_chip, compile_seconds,
   attention_path, assumed, refused}. A program larger than a chip's HBM, which libtpu refuses to compile,
-  gives fits False, `refused` the step and libtpu's reason, and None for the steps not compiled. XLA's FLOPs do
-  not count Pallas kernels (BSA's flash path)."""
+  gives fits False, `refused` the step and libtpu's reason, and None for the steps not compiled. XLA's
+  FLOPs do not count Pallas kernels (BSA's flash path)."""
   devices = parallel.tpu_slice(topology)
   experiment = Experiment(config, devices=devices, placeholder=True)
   capacity = parallel.device_bytes(devices)
