@@ -27,7 +27,7 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from bilateral_jax import experiments, ops, parallel  # noqa: E402
+from bilateral_jax import ops, parallel  # noqa: E402
 from bilateral_jax.ops import target  # noqa: E402
 from bilateral_jax.ops.flash import flash_bilateral_attention  # noqa: E402
 
@@ -105,7 +105,7 @@ def main():
           compiled = compiled_layer(attention, devices, length=length, spatial=spatial, causal=causal,
                                     batch_per_chip=args.batch_per_chip, heads=args.heads, head_dim=args.head_dim)
         except jax.errors.JaxRuntimeError as error:  # libtpu refuses a program larger than the chip's HBM
-          if experiments.hbm_refusal(error) is None:
+          if parallel.hbm_refusal(error) is None:
             raise
           rows.append(dict(case=case, length=length, variant=name, fits=False))
           print(f"{case:<24} N={length:<6} {name:<22} does not fit in a chip's HBM")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 import time
 
 import flax.linen as nn
@@ -197,8 +196,6 @@ class Experiment:
                                out_shardings=(self.state_sharding, replicated), donate_argnums=0)
     self.eval_step = self.jit(functools.partial(steps.eval_step, **self.step_arguments),
                               in_shardings=(self.state_sharding.params, batch_sharding), out_shardings=replicated)
-    self.abstract_batch = {name: jax.ShapeDtypeStruct((config.train.batch_size,) + value.shape[1:], value.dtype,
-                                                      sharding=batch_sharding) for name, value in example.items()}
 
   def traced(self, fn):
     """`fn` traced for this experiment's devices (`ops.target`): attention paths chosen for them (a TPU
@@ -219,15 +216,20 @@ class Experiment:
   def compile_train_step(self):
     """-> (the compiled train step, seconds it took, XLA's FLOPs per step and device or None, bytes of
     memory per device or None: {arguments, outputs, temporaries, generated_code, total})."""
-    return compile_step(self.train_step, self.abstract_state, self.abstract_batch)
+    return compile_step(self.train_step, self.abstract_state,
+                        self.abstract_batch(self.train_transform, self.config.train.batch_size))
 
   def compile_eval_step(self):
-    """`compile_train_step` for the eval step, at the eval batch as the eval transform shapes it."""
-    example = example_batch(self.info_source, 1, self.eval_transform)
+    """`compile_train_step` for the eval step, at the eval batch."""
+    return compile_step(self.eval_step, self.abstract_state.params,
+                        self.abstract_batch(self.eval_transform, self.eval_batch_size))
+
+  def abstract_batch(self, transform, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """A global batch of `batch_size` as `transform` shapes the data's examples (the train batch of an
+    image task carries random erasing's box, the eval batch does not), sharded over the batch axes."""
     sharding = parallel.batch_sharding(self.mesh)
-    batch = {name: jax.ShapeDtypeStruct((self.eval_batch_size,) + value.shape[1:], value.dtype, sharding=sharding)
-             for name, value in example.items()}
-    return compile_step(self.eval_step, self.abstract_state.params, batch)
+    return {name: jax.ShapeDtypeStruct((batch_size,) + value.shape[1:], value.dtype, sharding=sharding)
+            for name, value in example_batch(self.info_source, 1, transform).items()}
 
   def device_batch(self, batch, rng=None):
     """`steps.device_batch` for this experiment's task and data."""
@@ -295,21 +297,13 @@ def compile_for_slice(config: ml_collections.ConfigDict, topology: str) -> dict:
     try:
       _, seconds[step], flops[step], memory[step] = compile_it()
     except jax.errors.JaxRuntimeError as error:
-      refused = hbm_refusal(error)
-      if refused is None:
+      reason = parallel.hbm_refusal(error)
+      if reason is None:
         raise
-      refused = f"{step} step: {refused}"
+      refused = f"{step} step: {reason}"
       break
   fits = False if refused else None if capacity is None else max(m["total"] for m in memory.values()) <= capacity
   return report | {"fits": fits, "refused": refused, "bytes_per_chip": memory.get("train"),
                    "eval_bytes_per_chip": memory.get("eval"), "flops_per_chip": flops.get("train"),
                    "compile_seconds": {step: round(value, 1) for step, value in seconds.items()}}
 
-
-def hbm_refusal(error: Exception) -> str | None:
-  """libtpu's reason for refusing a program larger than a chip's HBM ("the total memory required for HLO
-  temporaries (19.98G) exceeds available HBM (15.75G)"), or None for any other error."""
-  if "RESOURCE_EXHAUSTED" not in str(error):
-    return None
-  reason = re.search(r"Ran out of memory on HBM, (.*?)\.\s", str(error) + " ")
-  return reason.group(1) if reason else str(error).splitlines()[0]

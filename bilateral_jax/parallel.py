@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import flax
 import jax
@@ -89,6 +90,15 @@ def device_bytes(devices) -> int | None:
   chip = CHIP_BYTES.get(devices[0].device_kind)
   cores = len({getattr(device, "core_on_chip", 0) for device in devices})
   return None if chip is None else chip // cores
+
+
+def hbm_refusal(error: Exception) -> str | None:
+  """libtpu's reason for refusing a program larger than a chip's HBM ("the total memory required for HLO
+  temporaries (19.98G) exceeds available HBM (15.75G)"), or None for any other error."""
+  if "RESOURCE_EXHAUSTED" not in str(error):
+    return None
+  reason = re.search(r"Ran out of memory on HBM, (.*?)\.\s", str(error) + " ")
+  return reason.group(1) if reason else str(error).splitlines()[0]
 
 
 def batch_sharding(mesh) -> NamedSharding:
