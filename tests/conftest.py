@@ -7,3 +7,17 @@ os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_forc
                                     "--xla_backend_optimization_level=0"]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="tfds-")  # built datasets stay out of the home directory
+
+import pytest  # noqa: E402  (after the XLA settings above)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_run(tmp_path_factory):
+  """The default config at test size (`tests.test_training.tiny_config`, keeping 5 checkpoints), trained once
+  per test worker -> (config, workdir): steps 1-6, checkpoints at 3 and 6. Read it; copy it before changing it."""
+  from bilateral_jax import trainer
+  from tests.test_training import tiny_config
+  config = tiny_config(**{"train.keep_checkpoints": 5})
+  workdir = tmp_path_factory.mktemp("tiny_run") / "run"
+  trainer.train_and_evaluate(config, str(workdir))
+  return config, workdir

@@ -1,6 +1,7 @@
 """The diagnostics of method.md section 4 against explicit numpy references, and diagnose.py."""
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 
@@ -8,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from bilateral_jax import diagnostics, experiments, ops, trainer
+from bilateral_jax import diagnostics, experiments, trainer
+from tests import independent
 from tests.test_training import ROOT, run_script, small_config, tiny_config
 
 
@@ -70,38 +72,44 @@ def test_token_uniformity_and_snr_against_numpy():
   np.testing.assert_allclose(diagnostics.snr_db(y + 5.0, 1.1 * y + 5.0), diagnostics.snr_db(y, 1.1 * y), rtol=1e-5)
 
 
-def test_depth_profile_adds_noise_to_y0_after_the_position_table_and_counts_real_tokens():
-  """A CLS classifier with padding and an additive sinusoidal table: Y_0 = U + table, the noise is scaled
-  to Y_0's RMS, and SNR and uniformity count neither the CLS token nor padding."""
-  experiment = experiments.Experiment(tiny_config(**{"model.pooling": "cls", "model.transformer.attention": "standard",
-                                                 "model.transformer.position_table": "sinusoidal"}))
+@pytest.mark.parametrize("overrides", [
+    {"model.pooling": "cls", "model.transformer.attention": "standard",
+     "model.transformer.position_table": "sinusoidal"},
+    {"model.transformer.num_layers": 2}], ids=["cls_standard_sinusoidal", "bsa_grc"])
+def test_depth_profile_adds_noise_to_y0_after_the_position_table_and_counts_real_tokens(overrides):
+  """A CLS classifier with an additive sinusoidal table, and the default BSA + GRC, with padding: `stacks`
+  and `depth_profile` against a float64 numpy forward of the stack from its params (Y_0 = embeddings +
+  table, the noise scaled to Y_0's RMS over real tokens, SNR and uniformity counting neither CLS nor padding)."""
+  experiment = experiments.Experiment(tiny_config(**overrides))
   model, params = experiment.model, experiment.init(jax.random.key(0)).params
   inputs = np.stack([experiment.info_source[i]["inputs"] for i in range(4)])
+  layers = model.config.num_layers
+  hidden, weights, real = independent.sequence_stack(model.config, params, inputs, pooling=model.pooling)
   [clean] = diagnostics.stacks(model, params, inputs)
-  u = np.asarray(diagnostics.stack_input(model, params, inputs), np.float64)
-  n = u.shape[1]
-  np.testing.assert_allclose(clean.hidden[0], u + ops.sinusoidal_table(model.config.max_length, u.shape[-1])[:n],
-                             atol=1e-6)
-  real = np.concatenate([np.zeros((4, 1), bool), inputs != 0], axis=1)
+  assert len(clean.hidden) == layers + 1 and not real.all()  # Y_0 .. Y_L; some padding
   np.testing.assert_array_equal(clean.real, real)
-  assert len(clean.hidden) == 2 and not real.all()  # Y_0, Y_1; some padding
+  for got, want in zip(clean.hidden + clean.attention, hidden + weights, strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
   profile = diagnostics.depth_profile(model, params, inputs, noise=0.1, seed=3)
-  y0 = np.asarray(clean.hidden[0], np.float64)
-  eta = 0.1 * np.sqrt(np.mean(y0[real] ** 2)) * np.asarray(jax.random.normal(jax.random.key(3), y0.shape))
-  [noisy] = diagnostics.stacks(model, params, inputs, eta)
-  np.testing.assert_allclose(noisy.hidden[0] - clean.hidden[0], eta, atol=1e-5)
-  for layer in range(2):
-    y, z = (np.asarray(h.hidden[layer], np.float64) for h in (clean, noisy))
+  eta = 0.1 * np.sqrt(np.mean(hidden[0][real] ** 2)) * np.asarray(jax.random.normal(jax.random.key(3), hidden[0].shape))
+  noisy, _, _ = independent.sequence_stack(model.config, params, inputs, pooling=model.pooling, y0_noise=eta)
+  [noisy_stack] = diagnostics.stacks(model, params, inputs, eta)
+  for got, want in zip(noisy_stack.hidden, noisy, strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+  table = independent.sinusoids(len(real[0]), model.config.model_dim) if model.config.additive_positions else 0.0
+  np.testing.assert_allclose(diagnostics.stack_input(model, params, inputs), hidden[0] - table, atol=1e-6)
+  for layer in range(layers + 1):
+    y, z = hidden[layer], noisy[layer]
     centred = [y[b][real[b]] - y[b][real[b]].mean(0) for b in range(4)]
     changes = [z[b][real[b]] - y[b][real[b]] for b in range(4)]
     want = 20 * np.log10(np.sqrt(sum((c**2).sum() for c in centred)) / np.sqrt(sum((c**2).sum() for c in changes)))
-    np.testing.assert_allclose(profile["snr_db"][layer], want, rtol=1e-4)
+    np.testing.assert_allclose(profile["snr_db"][layer], want, rtol=1e-5)
     unit = [y[b][real[b]] / np.linalg.norm(y[b][real[b]], axis=-1, keepdims=True) for b in range(4)]
     cosines = [(v @ v.T).sum() - len(v) for v in unit]
     want = np.mean([c / (len(v) * (len(v) - 1)) for c, v in zip(cosines, unit)])
-    np.testing.assert_allclose(profile["token_uniformity"][layer], want, rtol=1e-4)
-  assert profile["stack"] == "transformer" and profile["layer"] == [0, 1] and "decoder" not in profile
+    np.testing.assert_allclose(profile["token_uniformity"][layer], want, rtol=1e-5)
+  assert profile["stack"] == "transformer" and profile["layer"] == list(range(layers + 1)) and "decoder" not in profile
 
 
 def tiny_model(**transformer):
@@ -111,28 +119,27 @@ def tiny_model(**transformer):
   return experiment.model, experiment.init(jax.random.key(0)).params, inputs
 
 
-def test_attention_maps_average_the_sown_weights_and_their_distance():
+def test_attention_maps_average_the_attention_weights_and_their_distance():
+  """The maps and mean distances of a 2-layer BSA + GRC model against its attention weights computed in
+  float64 numpy from its params."""
   model, params, inputs = tiny_model(num_layers=2)
-  _, state = model.apply({"params": params}, inputs, mutable=["intermediates"])
-  sown = state["intermediates"]["transformer"]
+  _, weights, real = independent.sequence_stack(model.config, params, inputs)
   [stack] = diagnostics.stacks(model, params, inputs)
   maps = diagnostics.attention_maps(stack)
   assert len(maps) == 2
   for layer, got in enumerate(maps):
-    want = np.asarray(diagnostics.sown_attention_weights(sown[f"block_{layer}"]["attention"])).mean(axis=(0, 1))
-    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(got, weights[layer].mean(axis=(0, 1)), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.sum(got, axis=-1), 1.0, rtol=1e-5)
   n = maps[0].shape[0]
   coords = diagnostics.stack_coordinates(model, params, inputs)
   np.testing.assert_array_equal(coords, np.arange(n)[:, None])
   i, j = np.indices((n, n))
   np.testing.assert_allclose(diagnostics.mean_attention_distance(maps[1], coords),
-                             np.sum(np.asarray(maps[1]) * np.abs(i - j)) / n, rtol=1e-5)
+                             np.sum(weights[1].mean(axis=(0, 1)) * np.abs(i - j)) / n, rtol=1e-5)
   # per example, over the real query rows only (the padding rows of each example do not count)
-  weights, real = np.asarray(stack.attention[1], np.float64), inputs != 0
   assert not real.all()
-  rows = [np.sum(weights[b][:, q] * np.abs(i - j)[q], axis=-1) for b in range(4) for q in np.flatnonzero(real[b])]
-  np.testing.assert_allclose(diagnostics.mean_attention_distance(weights, coords, stack.real[:, None, :]),
+  rows = [np.sum(weights[1][b][:, q] * np.abs(i - j)[q], axis=-1) for b in range(4) for q in np.flatnonzero(real[b])]
+  np.testing.assert_allclose(diagnostics.mean_attention_distance(stack.attention[1], coords, stack.real[:, None, :]),
                              np.mean(rows), rtol=1e-5)
   # a CLS token (no place) in front of a 2 x 2 patch grid: distances among patches only, the CLS row on the grid
   a = np.random.default_rng(0).dirichlet(np.ones(5), 5)
@@ -173,9 +180,9 @@ def numpy_logit_terms(x, p, block, pre_norm):
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_cross_term_share_against_numpy(norm):
   model, params, inputs = tiny_model(attention="standard", position_table="sinusoidal", norm=norm)
-  x = diagnostics.stack_input(model, params, inputs)
+  x = np.asarray(params["embed"]["embedding"], np.float64)[inputs]  # the stack's input, by hand
   n = x.shape[1]
-  p = ops.sinusoidal_table(model.config.max_length, model.config.model_dim)[:n]
+  p = independent.sinusoids(n, model.config.model_dim)
   terms = numpy_logit_terms(x, p, params["transformer"]["block_0"], norm == "pre")
   real = inputs != 0
   keep = real[:, None, :, None] & real[:, None, None, :]
@@ -191,7 +198,7 @@ def test_cross_term_share_against_numpy(norm):
     squares.append(np.sum(keep * (t - mean) ** 2))
   got = diagnostics.cross_term_share(model, params, inputs)
   want = np.array(squares) / sum(squares)
-  np.testing.assert_allclose([got["content_share"], got["position_share"], got["cross_share"]], want, rtol=1e-4)
+  np.testing.assert_allclose([got["content_share"], got["position_share"], got["cross_share"]], want, rtol=1e-5)
   assert 0 < got["cross_share"] < 1
   rematerialised = model.clone(config=dataclasses.replace(model.config, remat="full"))
   assert diagnostics.cross_term_share(rematerialised, params, inputs) == got
@@ -220,7 +227,7 @@ def test_relative_sensitivity_and_long_range_stability():
     np.testing.assert_allclose(doubled[kind], result[kind], rtol=0.02)
 
 
-def test_diagnose_commands(tmp_path):
+def test_diagnose_commands(trained_tiny_run, tmp_path):
   model_free = subprocess.run([sys.executable, "diagnose.py", "--lipschitz", "--long_range",
                                f"--workdir={tmp_path / 'free'}", "--lengths=10,100", "--samples=20"], cwd=ROOT,
                               capture_output=True, text=True)
@@ -230,7 +237,7 @@ def test_diagnose_commands(tmp_path):
   long_range = json.loads((out / "long_range.json").read_text())
   assert set(long_range) == {"N", "standard", "alibi", "bilateral"} and long_range["N"] == [10, 100]
   assert (out / "long_range.png").exists()
-  trainer.train_and_evaluate(tiny_config(), str(tmp_path / "run"))
+  shutil.copytree(trained_tiny_run[1], tmp_path / "run")
   result = run_script("diagnose.py", tmp_path / "run", {}, devices=1, extra=["--examples=8"])
   assert result.returncode == 0, result.stderr
   depth = json.loads((tmp_path / "run" / "diagnostics" / "depth.json").read_text())

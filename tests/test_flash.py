@@ -8,7 +8,7 @@ import pytest
 from bilateral_jax import ops
 from bilateral_jax.ops import dispatch
 from bilateral_jax.ops.flash import flash_applies, flash_bilateral_attention
-from tests.test_ops import B, D, H, H_P, H_Y, assert_close, positions, qkv, spatial_params
+from tests.test_ops import B, D, H, H_P, H_Y, assert_close, assert_leaves_close, positions, qkv, spatial_params
 
 N = 37  # three 16-wide tiles, the last one padded
 
@@ -122,7 +122,6 @@ def test_dispatch_takes_an_exact_path_or_refuses():
 
 def test_models_match_on_the_pallas_path():
   from bilateral_jax.models import TransformerConfig, build_model
-  from tests.test_folded import flat
   tokens = jnp.asarray(np.arange(2 * 12).reshape(2, 12) % 11).at[1, -3:].set(0)  # padding in the classifier
   images = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3))
   cases = [("lm", dict(vocab_size=11), tokens, {}),  # causal, 1-D
@@ -139,4 +138,4 @@ def test_models_match_on_the_pallas_path():
       results.append((model.apply(params, inputs),
                       jax.grad(lambda p: jnp.sum(model.apply(p, inputs) ** 2))(params)))
     assert_close(results[1][0], results[0][0])
-    assert_close(flat(results[1][1]), flat(results[0][1]), rtol=1e-4)
+    assert_leaves_close(results[1][1], results[0][1], rtol=1e-4)

@@ -7,7 +7,7 @@ import pytest
 from bilateral_jax import ops
 from bilateral_jax.ops import target
 from bilateral_jax.ops.folded import cudnn_applies, foldable, folded_bilateral_attention
-from tests.test_ops import B, D, H, H_P, H_Y, N, assert_close, positions, qkv, spatial_params
+from tests.test_ops import B, D, H, H_P, H_Y, N, assert_close, assert_leaves_close, positions, qkv, spatial_params
 
 CASES = [(content, spatial, layout, causal)
          for content in ("dot", "gaussian")
@@ -62,10 +62,6 @@ def test_unfoldable_cases_are_refused():
     folded_bilateral_attention(q, k, v, coords, coords, h_y=H_Y, h_p=H_P, spatial="gaussian")
 
 
-def flat(grads):
-  return np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads)])
-
-
 def test_models_give_the_same_outputs_and_gradients_on_every_implementation():
   from bilateral_jax.models import TransformerConfig, build_model
   tokens = np.arange(2 * 8).reshape(2, 8) % 11
@@ -80,7 +76,7 @@ def test_models_give_the_same_outputs_and_gradients_on_every_implementation():
       loss = lambda p: jnp.mean(model.apply(p, tokens) ** 2)
       outputs[implementation] = (model.apply(params, tokens), jax.grad(loss)(params))
     assert_close(outputs["folded"][0], outputs["xla"][0])
-    assert_close(flat(outputs["folded"][1]), flat(outputs["xla"][1]), rtol=1e-4)  # relative to the largest
+    assert_leaves_close(outputs["folded"][1], outputs["xla"][1], rtol=1e-4)
   images = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3))
   cls_outputs = []
   for implementation in ("xla", "folded"):  # TUPE features with a place-less CLS token
@@ -91,7 +87,7 @@ def test_models_give_the_same_outputs_and_gradients_on_every_implementation():
     cls_outputs.append((model.apply(params, images),
                         jax.grad(lambda p: jnp.sum(model.apply(p, images) ** 2))(params)))
   assert_close(cls_outputs[1][0], cls_outputs[0][0])
-  assert_close(flat(cls_outputs[1][1]), flat(cls_outputs[0][1]), rtol=1e-4)
+  assert_leaves_close(cls_outputs[1][1], cls_outputs[0][1], rtol=1e-4)
   vit = build_model("vit", TransformerConfig(num_layers=1, num_heads=2, model_dim=16, mlp_dim=32, max_length=16,
                                             attention_implementation="folded"), num_classes=3)
   with pytest.raises(ValueError, match="attention_implementation='folded' does not apply to spatial='gaussian'"):

@@ -10,7 +10,7 @@ import pytest
 from bilateral_jax import sampling, trainer
 from bilateral_jax.data.sources import DatasetInfo
 from bilateral_jax.models import build_model
-from tests.test_models import ATTENTIONS, attention_id, tiny
+from tests.test_models import ATTENTIONS, tiny
 from tests.test_training import run_script, small_config
 
 VOCAB = 13
@@ -18,13 +18,33 @@ CACHED_VARIANTS = ATTENTIONS + [
     dict(attention="bilateral", spatial="asymmetric", content="dot"),
     dict(attention="bilateral", spatial="shifted"),
     dict(attention="bilateral", spatial="laplacian", residual="grc", grc_form="boost"),
+    dict(attention="bilateral", spatial="laplacian", residual="standard"),
+    dict(attention="bilateral", spatial="gaussian", grc_sublayers=("attention", "mlp"), grc_per_channel=True),
+    dict(attention="bilateral", spatial="laplacian", grc_form="boost", grc_sublayers=("attention", "mlp"),
+         grc_per_channel=True),
 ]
+
+
+def variant_id(variant):
+  return "-".join("+".join(value) if isinstance(value, tuple) else "per_channel" if value is True else str(value)
+                  for value in variant.values())
+
+
+def random_grc_t(params, seed=0):
+  """Every GRC theta drawn at random (each channel its own t): at init they are all equal, so a per-channel t
+  read in the wrong order, or a scalar read in place of it, would go unseen."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree_util.tree_unflatten(treedef, [
+      jax.random.normal(key, leaf.shape, leaf.dtype) if "grc_theta" in jax.tree_util.keystr(path) else leaf
+      for key, (path, leaf) in zip(keys, leaves)])
 
 
 def full_and_cached(model, tokens, prefill=3):
   """Logits [b, n, ...] of the whole sequence at once, and of the cache filled by its first `prefill` tokens,
   then fed one token at a time."""
   params = model.init(jax.random.key(0), tokens)["params"]
+  params = random_grc_t(params)
   full = model.apply({"params": params}, tokens)
   pieces, cache = [], None
   for start, stop in [(0, prefill)] + [(i, i + 1) for i in range(prefill, tokens.shape[1])]:
@@ -35,7 +55,7 @@ def full_and_cached(model, tokens, prefill=3):
   return full, pieces
 
 
-@pytest.mark.parametrize("variant", CACHED_VARIANTS, ids=attention_id)
+@pytest.mark.parametrize("variant", CACHED_VARIANTS, ids=variant_id)
 def test_cached_decoding_equals_full_recomputation(variant):
   model = build_model("lm", tiny(**variant), vocab_size=VOCAB)
   tokens = jnp.asarray(np.random.default_rng(0).integers(1, VOCAB, (2, 9)), jnp.int32)

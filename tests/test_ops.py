@@ -26,6 +26,19 @@ def assert_close(actual, expected, rtol=1e-5):
   np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol, atol=rtol * scale)
 
 
+def assert_leaves_close(actual, expected, rtol=1e-5, floor=1e-7):
+  """Two pytrees (e.g. parameter gradients) close leaf by leaf, each relative to its own scale, with an
+  absolute `floor` x the largest leaf's scale: the float32 round-off of a gradient that is zero in exact
+  arithmetic (a key projection's bias under a softmax that ignores per-query shifts)."""
+  assert jax.tree.structure(actual) == jax.tree.structure(expected)
+  wants = [np.asarray(want, np.float64) for want in jax.tree.leaves(expected)]
+  largest = max(np.max(np.abs(want)) for want in wants)
+  for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(actual), wants):
+    atol = max(rtol * np.max(np.abs(want)), floor * largest)
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=rtol, atol=atol,
+                               err_msg=jax.tree_util.keystr(path))
+
+
 def qkv(seed=0, n=N, m=N):
   kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
   return (jax.random.normal(kq, (B, n, H, D)), jax.random.normal(kk, (B, m, H, D)),
@@ -179,11 +192,27 @@ def test_standard_attention_bias_matches_jax_nn():
   assert_close(ops.standard_attention(q, k, v, bias=bias), jax.nn.dot_product_attention(q, k, v, bias=bias))
 
 
+def press_alibi_slopes(heads):
+  """ALiBi's slopes as Press et al. (2022) define them (their reference `get_slopes`): for a power of two n,
+  start**(i + 1) with start = 2**(-8 / n); otherwise the closest smaller power of two's slopes, then every
+  other slope of twice that count."""
+  if heads & (heads - 1) == 0:
+    start = 2.0 ** (-8.0 / heads)
+    return [start ** (i + 1) for i in range(heads)]
+  closest = 2 ** int(np.floor(np.log2(heads)))
+  return press_alibi_slopes(closest) + press_alibi_slopes(2 * closest)[0::2][:heads - closest]
+
+
+def test_alibi_slopes_are_press_et_als_for_every_head_count():
+  np.testing.assert_allclose(press_alibi_slopes(6), [2.0 ** -e for e in (2, 4, 6, 8, 1, 3)])  # the reference
+  for heads in (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32):
+    np.testing.assert_allclose(ops.alibi_slopes(heads), press_alibi_slopes(heads), rtol=1e-6, err_msg=str(heads))
+
+
 def test_alibi_is_causal_laplacian_bsa_with_fixed_bandwidths():
   q, k, v = qkv()
   coords = ops.sequence_coordinates(N)
   slopes = ops.alibi_slopes(H)
-  np.testing.assert_allclose(slopes[0], 2.0 ** (-8 / H))
   i, j = np.arange(N)[:, None], np.arange(N)[None, :]
   explicit_bias = -np.asarray(slopes)[:, None, None] * np.abs(i - j)[None]
   assert_close(ops.alibi_bias(coords, coords, slopes)[0], explicit_bias)

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 
 from bilateral_jax import robustness, trainer
 from bilateral_jax.data import sources
-from tests.test_training import run_script, small_config, tiny_config
+from tests import independent
+from tests.test_training import run_script, small_config
 
 
 def test_linf_attack_stays_in_the_ball_and_the_valid_range():
@@ -24,6 +26,104 @@ def test_linf_attack_stays_in_the_ball_and_the_valid_range():
   # FGSM is one signed-gradient step of the whole radius (away from the bounds)
   free = robustness.linf_attack(loss, x.shape, radius=0.1, steps=1, step_size=0.1, random_start=False, rng=None)
   np.testing.assert_allclose(free, 0.1 * np.sign(jax.grad(loss)(jnp.zeros_like(x))), rtol=1e-6)
+
+
+class LinearImageClassifier(nn.Module):
+  """Softmax regression on the flattened image."""
+  classes: int
+
+  @nn.compact
+  def __call__(self, images):
+    return nn.Dense(self.classes, name="head")(images.reshape(images.shape[0], -1))
+
+
+class LinearTokenClassifier(nn.Module):
+  """Softmax regression on the mean of the token embeddings."""
+  vocab: int
+  dim: int
+  classes: int
+
+  @nn.compact
+  def __call__(self, tokens):
+    embedded = nn.Embed(self.vocab, self.dim, name="embed")(tokens)
+    return nn.Dense(self.classes, name="head")(jnp.mean(embedded, axis=1))
+
+
+def softmax64(z):
+  e = np.exp(z - z.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def numpy_linf_attack(gradient, delta, low, high, *, steps, step_size):
+  """`steps` signed-gradient steps of `step_size` from delta, each clipped to [low, high], in float64."""
+  delta = np.clip(delta, low, high)
+  for _ in range(steps):
+    delta = np.clip(delta + step_size * np.sign(gradient(delta)), low, high)
+  return delta
+
+
+@pytest.mark.parametrize("case", ["images normalized", "images pixel", "tokens"])
+def test_fgsm_and_pgd_on_softmax_regression_equal_a_closed_form_numpy_attack(case):
+  """On a linear model the cross-entropy's input gradient is W^T (softmax - onehot) (times the chain rule's
+  positive factors): FGSM is the radius times its sign, PGD the same signed steps from the uniform start,
+  both clipped to the ball (and the pixels to [0, 1]); an example of weight 0 is not moved."""
+  rng = np.random.default_rng(0)
+  batch_size, classes = 6, 4
+  weight = np.asarray([1, 1, 1, 1, 1, 0], np.float32)
+  labels = rng.integers(0, classes, batch_size)
+  settings = robustness.AttackSettings(epsilons=(8.0,), pgd_steps=5,
+                                       convention="pixel" if case == "images pixel" else "normalized")
+  if case == "tokens":
+    vocab, dim, n = 7, 5, 4
+    model = LinearTokenClassifier(vocab, dim, classes)
+    table, kernel = rng.standard_normal((vocab, dim)), rng.standard_normal((dim, classes))
+    params = {"embed": {"embedding": table}, "head": {"kernel": kernel, "bias": rng.standard_normal(classes)}}
+    inputs = rng.integers(1, vocab, (batch_size, n))
+    embedded = table[inputs]
+    radius = 0.5 * np.mean(np.linalg.norm(table[1:], axis=-1)) / np.sqrt(dim)  # ε = 0.5 of the mean row norm
+    epsilon, low, high, shape, stats = 0.5, -radius, radius, embedded.shape, None
+    logits_of = lambda delta: np.mean(embedded + delta, axis=1) @ kernel + params["head"]["bias"]
+    onehot = np.eye(classes)[labels]
+    gradient = lambda delta: np.repeat(
+        (weight[:, None] * (softmax64(logits_of(delta)) - onehot) @ kernel.T)[:, None] / n, n, axis=1)
+  else:
+    height, width, channels = 2, 3, 3
+    model = LinearImageClassifier(classes)
+    kernel = rng.standard_normal((height * width * channels, classes))
+    params = {"head": {"kernel": kernel, "bias": rng.standard_normal(classes)}}
+    pixels = rng.uniform(0, 1, (batch_size, height, width, channels))
+    pixels[:, 0, 0] = [0.0, 0.01, 0.995]  # within the radius of 0 and 1: the pixel bounds bind
+    mean, std = np.asarray([0.4, 0.5, 0.6]), np.asarray([0.2, 0.25, 0.3])
+    inputs, stats = ((pixels - mean) / std).astype(np.float32), (mean, std)
+    pixels = np.asarray(inputs, np.float64) * std + mean
+    epsilon, radius, shape = 8.0, 8.0 / 255, inputs.shape
+    if settings.convention == "normalized":  # x + δ, unclipped, against the clean predictions
+      low, high = -radius, radius
+      model_input = lambda delta: np.asarray(inputs, np.float64) + delta
+      clean = model_input(0.0).reshape(batch_size, -1) @ kernel + params["head"]["bias"]
+      onehot = np.eye(classes)[np.argmax(clean, -1)]
+      chain = 1.0
+    else:  # the pixels p + δ in [0, 1], normalised, against the true labels
+      low, high = np.maximum(-pixels, -radius), np.minimum(1 - pixels, radius)
+      model_input = lambda delta: (np.clip(pixels + delta, 0, 1) - mean) / std
+      onehot, chain = np.eye(classes)[labels], 1 / std
+    logits_of = lambda delta: model_input(delta).reshape(batch_size, -1) @ kernel + params["head"]["bias"]
+    gradient = lambda delta: chain * (weight[:, None] * (softmax64(logits_of(delta)) - onehot) @ kernel.T).reshape(
+        shape)
+  batch = {"inputs": jnp.asarray(inputs), "label": jnp.asarray(labels), "weight": jnp.asarray(weight)}
+  params = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), params)
+  start = np.asarray(jax.random.uniform(jax.random.key(1), shape, minval=-1.0, maxval=1.0), np.float64) * radius
+  want = {"fgsm": numpy_linf_attack(gradient, np.zeros(shape), low, high, steps=1, step_size=radius),
+          "pgd": numpy_linf_attack(gradient, start, low, high, steps=5, step_size=0.15 * radius)}
+  for attack in ("fgsm", "pgd"):
+    logits, delta = robustness.attacked_logits(model, params, batch, attack=attack, epsilon=epsilon,
+                                               input_kind=case.split()[0], settings=settings, image_stats=stats,
+                                               rng=jax.random.key(1))
+    np.testing.assert_allclose(delta, want[attack], rtol=0, atol=2e-7)  # float32 pixels and bounds
+    np.testing.assert_allclose(logits, logits_of(want[attack]), rtol=1e-5, atol=1e-5)
+    if attack == "fgsm":
+      assert np.all(np.asarray(delta)[-1] == 0)  # weight 0: no gradient (PGD: its start, compared above)
+    assert np.abs(want[attack][:-1]).max() == pytest.approx(radius)  # the corners of the ball
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +173,43 @@ def test_image_attacks_on_a_trained_model(trained_digits):
   assert _attacked_accuracy(experiment, params, "pgd", 0.0, convention="pixel") == clean
 
 
+def _summed_cross_entropy(logits, labels, weight):
+  logits = np.asarray(logits, np.float64)
+  log_probs = logits - logits.max(-1, keepdims=True)
+  log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+  return -np.sum(np.asarray(weight) * np.take_along_axis(log_probs, np.asarray(labels)[:, None], -1)[:, 0])
+
+
+@pytest.mark.parametrize("convention", robustness.CONVENTIONS)
+def test_fgsm_and_pgd_raise_the_loss_above_random_perturbations_of_the_same_norm(trained_digits, convention):
+  """The attacks' loss (on the labels each convention attacks) beats random sign vectors times the radius
+  (clipped to the valid pixels as the attacks are): an attack that does nothing, or a random one, fails."""
+  experiment, params, _ = trained_digits
+  source = sources.load_split(experiment.config.data, "test")
+  batch = experiment.device_batch({name: np.stack([experiment.eval_transform(source[i], None)[name] for i in range(64)])
+                                   for name in ("inputs", "label", "weight")})
+  mean, std = (np.asarray(v, np.float64) for v in experiment.info.image_stats)
+  x = np.asarray(batch["inputs"], np.float64)
+  forward = jax.jit(lambda inputs: experiment.model.apply({"params": params}, inputs))
+  apply = lambda inputs: forward(jnp.asarray(inputs, jnp.float32))
+  if convention == "normalized":
+    labels, perturb = np.argmax(apply(x), -1), lambda delta: x + delta
+  else:
+    labels, perturb = np.asarray(batch["label"]), lambda delta: (np.clip(x * std + mean + delta, 0, 1) - mean) / std
+  loss = lambda inputs: _summed_cross_entropy(apply(inputs), labels, batch["weight"])
+  radius = 4.0 / 255
+  signs = np.random.default_rng(0).choice([-1.0, 1.0], (5,) + x.shape)
+  random = max(loss(perturb(radius * sign)) for sign in signs)
+  clean = loss(x)
+  assert random > clean  # the radius is not negligible
+  settings = robustness.AttackSettings(epsilons=(4.0,), convention=convention)
+  for attack in ("fgsm", "pgd"):
+    logits, _ = jax.jit(lambda p, b, attack=attack: robustness.attacked_logits(
+        experiment.model, p, b, attack=attack, epsilon=4.0, input_kind="images", settings=settings,
+        image_stats=experiment.info.image_stats, rng=jax.random.key(1)))(params, batch)
+    assert _summed_cross_entropy(logits, labels, batch["weight"]) - clean > 2 * (random - clean), attack
+
+
 def test_attack_success_rate_counts_the_clean_correct_examples_made_wrong(trained_digits):
   experiment, params, _ = trained_digits
   settings = robustness.AttackSettings(epsilons=(16.0,), convention="pixel")
@@ -92,10 +229,9 @@ def test_attack_success_rate_counts_the_clean_correct_examples_made_wrong(traine
   assert zero["pgd"]["0"]["attack_success_rate"] == 0.0
 
 
-def test_token_attacks_perturb_the_embeddings_within_the_relative_radius(tmp_path):
-  config = tiny_config(**{"train.num_steps": 60, "train.eval_every": 60, "train.checkpoint_every": 60})
-  trainer.train_and_evaluate(config, str(tmp_path))
-  experiment, _, params = trainer.restore_params(config, str(tmp_path))
+def test_token_attacks_perturb_the_embeddings_within_the_relative_radius(trained_tiny_run):
+  config, workdir = trained_tiny_run
+  experiment, _, params = trainer.restore_params(config, str(workdir))
   source = sources.load_split(experiment.config.data, "test")
   batch = {name: np.stack([source[i][name] for i in range(8)]) for name in ("inputs", "label", "weight")}
   settings = robustness.AttackSettings(epsilons=(0.5,))
@@ -112,8 +248,15 @@ def test_token_attacks_perturb_the_embeddings_within_the_relative_radius(tmp_pat
   assert pgd <= fgsm <= clean
 
 
-WORDS = ("the quick brown fox jumps over the lazy dog and then the fox sleeps <eos> a dog barks at "
-         "night , but nobody hears it <eos>").split()
+WORDS = ("the quick brown fox jumps over the lazy dog and then The fox sleeps <eos> a Dog barks at "
+         "night , but nobody hears it x1 1984 co-op <eos>").split()
+
+
+def eligible_word(word):
+  """The docstring's definition: a word with an ASCII letter that is not a stopword (in any case) nor a
+  special token (<eos>, <unk>)."""
+  return (any(c.isascii() and c.isalpha() for c in word) and word.lower() not in robustness.STOPWORDS
+          and not word.startswith("<"))
 
 
 def _word_info():
@@ -121,26 +264,67 @@ def _word_info():
   return sources.DatasetInfo(vocab_size=len(vocabulary), vocabulary=vocabulary, tokenizer="words")
 
 
-def test_contamination_of_words_swaps_exactly_the_fraction_of_eligible_words():
+@pytest.mark.parametrize("replacement", robustness.REPLACEMENTS)
+def test_contamination_of_words_swaps_exactly_the_fraction_of_eligible_words(replacement):
+  """Against the docstring's definition written here: round(fraction x eligible) eligible words become
+  <unk> (oov) or an eligible vocabulary word (random); nothing else changes."""
+  assert {"the", "a", "at", "but", "it", "and", "then", "over"} <= robustness.STOPWORDS
   info = _word_info()
   index = {word: i for i, word in enumerate(info.vocabulary)}
   ids = np.asarray([index[w] for w in WORDS * 20])
-  eligible = sum(w not in robustness.STOPWORDS and w.isalpha() for w in WORDS) * 20
-  out, inserted, replaced, counted = robustness.contaminate(ids, info, 0.1, seed=3)
-  assert counted == eligible and replaced == round(0.1 * eligible)
-  changed = out != ids
-  assert changed.sum() == replaced and np.all(out[changed] == 1)  # <unk>
-  np.testing.assert_array_equal(inserted, changed)
-  assert all(robustness._eligible(info.vocabulary[i]) for i in ids[changed])  # stopwords, <eos>, ',' kept
-  np.testing.assert_array_equal(out, robustness.contaminate(ids, info, 0.1, seed=3).stream)
-  assert not np.array_equal(robustness.contaminate(ids, info, 0.1, seed=4).stream, out)
-  swapped = robustness.contaminate(ids, info, 0.1, seed=3, replacement="random")
-  assert all(robustness._eligible(info.vocabulary[i]) for i in swapped.stream[swapped.inserted])
-  assert swapped.inserted.sum() == replaced
+  words = [info.vocabulary[i] for i in ids]
+  eligible = np.asarray([eligible_word(w) for w in words])
+  assert eligible.sum() == 20 * 15  # quick brown fox jumps lazy dog fox sleeps Dog barks night nobody hears x1 co-op
+  fraction = 0.125  # 37.5 words: rounds up
+  out, inserted, replaced, counted = robustness.contaminate(ids, info, fraction, seed=3, replacement=replacement)
+  assert counted == eligible.sum() and replaced == 38 == round(fraction * eligible.sum())
+  assert inserted.sum() == replaced and np.all(eligible[inserted])  # stopwords, <eos>, ',', 1984 never
+  np.testing.assert_array_equal(out[~inserted], ids[~inserted])
+  if replacement == "oov":
+    assert np.all(out[inserted] == index["<unk>"])
+  else:
+    assert all(eligible_word(info.vocabulary[i]) for i in out[inserted])
+    assert np.sum(out != ids) > replaced // 2  # mostly other words
+  again = robustness.contaminate(ids, info, fraction, seed=3, replacement=replacement)
+  np.testing.assert_array_equal(again.stream, out)
+  np.testing.assert_array_equal(again.inserted, inserted)
+  assert not np.array_equal(robustness.contaminate(ids, info, fraction, seed=4, replacement=replacement).inserted,
+                            inserted)
 
 
-@pytest.mark.parametrize("tokenizer", ["chars", "bytes"])
-def test_contamination_of_characters_keeps_the_length(tokenizer):
+def _decode(ids, vocabulary, tokenizer):
+  if tokenizer == "chars":
+    return "".join(vocabulary[i] if i >= 2 else "\0" for i in ids)
+  return "".join(chr(i - 1) if i else "\0" for i in ids)
+
+
+def check_character_contamination(clean_ids, contaminated, vocabulary, tokenizer, fraction, replacement="oov"):
+  """Checks a character or byte stream's `Contamination` against the definition, written here: the words are
+  the maximal runs of letters; round(fraction x eligible) eligible ones become letters of the same length
+  (oov: not a word of the text; random: another word of the text); `inserted` marks exactly their
+  characters; nothing else changes."""
+  out, inserted, replaced, counted = contaminated
+  before, after = _decode(clean_ids, vocabulary, tokenizer), _decode(out, vocabulary, tokenizer)
+  assert len(after) == len(before) == len(inserted)
+  runs = independent.letter_runs(before)
+  eligible = [(start, end, word) for start, end, word in runs if word.lower() not in robustness.STOPWORDS]
+  known = {word.lower() for _, _, word in runs}
+  assert counted == len(eligible) and replaced == round(fraction * len(eligible)) > 0
+  swapped = [(start, end, word) for start, end, word in eligible if after[start:end] != word]
+  assert len(swapped) == replaced
+  want = np.zeros(len(before), bool)
+  for start, end, word in swapped:
+    new = after[start:end]
+    assert new.isascii() and new.isalpha() and new == new.lower()
+    assert (new not in known) if replacement == "oov" else (new in known and new != word.lower())
+    assert not after[start - 1:start].isalpha() and not after[end:end + 1].isalpha()  # the same length
+    want[start:end] = True
+  np.testing.assert_array_equal(inserted, want)
+  np.testing.assert_array_equal(np.asarray(out)[~want], np.asarray(clean_ids)[~want])
+
+
+@pytest.mark.parametrize("tokenizer, replacement", [("chars", "oov"), ("bytes", "oov"), ("chars", "random")])
+def test_contamination_of_characters_keeps_the_length(tokenizer, replacement):
   text = " ".join(WORDS * 10)
   if tokenizer == "chars":
     vocabulary = ("<pad>", "<unk>") + tuple(sorted(set(text)))
@@ -149,17 +333,11 @@ def test_contamination_of_characters_keeps_the_length(tokenizer):
     vocabulary = ("<pad>",) + tuple(range(256))
     ids = np.frombuffer(text.encode(), np.uint8).astype(np.int64) + 1
   info = sources.DatasetInfo(vocab_size=len(vocabulary), vocabulary=vocabulary, tokenizer=tokenizer)
-  out, inserted, replaced, eligible = robustness.contaminate(ids, info, 0.25, seed=0)
-  assert out.shape == ids.shape and replaced == round(0.25 * eligible)
-  decode = (lambda a: "".join(vocabulary[i] for i in a)) if tokenizer == "chars" else (lambda a: bytes(a - 1).decode())
-  before, after = decode(ids).split(), decode(out).split()
-  swapped = [(b, a) for b, a in zip(before, after) if b != a]
-  assert len(swapped) == replaced and len(before) == len(after)
-  assert all(len(a) == len(b) and a not in before and b not in robustness.STOPWORDS for b, a in swapped)
-  letters = out[inserted] if tokenizer == "chars" else out[inserted].astype(np.uint8)  # bytes(): one byte each
-  assert np.all(inserted[out != ids]) and decode(letters).isalpha()  # the inserted words' letters
-  assert replaced <= inserted.sum() <= sum(len(a) for _, a in swapped)
-  np.testing.assert_array_equal(robustness.contaminate(ids, info, 0.25, seed=0).stream, out)
+  contaminated = robustness.contaminate(ids, info, 0.25, seed=0, replacement=replacement)
+  assert contaminated.stream.shape == ids.shape
+  check_character_contamination(ids, contaminated, vocabulary, tokenizer, 0.25, replacement)
+  np.testing.assert_array_equal(robustness.contaminate(ids, info, 0.25, seed=0, replacement=replacement).stream,
+                                contaminated.stream)
 
 
 def test_eval_attacks_command(trained_digits, tmp_path):
@@ -196,8 +374,20 @@ def test_contaminated_language_model_evaluation(tmp_path):
   experiment, _, params = trainer.restore_params(config, str(tmp_path / "run"))
   settings = robustness.AttackSettings(epsilons=(), contamination=0.5)
   got = robustness.evaluate(experiment, params, "test", ("contamination",), settings)["contamination"]["0.5"]
-  windows, _, _ = robustness.contaminated_source(sources.load_split(experiment.config.data, "test"), 0.5)
+  source = sources.load_split(experiment.config.data, "test")
+  windows, replaced, eligible = robustness.contaminated_source(source, 0.5)
+  assert (replaced, eligible) == (got["replaced"], got["eligible"])
+  # the windowed text against the definition, and the uncontaminated targets from the text's own changes
+  clean, stream = sources.window_stream(source), sources.window_stream(windows.windows)
+  inserted = sources.window_stream(windows.flags) == 0
+  check_character_contamination(clean, robustness.Contamination(stream, inserted, replaced, eligible),
+                                source.info.vocabulary, source.info.tokenizer, 0.5)
+  assert not isinstance(source, sources.StreamWindows)  # contiguous windows: window i's targets are i L + 1..
+  length = source.arrays["inputs"].shape[1]
   items = [windows[i] for i in range(len(windows))]
+  for i, item in enumerate(items):
+    np.testing.assert_array_equal(item["inputs"], stream[i * length:(i + 1) * length])
+    np.testing.assert_array_equal(item["uncontaminated"], ~inserted[i * length + 1:(i + 1) * length + 1])
   inputs, targets = (np.stack([item[name] for item in items]) for name in ("inputs", "targets"))
   kept = np.stack([item["weight"] * item["uncontaminated"] for item in items]).astype(bool)
   log_probs = jax.nn.log_softmax(np.asarray(experiment.model.apply({"params": params}, inputs), np.float64))

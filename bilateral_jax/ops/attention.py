@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bilateral_jax.ops.kernels import bilateral_logits, content_logits
+from bilateral_jax.ops.kernels import accumulation_dtype, at_least_float32, bilateral_logits, content_logits
 
 
 def causal_mask(q_len: int, k_len: int) -> jnp.ndarray:
@@ -18,25 +18,26 @@ def causal_mask(q_len: int, k_len: int) -> jnp.ndarray:
 
 
 def attention_weights(logits, *, mask=None, is_causal: bool = False) -> jnp.ndarray:
-  """Softmax over keys after masking (True = attend); computed in float32, returned as float32.
+  """Softmax over keys after masking (True = attend); computed in and returned as float32 (float64 logits
+  stay float64).
 
   Masked pairs get the most negative finite logit, so their weight is exactly 0 (and so is its
   gradient); a row with no key to attend to gets uniform weights rather than NaN, as in jax.nn.
   """
-  logits = logits.astype(jnp.float32)
+  logits = at_least_float32(logits)
   keep = None if mask is None else jnp.asarray(mask, bool)
   if is_causal:
     causal = causal_mask(*logits.shape[-2:])
     keep = causal if keep is None else keep & causal
   if keep is not None:
-    logits = jnp.where(keep, logits, jnp.finfo(jnp.float32).min)
+    logits = jnp.where(keep, logits, jnp.finfo(logits.dtype).min)
   return jax.nn.softmax(logits, axis=-1)
 
 
 def filter_values(weights, v) -> jnp.ndarray:
   """u_i = sum_j w_ij v_j: weights [b, h, n, m] (rows sum to 1), v [b, m, h, d] -> [b, n, h, d] in v's
   dtype (the weights rounded to it, the sum accumulated in float32)."""
-  out = jnp.einsum("bhnm,bmhd->bnhd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  out = jnp.einsum("bhnm,bmhd->bnhd", weights.astype(v.dtype), v, preferred_element_type=accumulation_dtype(v))
   return out.astype(v.dtype)
 
 

@@ -13,7 +13,7 @@ from bilateral_jax.ops import target
 from bilateral_jax.ops.attention import explicit_bilateral_attention
 from bilateral_jax.ops.flash import flash_applies, flash_bilateral_attention
 from bilateral_jax.ops.folded import foldable, folded_bilateral_attention
-from bilateral_jax.ops.kernels import spatial_kernel
+from bilateral_jax.ops.kernels import at_least_float32, spatial_kernel
 
 
 def pallas_attention(q, k, v, q_pos, k_pos, *, spatial, mask=None, is_causal=False, **kwargs):
@@ -77,7 +77,7 @@ def check_mask(mask, batch: int, heads: int, q_len: int, k_len: int) -> None:
 
 def _per_head(x, heads: int, pair: bool = False):
   """A bandwidth given as a scalar (or [2] for a pair) -> [heads] ([heads, 2])."""
-  x = jnp.asarray(x, jnp.float32)
+  x = at_least_float32(x)
   return jnp.broadcast_to(x, (heads, 2) if pair else (heads,)) if x.ndim <= (1 if pair else 0) else x
 
 

@@ -36,9 +36,20 @@ def _check_kernel(kind: str, name: str, known) -> None:
     raise ValueError(f"unknown {kind} kernel {name!r}; known: {', '.join(known)}")
 
 
+def accumulation_dtype(*arrays) -> jnp.dtype:
+  """float32, or float64 where an input is (numerical checks under jax_enable_x64): what logits, softmax
+  and sums are computed in."""
+  return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
+
+
+def at_least_float32(x) -> jnp.ndarray:
+  x = jnp.asarray(x)
+  return x.astype(accumulation_dtype(x))
+
+
 def _per_head(x) -> jnp.ndarray:
-  """[heads] -> [1, heads, 1, 1] float32, broadcastable against logits."""
-  return jnp.asarray(x, jnp.float32)[None, :, None, None]
+  """[heads] -> [1, heads, 1, 1] float32 (or float64), broadcastable against logits."""
+  return at_least_float32(x)[None, :, None, None]
 
 
 def content_logits(q, k, *, h_y, content: str = "gaussian") -> jnp.ndarray:
@@ -50,11 +61,11 @@ def content_logits(q, k, *, h_y, content: str = "gaussian") -> jnp.ndarray:
   """
   _check_kernel("content", content, CONTENT_KERNELS)
   inv_h2 = 1.0 / jnp.square(_per_head(h_y))
-  logits = jnp.einsum("bnhd,bmhd->bhnm", q, k, preferred_element_type=jnp.float32) * inv_h2
+  logits = jnp.einsum("bnhd,bmhd->bhnm", q, k, preferred_element_type=accumulation_dtype(q, k)) * inv_h2
   if content == "dot":
     return logits
-  k32 = k.astype(jnp.float32)
-  return logits - 0.5 * jnp.einsum("bmhd,bmhd->bhm", k32, k32)[..., None, :] * inv_h2
+  k_wide = at_least_float32(k)
+  return logits - 0.5 * jnp.einsum("bmhd,bmhd->bhm", k_wide, k_wide)[..., None, :] * inv_h2
 
 
 def _split_placed(features):
@@ -238,8 +249,7 @@ def spatial_logits(q_pos, k_pos, *, h_p, spatial: str = "gaussian", shift=None) 
   `shifted`.
   """
   kernel = spatial_kernel(spatial)
-  q_pos, k_pos = jnp.asarray(q_pos, jnp.float32), jnp.asarray(k_pos, jnp.float32)
-  h_p = jnp.asarray(h_p, jnp.float32)
+  q_pos, k_pos, h_p = at_least_float32(q_pos), at_least_float32(k_pos), at_least_float32(h_p)
   if kernel.features == "coordinates" and (q_pos.ndim != 2 or k_pos.ndim != 2 or q_pos.shape[-1] > kernel.max_dims):
     raise ValueError(f"spatial={spatial!r} takes coordinates [len, c <= {kernel.max_dims}]; got {q_pos.shape}, "
                      f"{k_pos.shape}")
@@ -250,7 +260,7 @@ def spatial_logits(q_pos, k_pos, *, h_p, spatial: str = "gaussian", shift=None) 
     q_pos, k_pos = _features_per_head(q_pos, heads), _features_per_head(k_pos, heads)
   q_feat, q_placed = _split_placed(q_pos)
   k_feat, k_placed = _split_placed(k_pos)
-  term = kernel.logits(q_feat, k_feat, h_p, None if shift is None else jnp.asarray(shift, jnp.float32))
+  term = kernel.logits(q_feat, k_feat, h_p, None if shift is None else at_least_float32(shift))
   if kernel.features == "table":
     pair_placed = q_placed.T[:, :, None] & k_placed.T[:, None, :]  # [heads, n, m]
   else:

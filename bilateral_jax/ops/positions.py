@@ -54,8 +54,12 @@ def coordinate_table(tables, coords, placeless) -> jnp.ndarray:
 
 
 def alibi_slopes(heads: int) -> jnp.ndarray:
-  """[heads] ALiBi slopes 2^(-8 h / heads), h = 1..heads (Press et al.)."""
-  return jnp.asarray(2.0 ** (-8.0 * np.arange(1, heads + 1) / heads), jnp.float32)
+  """[heads] ALiBi slopes (Press et al. 2022): 2^(-8 h / heads), h = 1..heads, for a power of two; for
+  another count, those of the power of two below it, then every other slope of twice that power."""
+  below = 2 ** int(math.log2(heads))
+  slopes = 2.0 ** (-8.0 * np.arange(1, below + 1) / below)
+  extra = 2.0 ** (-8.0 * np.arange(1, 2 * below + 1, 2) / (2 * below))[:heads - below]
+  return jnp.asarray(np.concatenate([slopes, extra]), jnp.float32)
 
 
 def alibi_bias(q_pos, k_pos, slopes) -> jnp.ndarray:
