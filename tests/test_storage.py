@@ -4,11 +4,13 @@ data (array-record reads local files only: a `gs://` TFDS directory is refused);
 published datasets' files read from `gs://`."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
+import jax
 import ml_collections
 import numpy as np
 import portpicker
@@ -18,26 +20,38 @@ from etils import epath
 from bilateral_jax import workdir
 from bilateral_jax.data import sources
 from tests.samples import write_image_folders, write_pathfinder, write_text_corpus, write_wikitext
-from tests.test_training import ROOT, TINY, run_script
+from tests.test_training import ROOT, TINY, final_params, run_script
+
+
+def _answers(url: str) -> bool:
+  """Whether an HTTP server answers at `url` (any status)."""
+  try:
+    urllib.request.urlopen(url, timeout=5).close()
+  except urllib.error.HTTPError:
+    return True
+  except OSError:
+    return False
+  return True
 
 
 @pytest.fixture(scope="module")
-def gcs():
+def gcs(tmp_path_factory):
   """The environment that points TensorStore (Orbax), gcsfs (etils.epath) and google-cloud-storage
   (tensorboardX) at a fresh in-memory GCS server with the bucket `bkt`."""
   port = portpicker.pick_unused_port()
-  server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "gcs_server.py"), "start",
-                             "--port", str(port), "--in-memory", "--default-bucket", "bkt"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 30
-  while True:
-    try:
-      socket.create_connection(("localhost", port), timeout=1).close()
-      break
-    except OSError:
-      assert time.time() < deadline and server.poll() is None, "the GCS emulator did not start"
-      time.sleep(0.2)
   url = f"http://localhost:{port}"
+  log = tmp_path_factory.mktemp("gcs") / "server.log"
+  with open(log, "w") as out:
+    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "gcs_server.py"), "start", "--port", str(port),
+                               "--in-memory", "--default-bucket", "bkt"], stdout=out, stderr=subprocess.STDOUT)
+  deadline = time.monotonic() + 300
+  while not _answers(f"{url}/storage/v1/b/bkt"):
+    if server.poll() is not None or time.monotonic() > deadline:
+      server.kill()
+      server.wait()
+      pytest.fail(f"the GCS emulator did not answer at {url} within 300 s (status {server.returncode}); its "
+                  f"output:\n{log.read_text()[-4000:]}")
+    time.sleep(0.1)
   env = {"TENSORSTORE_GCS_HTTP_URL": url, "STORAGE_EMULATOR_HOST": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x"}
   saved = {name: os.environ.get(name) for name in env}
   os.environ.update(env)  # for this process's own reads (epath) of what the scripts wrote
@@ -51,15 +65,22 @@ def gcs():
   server.wait()
 
 
-def test_a_gs_workdir_trains_resumes_evaluates_and_studies_with_nothing_local(gcs, tmp_path):
+def test_a_gs_workdir_trains_resumes_evaluates_and_studies_with_nothing_local(gcs, tmp_path, trained_tiny_run):
+  """Trained to step 3, then resumed by a new process to step 6, in `gs://`: bit for bit the parameters and
+  logged numbers of the shared local run (the same settings and devices, uninterrupted, in this process)."""
   run, env = "gs://bkt/run", gcs | {"TFDS_DATA_DIR": str(tmp_path / "tfds"), "HOME": str(tmp_path / "home")}
   refused = run_script("train.py", run, TINY, devices=1, env=gcs | {"TFDS_DATA_DIR": "gs://bkt/tfds"})
   assert refused.returncode == 2 and "array-record reads and writes local files only" in refused.stderr, refused.stderr
   local_before = sorted(p.name for p in ROOT.iterdir())
   for steps in (3, 6):
-    trained = run_script("train.py", run, TINY | {"train.num_steps": steps}, devices=1, env=env)
+    trained = run_script("train.py", run, TINY | {"train.num_steps": steps}, devices=8, env=env)
     assert trained.returncode == 0, trained.stderr[-3000:]
   assert "resumed from step 3" in trained.stdout
+  config, local = trained_tiny_run
+  untimed = lambda text: [{k: v for k, v in json.loads(line).items() if not k.endswith("_per_s")}
+                          for line in text.splitlines()]
+  assert untimed((epath.Path(run) / "metrics.jsonl").read_text()) == untimed((local / "metrics.jsonl").read_text())
+  jax.tree.map(np.testing.assert_array_equal, final_params(run, config), final_params(local, config))
   evaluated = run_script("eval.py", run, {}, devices=1, env=env)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   diagnosed = run_script("diagnose.py", run, {}, devices=1, env=env, extra=["--examples=4"])

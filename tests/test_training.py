@@ -1,7 +1,9 @@
 """The training system end to end: steps, resume, devices, processes, checkpoints, eval, bad input."""
 import json
+import logging
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -13,6 +15,7 @@ import jax
 import numpy as np
 import portpicker
 import pytest
+from absl import logging as absl_logging
 from tensorboard.backend.event_processing import event_accumulator
 
 from bilateral_jax import experiments, trainer, workdir
@@ -117,6 +120,41 @@ def strict_metrics(workdir):
   return lines
 
 
+def start(script, workdir, overrides, log, **kwargs):
+  """`run_script` in the background, its output (stdout and stderr) written to the file `log`."""
+  with open(log, "w") as out:
+    return run_script(script, workdir, overrides, stdout=out, stderr=subprocess.STDOUT, **kwargs)
+
+
+def wait_for(happened, missing, processes, logs, timeout=300):
+  """Polls `happened()` until it holds. If a process ends first, or after `timeout` s (the processes are then
+  killed), fails saying what is `missing` ("wrote no checkpoint"), with the processes' output."""
+  deadline = time.monotonic() + timeout
+  while not happened():
+    ended = [process.returncode for process in processes if process.poll() is not None]
+    if ended and happened():
+      return
+    if ended or time.monotonic() > deadline:
+      for process in processes:
+        process.kill()
+        process.wait()
+      what = f"ended (status {ended[0]}) and {missing}" if ended else f"{missing} within {timeout} s"
+      output = "\n".join(f"--- {log}:\n{pathlib.Path(log).read_text()[-4000:]}" for log in logs)
+      pytest.fail(f"{pathlib.Path(processes[0].args[1]).name} {what}; its output:\n{output}")
+    time.sleep(0.01)
+
+
+def saved_steps(workdir):
+  """The steps of the complete checkpoints in workdir (Orbax names a step's folder by its number once saved)."""
+  folder = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+def logged(workdir):
+  """Every line of metrics.jsonl (strict), without its timings (steps, examples, tokens per second)."""
+  return [{k: v for k, v in line.items() if not k.endswith("_per_s")} for line in strict_metrics(workdir)]
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_takes_a_training_step(name, tmp_path):
   config = small_config(name, tmp_path, **{"train.num_steps": 1})
@@ -161,30 +199,27 @@ def test_rsqrt_schedule_is_lras_constant_linear_warmup_rsqrt_decay():
 
 
 @pytest.mark.parametrize("crash", ["after_a_regular_save", "after_a_best_save"])
-def test_resume_after_a_crash_gives_identical_parameters_and_losses(tmp_path, crash):
-  config = tiny_config(**{"train.keep_checkpoints": 5})
-  trainer.train_and_evaluate(config, str(tmp_path / "straight"))
+def test_resume_after_a_crash_gives_identical_parameters_and_losses(tmp_path, crash, trained_tiny_run):
+  config, straight = trained_tiny_run
   interrupted = tmp_path / "interrupted"
-  trainer.train_and_evaluate(config, str(interrupted))
+  shutil.copytree(straight, interrupted)
   # A crash right after step 3's regular save, or right after step 6's best save (before its regular
   # save): what came later never happened.
   doomed = [interrupted / "checkpoints" / "6"] + ([interrupted / "best" / "6"] if crash == "after_a_regular_save" else [])
   for step_dir in doomed:
     subprocess.run(["rm", "-rf", str(step_dir)], check=True)
   trainer.train_and_evaluate(config, str(interrupted))
-  straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(interrupted)
+  resumed = read_metrics(interrupted)
   assert [m["step"] for m in resumed] == list(range(1, 7))
-  assert [m["loss"] for m in resumed] == [m["loss"] for m in straight]
+  assert [m["loss"] for m in resumed] == [m["loss"] for m in read_metrics(straight)]
   strict_metrics(interrupted)
-  jax.tree.map(np.testing.assert_array_equal, final_params(interrupted, config),
-               final_params(tmp_path / "straight", config))
+  jax.tree.map(np.testing.assert_array_equal, final_params(interrupted, config), final_params(straight, config))
 
 
-def test_damaged_newest_checkpoint_falls_back_with_identical_continuation(tmp_path, caplog):
-  config = tiny_config(**{"train.keep_checkpoints": 5})
-  trainer.train_and_evaluate(config, str(tmp_path / "straight"))
+def test_damaged_newest_checkpoint_falls_back_with_identical_continuation(tmp_path, caplog, trained_tiny_run):
+  config, straight = trained_tiny_run
   damaged = tmp_path / "damaged"
-  trainer.train_and_evaluate(config, str(damaged))
+  shutil.copytree(straight, damaged)
   for path in (damaged / "checkpoints" / "6" / "params").rglob("*"):
     if path.is_file() and path.stat().st_size > 0:
       path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a partial copy
@@ -194,9 +229,8 @@ def test_damaged_newest_checkpoint_falls_back_with_identical_continuation(tmp_pa
   assert step == 3 and "checkpoints/6 does not restore" in caplog.text
   assert (damaged / "checkpoints" / "6").is_dir()  # kept for a look
   trainer.train_and_evaluate(config, str(damaged))
-  assert [m["loss"] for m in read_metrics(damaged)] == [m["loss"] for m in read_metrics(tmp_path / "straight")]
-  jax.tree.map(np.testing.assert_array_equal, final_params(damaged, config),
-               final_params(tmp_path / "straight", config))
+  assert [m["loss"] for m in read_metrics(damaged)] == [m["loss"] for m in read_metrics(straight)]
+  jax.tree.map(np.testing.assert_array_equal, final_params(damaged, config), final_params(straight, config))
 
 
 def test_a_failed_restores_late_loop_callbacks_are_dropped_and_nothing_else():
@@ -248,50 +282,84 @@ def test_eval_batch_is_padded_to_any_device_count(tmp_path):
   np.testing.assert_allclose(padded["loss"], reference["loss"], rtol=1e-6)
 
 
-def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
-  overrides = TINY | {"train.num_steps": 100_000, "train.checkpoint_every": 100_000}
-  process = run_script("train.py", tmp_path, overrides, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-  metrics = tmp_path / "metrics.jsonl"
-  deadline = time.time() + 240
-  while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
-    time.sleep(0.2)
+RESTARTED = TINY | {"train.num_steps": 12, "train.checkpoint_every": 2, "train.eval_every": 4}  # several saves
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
+  """`train.py` with RESTARTED's settings from start to end in one process -> (its workdir, the environment in
+  which another run reads the TFDS data it built)."""
+  run = tmp_path_factory.mktemp("uninterrupted") / "run"
+  done = run_script("train.py", run, RESTARTED)
+  assert done.returncode == 0, done.stderr
+  return run, {"TFDS_DATA_DIR": str(run / "tfds")}
+
+
+def assert_bit_identical_runs(run, reference):
+  """The same numbers logged (all but timings) and the same final parameters, bit for bit."""
+  assert logged(run) == logged(reference)
+  config = tiny_config(**RESTARTED)
+  jax.tree.map(np.testing.assert_array_equal, final_params(run, config), final_params(reference, config))
+
+
+def test_sigkill_mid_run_then_the_same_command_resumes_bit_identically(tmp_path, uninterrupted_run):
+  """Killed outright once a checkpoint is on disk (the lock left behind, maybe a half-written step and
+  lines of steps past the checkpoint), then restarted by the same command in a new process."""
+  reference, data = uninterrupted_run
+  run, log = tmp_path / "run", tmp_path / "killed.log"
+  killed = start("train.py", run, RESTARTED, log, env=data)
+  wait_for(lambda: saved_steps(run), "wrote no checkpoint", [killed], [log])
+  killed.kill()
+  killed.wait()
+  resumed = run_script("train.py", run, RESTARTED, env=data)
+  assert resumed.returncode == 0, resumed.stderr
+  step = re.search(r"resumed from step (\d+)", resumed.stdout)
+  assert step and 2 <= int(step.group(1)) < RESTARTED["train.num_steps"], resumed.stdout  # killed mid-run
+  assert_bit_identical_runs(run, reference)
+
+
+def test_sigterm_saves_and_the_same_command_resumes(tmp_path, uninterrupted_run):
+  """SIGTERM once a checkpoint is on disk: saved, status 3; the same command in a new process resumes to the
+  parameters and logged numbers of a run never interrupted, and once more has nothing left to train."""
+  reference, data = uninterrupted_run
+  run, log = tmp_path / "run", tmp_path / "terminated.log"
+  process = start("train.py", run, RESTARTED, log, env=data)
+  wait_for(lambda: saved_steps(run), "wrote no checkpoint", [process], [log])
   process.send_signal(signal.SIGTERM)
-  output, _ = process.communicate(timeout=120)
+  process.wait(timeout=300)
+  output = log.read_text()
   assert process.returncode == 3, output
   assert "pre-empted" in output and "resume with the same command" in output
-  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
-  assert saved and saved[-1] == read_metrics(tmp_path)[-1]["step"]
-  resumed = run_script("train.py", tmp_path, overrides | {"train.num_steps": saved[-1] + 2})
+  saved = sorted(int(p.name) for p in (run / "checkpoints").iterdir())  # each step saved whole
+  assert saved[-1] == read_metrics(run)[-1]["step"] < RESTARTED["train.num_steps"], output  # stopped mid-run
+  resumed = run_script("train.py", run, RESTARTED, env=data)
   assert resumed.returncode == 0, resumed.stderr
-  done = run_script("train.py", tmp_path, overrides | {"train.num_steps": saved[-1] + 2})  # nothing left to do
-  assert done.returncode == 0 and "test: accuracy" in done.stdout, done.stderr
   assert f"resumed from step {saved[-1]}" in resumed.stdout
-  assert read_metrics(tmp_path)[-1]["step"] == saved[-1] + 2
-  strict_metrics(tmp_path)
+  done = run_script("train.py", run, RESTARTED, env=data)  # nothing left to do
+  assert done.returncode == 0 and "test: accuracy" in done.stdout, done.stderr
+  assert_bit_identical_runs(run, reference)
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_saved_step(tmp_path):
   overrides = TINY | {"train.num_steps": 100_000, "train.checkpoint_every": 100_000}
   port = portpicker.pick_unused_port()
-  processes = [run_script("train.py", tmp_path, overrides, devices=4,
-                          extra=[f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                                 f"--process_id={i}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  logs = [tmp_path / f"process{i}.log" for i in range(2)]
+  processes = [start("train.py", tmp_path / "run", overrides, logs[i], devices=4,
+                     extra=[f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"])
                for i in range(2)]
-  metrics = tmp_path / "metrics.jsonl"
-  deadline = time.time() + 240
-  while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
-    time.sleep(0.2)
+  metrics = tmp_path / "run" / "metrics.jsonl"
+  wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, "logged no third step", processes,
+           logs)
   processes[1].send_signal(signal.SIGTERM)
-  for process in processes:
-    output, _ = process.communicate(timeout=120)
-    assert process.returncode == 3, output
-  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
-  assert saved and saved[-1] == read_metrics(tmp_path)[-1]["step"]
+  for process, log in zip(processes, logs):
+    process.wait(timeout=300)
+    assert process.returncode == 3, log.read_text()
+  saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir())
+  assert saved and saved[-1] == read_metrics(tmp_path / "run")[-1]["step"]
 
 
-def test_one_and_eight_devices_and_two_processes_give_the_same_losses(tmp_path):
-  config = tiny_config()
-  trainer.train_and_evaluate(config, str(tmp_path / "eight"))
+def test_one_and_eight_devices_and_two_processes_give_the_same_losses(tmp_path, trained_tiny_run):
+  _, eight_devices = trained_tiny_run
   assert jax.device_count() == 8
   one = run_script("train.py", tmp_path / "one", TINY, devices=1)
   assert one.returncode == 0, one.stderr
@@ -303,54 +371,58 @@ def test_one_and_eight_devices_and_two_processes_give_the_same_losses(tmp_path):
   for process in processes:
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output
-  eight = read_metrics(tmp_path / "eight")
+  eight = read_metrics(eight_devices)
   for other in ("one", "two_hosts"):
     losses = [m["loss"] for m in read_metrics(tmp_path / other)]
     np.testing.assert_allclose(losses, [m["loss"] for m in eight], rtol=2e-5, err_msg=other)
     np.testing.assert_allclose(read_metrics(tmp_path / other, "test")[-1]["accuracy"],
-                               read_metrics(tmp_path / "eight", "test")[-1]["accuracy"])
+                               read_metrics(eight_devices, "test")[-1]["accuracy"])
 
 
-def test_eval_restores_onto_one_device_and_reproduces_the_logged_numbers(tmp_path):
-  config = tiny_config()
-  final = trainer.train_and_evaluate(config, str(tmp_path))
-  step, again, _ = trainer.evaluate_checkpoint(config, str(tmp_path))
+def test_eval_restores_onto_one_device_and_reproduces_the_logged_numbers(tmp_path, trained_tiny_run):
+  config, trained = trained_tiny_run
+  run = tmp_path / "run"
+  shutil.copytree(trained, run)
+  final = {m["split"]: {k: v for k, v in m.items() if k not in ("step", "split")}  # what training returned
+           for m in strict_metrics(run) if m["step"] == 6 and m["split"] != "train"}
+  step, again, _ = trainer.evaluate_checkpoint(config, str(run))
   assert step == 6 and again == final
-  result = run_script("eval.py", tmp_path, {}, devices=1)  # the run's own config.json
+  result = run_script("eval.py", run, {}, devices=1)  # the run's own config.json
   assert result.returncode == 0, result.stderr
-  written = json.loads((tmp_path / "eval" / "6.json").read_text())["results"]
+  written = json.loads((run / "eval" / "6.json").read_text())["results"]
   for split in ("validation", "test"):
     for name in ("loss", "accuracy"):
       np.testing.assert_allclose(written[split][name], final[split][name], rtol=1e-5)
   assert "validation" in result.stdout and "accuracy" in result.stdout
-  best = run_script("eval.py", tmp_path, TINY, devices=1, extra=["--best"])
+  best = run_script("eval.py", run, TINY, devices=1, extra=["--best"])
   assert best.returncode == 0, best.stderr
-  best_step = json.loads(next((tmp_path / "eval").glob("best_*.json")).read_text())["step"]
-  assert json.loads((tmp_path / "eval" / "6.json").read_text())["results"] == written  # not overwritten
-  assert (tmp_path / "best").is_dir() and best_step in (3, 6)
-  only_test = run_script("eval.py", tmp_path, {"eval.splits": "test"}, devices=1, extra=["--step=3"])
+  best_step = json.loads(next((run / "eval").glob("best_*.json")).read_text())["step"]
+  assert json.loads((run / "eval" / "6.json").read_text())["results"] == written  # not overwritten
+  assert (run / "best").is_dir() and best_step in (3, 6)
+  only_test = run_script("eval.py", run, {"eval.splits": "test"}, devices=1, extra=["--step=3"])
   assert only_test.returncode == 0, only_test.stderr
-  assert list(json.loads((tmp_path / "eval" / "3.json").read_text())["results"]) == ["test"]
+  assert list(json.loads((run / "eval" / "3.json").read_text())["results"]) == ["test"]
   assert "examples" in only_test.stdout and "        16" in only_test.stdout  # a count, not 16.0000
 
 
-def test_half_written_step_is_skipped_and_other_models_are_refused(tmp_path, caplog):
-  config = tiny_config()
-  trainer.train_and_evaluate(config, str(tmp_path))
-  half = tmp_path / "checkpoints" / "9.orbax-checkpoint-tmp-1700000000000000"
+def test_half_written_step_is_skipped_and_other_models_are_refused(tmp_path, caplog, trained_tiny_run):
+  config, trained = trained_tiny_run
+  run = tmp_path / "run"
+  shutil.copytree(trained, run)
+  half = run / "checkpoints" / "9.orbax-checkpoint-tmp-1700000000000000"
   half.mkdir()
   (half / "params").mkdir()
-  step, _, _ = trainer.evaluate_checkpoint(config, str(tmp_path))
+  step, _, _ = trainer.evaluate_checkpoint(config, str(run))
   assert step == 6 and half.is_dir()  # read-only: it may be a training's save in progress
-  trainer.train_and_evaluate(config, str(tmp_path))  # complete: evaluates and returns
+  trainer.train_and_evaluate(config, str(run))  # complete: evaluates and returns
   assert "half-written checkpoint" in caplog.text and not half.exists()
   other = tiny_config(**{"model.transformer.num_layers": 2, "model.transformer.attention": "standard"})
   with pytest.raises(CheckpointMismatch, match=r"(?s)transformer.attention: checkpoint 'bilateral', "
                      r"config 'standard'.*transformer.num_layers: checkpoint 1, config 2"):
-    trainer.evaluate_checkpoint(other, str(tmp_path))
+    trainer.evaluate_checkpoint(other, str(run))
   with pytest.raises(CheckpointError, match="no checkpoints in"):
-    trainer.evaluate_checkpoint(config, str(tmp_path / "typo"))
-  assert not (tmp_path / "typo").exists()
+    trainer.evaluate_checkpoint(config, str(run / "typo"))
+  assert not (run / "typo").exists()
 
 
 def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -384,18 +456,60 @@ def test_metrics_files_and_logged_filter_parameters(tmp_path):
   assert overlay.returncode == 0 and (tmp_path / "two.png").exists(), overlay.stderr
 
 
+def test_bad_config_input_ends_the_process_with_one_line_and_status_2_before_any_data(tmp_path):
+  """A misspelt field, found while cli.py is imported (before any flag is parsed): the real process."""
+  result = run_script("train.py", tmp_path, {"train.num_stepz": 3})
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+  assert "unknown config field config.train.num_stepz (did you mean num_steps?)" in result.stderr
+  assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "tfds").exists()
+
+
+def train_py_in_this_process(workdir, overrides, monkeypatch, capsys):
+  """`python train.py --workdir=W --config.<field>=<value>...` (at test size) through cli.run, its flags parsed
+  and errors reported as in its own process, here -> (exit status, stderr). absl's app.run, which parses flags
+  once per process, is reduced to parse-then-main; os._exit raises SystemExit; the flags and log levels this
+  sets are put back after."""
+  import train  # noqa: PLC0415 - defines train.py's flags once, here only
+  from bilateral_jax import cli  # noqa: PLC0415
+  defined, parsed, verbosity = set(cli.FLAGS), cli.FLAGS.is_parsed(), absl_logging.get_verbosity()
+  levels = {name: logging.getLogger(name).level for name in ("absl", "tensorflow_datasets", "orbax", "jax")}
+  fields = TINY | {"data.tfds_dir": str(workdir / "tfds")} | overrides
+  monkeypatch.setattr(sys, "argv", ["train.py", f"--workdir={workdir}", f"--config={cli.DEFAULT_CONFIG}",
+                                    *(f"--config.{key}={value}" for key, value in fields.items())])
+  monkeypatch.setattr(cli.app, "run", lambda main, flags_parser: main(flags_parser(sys.argv)))
+
+  def exit_now(status):
+    raise SystemExit(status)
+
+  monkeypatch.setattr(cli.os, "_exit", exit_now)
+  capsys.readouterr()
+  try:
+    with pytest.raises(SystemExit) as ended:
+      cli.run(train.main)
+  finally:
+    for name in set(cli.FLAGS) - defined:  # the --config.<field> flags ml_collections defined from argv
+      delattr(cli.FLAGS, name)
+    cli.FLAGS.unparse_flags()
+    if parsed:
+      cli.FLAGS.mark_as_parsed()
+    absl_logging.set_verbosity(verbosity)
+    for name, level in levels.items():
+      logging.getLogger(name).setLevel(level)
+  return ended.value.code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("override, message", [
-    ({"train.num_stepz": 3}, "unknown config field config.train.num_stepz (did you mean num_steps?)"),
     ({"train.num_steps": "many"}, "config.train.num_steps=many"),
     ({"model.transformer.attention": "linear"}, "attention='linear' is not one of"),
     ({"optimizer.learning_rate": -1.0}, "optimizer.learning_rate=-1.0 must be positive"),
     ({"mesh.fsdp_min_size": -1}, "mesh.fsdp_min_size=-1 must be an integer >= 0"),
     ({"data.tfds_dir": "/dev/null/x", "train.batch_size": 12}, "train.batch_size 12 must be divisible by devices (8)"),
 ])
-def test_bad_config_input_is_one_line_and_status_2_before_any_data(tmp_path, override, message):
-  result = run_script("train.py", tmp_path, override)
-  assert result.returncode == 2, result.stderr
-  assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr
+def test_bad_config_input_is_one_line_and_status_2_before_any_data(tmp_path, override, message, monkeypatch, capsys):
+  status, stderr = train_py_in_this_process(tmp_path, override, monkeypatch, capsys)
+  assert status == 2, stderr
+  assert stderr.strip().splitlines() == [stderr.strip()] and message in stderr
   assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "tfds").exists()
 
 
@@ -411,10 +525,9 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
                final_params(tmp_path / "accumulated", accumulated), final_params(tmp_path / "whole", whole))
 
 
-def test_fsdp_mesh_and_bfloat16_train_and_restore_onto_another_mesh(tmp_path, capsys):
-  data_only = tiny_config()
+def test_fsdp_mesh_and_bfloat16_train_and_restore_onto_another_mesh(tmp_path, capsys, trained_tiny_run):
+  _, data_only = trained_tiny_run
   fsdp = tiny_config(**{"mesh.data": 4, "mesh.fsdp": 2, "mesh.fsdp_min_size": 0})  # the tiny model's arrays too
-  trainer.train_and_evaluate(data_only, str(tmp_path / "data_only"))
   capsys.readouterr()
   trainer.train_and_evaluate(fsdp, str(tmp_path / "fsdp"))
   summary = capsys.readouterr().out
@@ -425,7 +538,7 @@ def test_fsdp_mesh_and_bfloat16_train_and_restore_onto_another_mesh(tmp_path, ca
   default_minimum = experiments.Experiment(tiny_config(**{"mesh.data": 4, "mesh.fsdp": 2})).state_sharding
   assert not any("fsdp" in str(s.spec) for s in jax.tree.leaves(default_minimum))  # all under 2**14 elements
   np.testing.assert_allclose([m["loss"] for m in read_metrics(tmp_path / "fsdp")],
-                             [m["loss"] for m in read_metrics(tmp_path / "data_only")], rtol=2e-5)
+                             [m["loss"] for m in read_metrics(data_only)], rtol=2e-5)
   # onto the data-only mesh, and into a rematerialised model (not part of the checkpoint's identity)
   _, results, _ = trainer.evaluate_checkpoint(tiny_config(**{"model.transformer.remat": "full"}), str(tmp_path / "fsdp"))
   np.testing.assert_allclose(results["test"]["loss"], read_metrics(tmp_path / "fsdp", "test")[-1]["loss"],
@@ -435,8 +548,8 @@ def test_fsdp_mesh_and_bfloat16_train_and_restore_onto_another_mesh(tmp_path, ca
   params = final_params(tmp_path / "bf16", bf16)
   assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(params))
   bf16_losses = [m["loss"] for m in read_metrics(tmp_path / "bf16")]
-  np.testing.assert_allclose(bf16_losses, [m["loss"] for m in read_metrics(tmp_path / "data_only")], rtol=0.05)
-  assert bf16_losses != [m["loss"] for m in read_metrics(tmp_path / "data_only")]
+  np.testing.assert_allclose(bf16_losses, [m["loss"] for m in read_metrics(data_only)], rtol=0.05)
+  assert bf16_losses != [m["loss"] for m in read_metrics(data_only)]
 
 
 def run_processes(script, workdir, overrides, *, devices=1, count=2, extra=(), timeout=300, hosts=None):
@@ -466,33 +579,56 @@ def test_parameters_sharded_across_two_processes_with_their_own_disks_train_resu
   assert all(list((hosts / f"host{i}" / "tfds").glob("*/*/*/dataset_info.json")) for i in range(2))
   for returncode, output in run_processes("eval.py", two, {}, hosts=hosts):
     assert returncode == 0, output
+  # Not bit for bit: resumed in two processes, a run sometimes repeats the bits of an uninterrupted one (which
+  # are one process's) and sometimes gives GRC's t another first update after the restore, the rest following
+  # within float32 rounding. The restored state is the same either time; the cause, in the library's
+  # multi-process training, is not found yet. Hence tolerances of float32 rounding.
   np.testing.assert_allclose([m["loss"] for m in read_metrics(two)], [m["loss"] for m in read_metrics(tmp_path / "one")],
-                             rtol=2e-5)
+                             rtol=1e-6)
   assert read_metrics(two)[0]["h_p/block_0"] == read_metrics(tmp_path / "one")[0]["h_p/block_0"]
+  config = tiny_config()  # restores the fsdp run onto this process's data-only mesh
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * np.max(np.abs(b))),
+               final_params(two, config), final_params(tmp_path / "one", config))
   evaluated = json.loads((two / "eval" / "6.json").read_text())["results"]["test"]
   np.testing.assert_allclose(evaluated["loss"], read_metrics(tmp_path / "one", "test")[-1]["loss"], rtol=1e-5)
 
 
+def evaluated_step(evaluation):
+  """The step of the checkpoint eval.py evaluated (its "written to DIR/eval/<step>.json" line)."""
+  written = re.search(r"eval/(\d+)\.json", evaluation)
+  assert written, evaluation
+  return int(written.group(1))
+
+
 def test_eval_beside_a_training_that_saves_every_step_and_a_second_run_refused(tmp_path):
-  overrides = TINY | {"train.num_steps": 60, "train.checkpoint_every": 1, "train.eval_every": 30, "train.keep_checkpoints": 1,
-                      "train.log_every": 10}
-  training = run_script("train.py", tmp_path, overrides, devices=1, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-  deadline = time.time() + 240
-  saved = lambda: (tmp_path / "checkpoints").is_dir() and any(p.name.isdigit() for p in (tmp_path / "checkpoints").iterdir())
-  while not saved() and time.time() < deadline:
-    time.sleep(0.2)
-  second = run_script("train.py", tmp_path, overrides, devices=1)
-  assert second.returncode == 2 and f"{tmp_path} is in use by pid {training.pid}" in second.stderr, second.stderr
-  evaluations = []
-  while training.poll() is None:
-    evaluations.append(run_script("eval.py", tmp_path, {}, devices=1))
-  output, _ = training.communicate()
-  assert training.returncode == 0, output
-  assert len(evaluations) >= 2
-  for evaluation in evaluations:
-    assert evaluation.returncode == 0, evaluation.stderr[-4000:]
-  assert [m["step"] for m in strict_metrics(tmp_path) if m["split"] == "train"] == list(range(1, 61))
-  assert not (tmp_path / "lock").exists()
+  """The training paused mid-run (SIGSTOP), alive and holding its lock: a second train.py is refused and eval.py
+  evaluates one of its checkpoints; then eval.py again, started before the training runs on beside it. The
+  training is never disturbed."""
+  overrides = TINY | {"train.num_steps": 20, "train.checkpoint_every": 1, "train.eval_every": 10,
+                      "train.keep_checkpoints": 1, "train.log_every": 5}
+  run, log, eval_log = tmp_path / "run", tmp_path / "train.log", tmp_path / "eval.log"
+  training = start("train.py", run, overrides, log, devices=1)
+  try:
+    wait_for(lambda: saved_steps(run), "wrote no checkpoint", [training], [log])
+    training.send_signal(signal.SIGSTOP)
+    assert training.poll() is None, f"train.py finished before it could be paused: {log.read_text()}"
+    second = run_script("train.py", run, overrides, devices=1)
+    assert second.returncode == 2 and f"{run} is in use by pid {training.pid}" in second.stderr, second.stderr
+    paused = run_script("eval.py", run, {}, devices=1)
+    assert paused.returncode == 0, paused.stderr[-4000:]
+    assert evaluated_step(paused.stdout) < overrides["train.num_steps"]  # a checkpoint of the unfinished run
+    beside = start("eval.py", run, {}, eval_log, devices=1)
+    training.send_signal(signal.SIGCONT)
+    beside.wait(timeout=300)
+    assert beside.returncode == 0, eval_log.read_text()[-4000:]
+    assert evaluated_step(eval_log.read_text()) >= evaluated_step(paused.stdout)
+    training.wait(timeout=300)
+  except BaseException:
+    training.kill()
+    raise
+  assert training.returncode == 0, log.read_text()
+  assert [m["step"] for m in strict_metrics(run) if m["split"] == "train"] == list(range(1, 21))  # each saved, logged
+  assert not (run / "lock").exists()
 
 
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
