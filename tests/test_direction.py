@@ -38,14 +38,16 @@ def reversal_change(stack: dict, pooling: str) -> float:
                       pooling=pooling)
   tokens = (np.arange(3 * 12).reshape(3, 12) * 7) % 10 + 1
   params = model.init(jax.random.key(0), tokens)
-  return relative_change(model.apply(params, tokens), model.apply(params, tokens[:, ::-1]))
+  apply = jax.jit(model.apply)
+  return relative_change(apply(params, tokens), apply(params, tokens[:, ::-1]))
 
 
 def transposition_change(stack: dict, pooling: str) -> float:
   model = build_model("vit", TransformerConfig(**(TINY | stack)), num_classes=5, patch_size=2, pooling=pooling)
   images = jax.random.uniform(jax.random.key(3), (3, 8, 8, 1))
   params = model.init(jax.random.key(0), images)
-  return relative_change(model.apply(params, images), model.apply(params, transpose_patch_grid(images, 2)))
+  apply = jax.jit(model.apply)
+  return relative_change(apply(params, images), apply(params, transpose_patch_grid(images, 2)))
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
@@ -92,7 +94,7 @@ def test_cls_token_gets_a_learned_position_with_spatial_dot():
   params = model.init(jax.random.key(0), images)
   transformer = params["params"]["transformer"]
   assert transformer["position_table"].shape == (2, 17, 8)  # one table per grid axis
-  grads = jax.grad(lambda p: jnp.sum(model.apply(p, images) ** 2))(params)["params"]["transformer"]
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply(p, images) ** 2)))(params)["params"]["transformer"]
   assert float(jnp.max(jnp.abs(grads["placeless_position"]))) > 0
   assert float(jnp.max(jnp.abs(grads[f"block_{TINY['num_layers'] - 1}"]["attention"]["bilateral"]["log_h_p"]))) > 0
 
@@ -139,7 +141,8 @@ def test_direction_parameters_are_learned_on_every_path(spatial, implementation)
     model = build_model("classifier", stack, vocab_size=11, num_classes=3, pooling="cls")
     tokens = (np.arange(2 * 9).reshape(2, 9) * 7) % 10 + 1
     params = model.init(jax.random.key(0), tokens)
-    return jax.grad(lambda p: jnp.sum(model.apply(p, tokens) ** 2))(params)["params"]["transformer"]["block_0"]
+    loss = lambda p: jnp.sum(model.apply(p, tokens) ** 2)
+    return jax.jit(jax.grad(loss))(params)["params"]["transformer"]["block_0"]
 
   got = grads(implementation)["attention"]["bilateral"]
   names = ["log_h_p"] + (["shift_per_h_p"] if spatial == "shifted" else [])

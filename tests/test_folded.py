@@ -75,7 +75,7 @@ def test_models_give_the_same_outputs_and_gradients_on_every_implementation():
       model = build_model("lm", config, vocab_size=11)
       params = model.init(jax.random.key(0), tokens)
       loss = lambda p: jnp.mean(model.apply(p, tokens) ** 2)
-      outputs[implementation] = (model.apply(params, tokens), jax.grad(loss)(params))
+      outputs[implementation] = jax.jit(lambda p: (model.apply(p, tokens), jax.grad(loss)(p)))(params)
     assert_close(outputs["folded"][0], outputs["xla"][0])
     assert_leaves_close(outputs["folded"][1], outputs["xla"][1], rtol=1e-4)
   images = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3))
@@ -85,8 +85,8 @@ def test_models_give_the_same_outputs_and_gradients_on_every_implementation():
                                                  spatial="dot", attention_implementation=implementation),
                         num_classes=3)
     params = model.init(jax.random.key(0), images)
-    cls_outputs.append((model.apply(params, images),
-                        jax.grad(lambda p: jnp.sum(model.apply(p, images) ** 2))(params)))
+    loss = lambda p: jnp.sum(model.apply(p, images) ** 2)
+    cls_outputs.append(jax.jit(lambda p: (model.apply(p, images), jax.grad(loss)(p)))(params))
   assert_close(cls_outputs[1][0], cls_outputs[0][0])
   assert_leaves_close(cls_outputs[1][1], cls_outputs[0][1], rtol=1e-4)
   vit = build_model("vit", TransformerConfig(num_layers=1, num_heads=2, model_dim=16, mlp_dim=32, max_length=16,

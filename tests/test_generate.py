@@ -93,11 +93,11 @@ def test_generation_is_seeded_follows_the_model_greedily_and_runs_past_the_conte
   np.testing.assert_array_equal(first, sampling.generate(model, params, prompt, 40, seed=4))
   assert not np.array_equal(first, sampling.generate(model, params, prompt, 40, seed=5))
   greedy = sampling.generate(model, params, prompt, 10, temperature=0)
-  sequence = list(prompt)
-  for _ in range(10):  # recomputing the whole sequence for each token
-    logits = np.asarray(model.apply({"params": params}, jnp.asarray([sequence])))[0, -1]
-    sequence.append(int(np.argmax(logits[1:])) + 1)
-  np.testing.assert_array_equal(greedy, sequence[len(prompt):])
+  # The whole sequence at once: a causal model's logits at each place are those of its prefix alone
+  # (test_causal_stack_leaks_nothing_from_the_future), so each is the next token's greedy choice.
+  sequence = np.concatenate([prompt, greedy])
+  logits = np.asarray(model.apply({"params": params}, jnp.asarray(sequence[None])))[0, len(prompt) - 1:-1]
+  np.testing.assert_array_equal(greedy, np.argmax(logits[:, 1:], axis=-1) + 1)
   top_one = sampling.generate(model, params, prompt, 10, temperature=2.0, top_k=1, seed=9)
   np.testing.assert_array_equal(top_one, greedy)
   assert sampling.generate(model, params, prompt, 1, temperature=0, banned=(0, int(greedy[0])))[0] != greedy[0]

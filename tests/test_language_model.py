@@ -120,6 +120,7 @@ def adaptive_lm():
   return last, sums
 
 
+@pytest.mark.xdist_group("adaptive_lm")
 @pytest.mark.parametrize("stride", [1, 3, 8])
 def test_sliding_window_perplexity_equals_scoring_each_token_on_its_context(stride, adaptive_lm):
   """Each target is scored once, by the earliest window that holds it, on the tokens of that window before
