@@ -64,10 +64,10 @@ STANDARD = next(iter(ATTENTIONS))
 CASES = {"gaussian, bidirectional": ("gaussian", False), "laplacian, causal": ("laplacian", True)}
 
 
-def compiled_layer(attention, devices, *, length: int, spatial: str, causal: bool, batch_per_chip: int = 8,
-                   heads: int = 8, head_dim: int = 64):
-  """jit(grad) of one bf16 attention layer (`ATTENTIONS` signature), compiled for `devices` with the batch
-  split over them."""
+def lowered_layer(attention, devices, *, length: int, spatial: str, causal: bool, batch_per_chip: int = 8,
+                  heads: int = 8, head_dim: int = 64):
+  """jit(grad) of one bf16 attention layer (`ATTENTIONS` signature), lowered for `devices` with the batch
+  split over them (`.compile()` it for its memory)."""
   mesh = Mesh(np.array(devices), ("data",))
   coords = ops.sequence_coordinates(length)
   batch = batch_per_chip * len(devices)
@@ -79,7 +79,7 @@ def compiled_layer(attention, devices, *, length: int, spatial: str, causal: boo
   x = jax.ShapeDtypeStruct((batch, length, heads, head_dim), jnp.bfloat16, sharding=NamedSharding(mesh, P("data")))
   bandwidths = jax.ShapeDtypeStruct((heads,), jnp.float32, sharding=NamedSharding(mesh, P()))
   with target.compiling_for("tpu", mesh, ("data",)):
-    return jax.jit(jax.grad(loss, argnums=range(5))).lower(x, x, x, bandwidths, bandwidths).compile()
+    return jax.jit(jax.grad(loss, argnums=range(5))).lower(x, x, x, bandwidths, bandwidths)
 
 
 def main():
@@ -102,8 +102,9 @@ def main():
       for name, attention in ATTENTIONS.items():
         start = time.perf_counter()
         try:
-          compiled = compiled_layer(attention, devices, length=length, spatial=spatial, causal=causal,
-                                    batch_per_chip=args.batch_per_chip, heads=args.heads, head_dim=args.head_dim)
+          compiled = lowered_layer(attention, devices, length=length, spatial=spatial, causal=causal,
+                                   batch_per_chip=args.batch_per_chip, heads=args.heads,
+                                   head_dim=args.head_dim).compile()
         except jax.errors.JaxRuntimeError as error:  # libtpu refuses a program larger than the chip's HBM
           if parallel.hbm_refusal(error) is None:
             raise

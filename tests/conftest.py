@@ -7,6 +7,10 @@ os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_forc
                                     "--xla_backend_optimization_level=0"]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="tfds-")  # built datasets stay out of the home directory
+# One persistent compilation cache for the session's workers and the processes they start: the many runs of
+# the same tiny configs compile their steps once (set by the first conftest to run, inherited after).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jax-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
 import pytest  # noqa: E402  (after the XLA settings above)
 

@@ -1,6 +1,11 @@
 """The Mosaic (TPU) flash kernel equals the explicit ops in TPU interpret mode (races detected, uninitialised
 memory NaN), per shard of a mesh as on one device, and compiles through libtpu for a TPU slice with memory
 linear in the length."""
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +18,7 @@ from benchmarks import tpu_memory
 from bilateral_jax import ops, parallel
 from bilateral_jax.ops import target
 from bilateral_jax.ops.flash import flash_bilateral_attention
+from tests.test_benchmarks import ROOT, TINY, check_printed
 from tests.test_ops import B, D, H, H_P, H_Y, assert_close, positions, qkv, spatial_params
 
 N = 150  # two 128-wide tiles, the second mostly padding
@@ -74,15 +80,22 @@ def test_mosaic_kernel_runs_per_shard_of_the_batch_axes():
     assert_close(got, want, rtol=1e-4)
 
 
-@pytest.mark.parametrize("case", list(tpu_memory.CASES))
-def test_mosaic_kernel_compiles_for_a_tpu_slice_in_linear_memory(case):
-  """libtpu compiles the three kernels (forward, key and query gradients) for a v5e 2x2 slice on this
-  CPU host; at N = 4,096 their per-chip temporaries are a small fraction of the explicit logits'."""
-  devices = parallel.tpu_slice("v5e:2x2")
-  spatial, causal = tpu_memory.CASES[case]
-  compile_layer = lambda name: tpu_memory.compiled_layer(tpu_memory.ATTENTIONS[name], devices, length=4096,
-                                                         spatial=spatial, causal=causal, batch_per_chip=2)
-  flash, explicit = compile_layer("BSA, flash (Mosaic)"), compile_layer("BSA, explicit logits")
-  assert flash.as_text().count('custom_call_target="tpu_custom_call"') == 3
-  flash_bytes, explicit_bytes = (c.memory_analysis().temp_size_in_bytes for c in (flash, explicit))
-  assert flash_bytes * 8 < explicit_bytes, (flash_bytes, explicit_bytes)
+def test_mosaic_kernel_compiles_for_a_tpu_slice_in_linear_memory(tmp_path):
+  """`benchmarks/tpu_memory.py` at its test size (N = 4,096, 2 examples per chip; the benchmark tests leave
+  it to this one): libtpu compiles every attention for a v5e 2x2 slice on this CPU host, the flash path as
+  three Mosaic kernels (forward, key and query gradients) whose per-chip temporaries are a small fraction of
+  the explicit logits'."""
+  out = tmp_path / "out.json"
+  done = subprocess.run([sys.executable, "benchmarks/tpu_memory.py", *TINY["tpu_memory.py"], "--out", str(out)],
+                        cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  rows = json.loads(out.read_text())["rows"]
+  check_printed("tpu_memory.py", done.stdout, {"rows": rows})
+  temp = {(row["case"], row["variant"]): row["temp_mib"] for row in rows}
+  for case in tpu_memory.CASES:
+    assert temp[case, "BSA, flash (Mosaic)"] * 8 < temp[case, "BSA, explicit logits"], temp
+  spatial, causal = tpu_memory.CASES["laplacian, causal"]
+  lowered = tpu_memory.lowered_layer(tpu_memory.ATTENTIONS["BSA, flash (Mosaic)"], parallel.tpu_slice("v5e:2x2"),
+                                     length=4096, spatial=spatial, causal=causal, batch_per_chip=2)
+  assert lowered.as_text().count("tpu_custom_call") == 3, lowered.as_text().count("tpu_custom_call")

@@ -109,7 +109,7 @@ def test_without_cutoffs_the_lm_is_bit_identical_to_before(tie):
   np.testing.assert_array_equal(new.apply(params, tokens), old.apply(params, tokens))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per test worker, whatever order its tests run in
 def adaptive_lm():
   """A tiny LM with an adaptive softmax, its parameters, and jitted scorers: log p of every word after the
   last token of a context [1, n], and the task's sums of a batch of windows."""
@@ -120,7 +120,6 @@ def adaptive_lm():
   return last, sums
 
 
-@pytest.mark.xdist_group("adaptive_lm")
 @pytest.mark.parametrize("stride", [1, 3, 8])
 def test_sliding_window_perplexity_equals_scoring_each_token_on_its_context(stride, adaptive_lm):
   """Each target is scored once, by the earliest window that holds it, on the tokens of that window before

@@ -126,7 +126,7 @@ def test_fgsm_and_pgd_on_softmax_regression_equal_a_closed_form_numpy_attack(cas
     assert np.abs(want[attack][:-1]).max() == pytest.approx(radius)  # the corners of the ball
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per test worker, whatever order its tests run in
 def trained_digits(tmp_path_factory):
   """A small ViT trained for a few hundred steps on the digits, and its parameters."""
   workdir = tmp_path_factory.mktemp("digits")
@@ -144,7 +144,6 @@ def _attacked_accuracy(experiment, params, attack, epsilon, **settings):
   return robustness.evaluate(experiment, params, "test", (attack,), settings)[attack][f"{epsilon:g}"]["accuracy"]
 
 
-@pytest.mark.xdist_group("trained_digits")
 def test_image_attacks_on_a_trained_model(trained_digits):
   experiment, params, _ = trained_digits
   clean = experiment.evaluate(params, "test")["accuracy"]
@@ -181,7 +180,6 @@ def _summed_cross_entropy(logits, labels, weight):
   return -np.sum(np.asarray(weight) * np.take_along_axis(log_probs, np.asarray(labels)[:, None], -1)[:, 0])
 
 
-@pytest.mark.xdist_group("trained_digits")
 @pytest.mark.parametrize("convention", robustness.CONVENTIONS)
 def test_fgsm_and_pgd_raise_the_loss_above_random_perturbations_of_the_same_norm(trained_digits, convention):
   """The attacks' loss (on the labels each convention attacks) beats random sign vectors times the radius
@@ -212,7 +210,6 @@ def test_fgsm_and_pgd_raise_the_loss_above_random_perturbations_of_the_same_norm
     assert _summed_cross_entropy(logits, labels, batch["weight"]) - clean > 2 * (random - clean), attack
 
 
-@pytest.mark.xdist_group("trained_digits")
 def test_attack_success_rate_counts_the_clean_correct_examples_made_wrong(trained_digits):
   experiment, params, _ = trained_digits
   settings = robustness.AttackSettings(epsilons=(16.0,), convention="pixel")
@@ -343,7 +340,6 @@ def test_contamination_of_characters_keeps_the_length(tokenizer, replacement):
                                 contaminated.stream)
 
 
-@pytest.mark.xdist_group("trained_digits")
 def test_eval_attacks_command(trained_digits, tmp_path):
   _, _, workdir = trained_digits
   result = run_script("eval.py", workdir, {"eval.splits": "('test',)"}, devices=2,
@@ -407,7 +403,6 @@ def test_contaminated_language_model_evaluation(tmp_path):
   assert record["attack_settings"]["replacement"] == "random" and "contamination" in swapped.stdout.split("perplexity under attack")[1]
 
 
-@pytest.mark.xdist_group("trained_digits")
 def test_reflection_probe_transposes_the_patch_grid_or_reverses_the_real_tokens(trained_digits):
   tokens = np.asarray([[3, 4, 5, 0, 0], [1, 2, 0, 0, 0], [6, 7, 8, 9, 2]])
   np.testing.assert_array_equal(robustness.reflect(jnp.asarray(tokens), "tokens"),

@@ -34,7 +34,7 @@ def _answers(url: str) -> bool:
   return True
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per test worker, whatever order its tests run in
 def gcs(tmp_path_factory):
   """The environment that points TensorStore (Orbax), gcsfs (etils.epath) and google-cloud-storage
   (tensorboardX) at a fresh in-memory GCS server with the bucket `bkt`."""
@@ -65,7 +65,6 @@ def gcs(tmp_path_factory):
   server.wait()
 
 
-@pytest.mark.xdist_group("gcs")
 def test_a_gs_workdir_trains_resumes_evaluates_and_studies_with_nothing_local(gcs, tmp_path, trained_tiny_run):
   """Trained to step 3, then resumed by a new process to step 6, in `gs://`: bit for bit the parameters and
   logged numbers of the shared local run (the same settings and devices, uninterrupted, in this process)."""
@@ -108,7 +107,6 @@ def test_a_gs_workdir_trains_resumes_evaluates_and_studies_with_nothing_local(gc
   assert {p.name for p in tmp_path.iterdir()} <= {"home", "study.json", "tfds"}
 
 
-@pytest.mark.xdist_group("gcs")
 def test_the_lock_on_an_object_store_refuses_a_live_holder_and_takes_over_a_stale_one(gcs):
   held = workdir.Lock("gs://bkt/locked")
   held.acquire()
@@ -134,7 +132,6 @@ def _upload(local, remote: epath.Path) -> None:
       (remote / path.relative_to(local)).write_bytes(path.read_bytes())
 
 
-@pytest.mark.xdist_group("gcs")
 def test_published_data_directories_are_read_from_an_object_store(gcs, tmp_path):
   """A text corpus, WikiText, LRA Pathfinder (converted to TFDS from its files) and ImageNet's folders
   (decoded lazily) in `gs://` give the examples their local copies give."""

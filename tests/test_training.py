@@ -285,7 +285,7 @@ def test_eval_batch_is_padded_to_any_device_count(tmp_path):
 RESTARTED = TINY | {"train.num_steps": 12, "train.checkpoint_every": 2, "train.eval_every": 4}  # several saves
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per test worker, whatever order its tests run in
 def uninterrupted_run(tmp_path_factory):
   """`train.py` with RESTARTED's settings from start to end in one process -> (its workdir, the environment in
   which another run reads the TFDS data it built)."""
@@ -302,7 +302,6 @@ def assert_bit_identical_runs(run, reference):
   jax.tree.map(np.testing.assert_array_equal, final_params(run, config), final_params(reference, config))
 
 
-@pytest.mark.xdist_group("uninterrupted_run")
 def test_sigkill_mid_run_then_the_same_command_resumes_bit_identically(tmp_path, uninterrupted_run):
   """Killed outright once a checkpoint is on disk (the lock left behind, maybe a half-written step and
   lines of steps past the checkpoint), then restarted by the same command in a new process."""
@@ -319,7 +318,6 @@ def test_sigkill_mid_run_then_the_same_command_resumes_bit_identically(tmp_path,
   assert_bit_identical_runs(run, reference)
 
 
-@pytest.mark.xdist_group("uninterrupted_run")
 def test_sigterm_saves_and_the_same_command_resumes(tmp_path, uninterrupted_run):
   """SIGTERM once a checkpoint is on disk: saved, status 3; the same command in a new process resumes to the
   parameters and logged numbers of a run never interrupted, and once more has nothing left to train."""
