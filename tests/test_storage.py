@@ -20,7 +20,7 @@ from etils import epath
 from bilateral_jax import workdir
 from bilateral_jax.data import sources
 from tests.samples import write_image_folders, write_pathfinder, write_text_corpus, write_wikitext
-from tests.test_training import ROOT, TINY, final_params, run_script
+from tests.test_training import ROOT, TINY, final_params, logged, read_metrics, run_script
 
 
 def _answers(url: str) -> bool:
@@ -77,9 +77,7 @@ def test_a_gs_workdir_trains_resumes_evaluates_and_studies_with_nothing_local(gc
     assert trained.returncode == 0, trained.stderr[-3000:]
   assert "resumed from step 3" in trained.stdout
   config, local = trained_tiny_run
-  untimed = lambda text: [{k: v for k, v in json.loads(line).items() if not k.endswith("_per_s")}
-                          for line in text.splitlines()]
-  assert untimed((epath.Path(run) / "metrics.jsonl").read_text()) == untimed((local / "metrics.jsonl").read_text())
+  assert logged(run) == logged(local)
   jax.tree.map(np.testing.assert_array_equal, final_params(run, config), final_params(local, config))
   evaluated = run_script("eval.py", run, {}, devices=1, env=env)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
@@ -89,8 +87,7 @@ def test_a_gs_workdir_trains_resumes_evaluates_and_studies_with_nothing_local(gc
   assert {p.name for p in root.iterdir()} >= {"checkpoints", "best", "metrics.jsonl", "tensorboard", "plots",
                                                "config.json", "eval", "diagnostics"}
   assert not (root / "lock").exists()
-  rows = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]  # each step once, resumed
+  assert [m["step"] for m in read_metrics(run)] == [1, 2, 3, 4, 5, 6]  # each step once, resumed
   assert json.loads((root / "eval" / "6.json").read_text())["step"] == 6
   assert (root / "diagnostics" / "depth.json").exists() and (root / "plots" / "curves.png").exists()
   assert {p.name for p in (root / "checkpoints").iterdir()} >= {"6"}

@@ -16,6 +16,7 @@ import numpy as np
 import portpicker
 import pytest
 from absl import logging as absl_logging
+from etils import epath
 from tensorboard.backend.event_processing import event_accumulator
 
 from bilateral_jax import experiments, trainer, workdir
@@ -83,7 +84,8 @@ def small_config(name, tmp_path, **overrides):
 
 
 def read_metrics(workdir, split="train"):
-  lines = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  """The lines of `split` in workdir's metrics.jsonl (a local path or gs://)."""
+  lines = [json.loads(line) for line in (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
   return [line for line in lines if line["split"] == split]
 
 
@@ -114,7 +116,7 @@ def strict_metrics(workdir):
   """metrics.jsonl as strict JSON (no NaN/Infinity), checked to hold each (step, split) once."""
   refuse = lambda constant: pytest.fail(f"metrics.jsonl holds {constant}")
   lines = [json.loads(line, parse_constant=refuse)
-           for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+           for line in (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
   keys = [(line["step"], line["split"]) for line in lines]
   assert len(keys) == len(set(keys)), keys
   return lines
