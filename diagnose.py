@@ -23,7 +23,7 @@ With a trained run it measures on the first `--examples` of the first eval split
 - The Segmenter's mask-transformer decoder is a second stack, reported apart: `decoder` in depth.json and
   attention.json (its layer 0 is its own input), `decoder_maps` and `decoder_coords` in attention.npz.
 - `cross_terms.json`: cross_share (with content_share, position_share, note) of the first layer's logits,
-  0.0 by construction without additive positions (method.md section 4).
+  0.0 by construction without additive positions (docs/method.md section 4).
 """
 import json
 from typing import Any, NamedTuple

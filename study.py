@@ -4,7 +4,7 @@
         [--baseline NAME] [--seeds 0,1,2,3,4] [--nopaired] [--attacks fgsm,pgd] [--config.<field>=...]
         [attack flags as eval.py's]
 
---variants: a study file (`bilateral_jax/studies.py`): Python defining `VARIANTS = {name: {key: value}}` (its
+--variants: a study file (`bilateral_jax/comparisons.py`): Python defining `VARIANTS = {name: {key: value}}` (its
 docstring says the command and what it measures) or a JSON object of the same; a key is a dotted config
 path (`model.pooling`) or a TransformerConfig field (`attention` = `model.transformer.attention`). The
 first variant is the baseline (--baseline NAME: another of its variants). Default: the paper's 2 x 2
@@ -39,7 +39,7 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from bilateral_jax import cli, diagnostics, experiments, metric_writer, plots, robustness, steps, studies, tasks, trainer
+from bilateral_jax import cli, comparisons, diagnostics, experiments, metric_writer, plots, robustness, steps, tasks, trainer
 from bilateral_jax import workdir as workdir_lib
 from bilateral_jax.data import sources
 from configs import common
@@ -56,9 +56,9 @@ flags.DEFINE_bool("paired", True, "Compare each variant with the baseline by a t
 cli.define_attack_flags()
 flags.adopt_module_key_flags(cli)
 
-ABLATION = studies.Study(dict(common.ABLATION), "The paper's 2 x 2: standard attention or BSA x the standard "
+ABLATION = comparisons.Study(dict(common.ABLATION), "The paper's 2 x 2: standard attention or BSA x the standard "
                          "residual or GRC.", "configs/common.py ABLATION")
-MEASUREMENTS = 2  # the version of the evaluation's definitions (method.md section 4): older results are redone
+MEASUREMENTS = 2  # the version of the evaluation's definitions (docs/method.md section 4): older results are redone
 
 
 def slug(variant: str) -> str:
@@ -165,11 +165,11 @@ def plot(root: epath.Path, results: dict, split: str, metric: str) -> None:
     plots.against(learned_t, root / "grc_t.png", xlabel="layer", ylabel="learned GRC t")
 
 
-def variant_configs(base, study: studies.Study) -> dict:
+def variant_configs(base, study: comparisons.Study) -> dict:
   """Every variant's config, each checked as train.py would before anything trains."""
   configs = {}
   for variant, overrides in study.variants.items():
-    config = studies.variant_config(base, variant, overrides)
+    config = comparisons.variant_config(base, variant, overrides)
     try:
       experiments.check_settings(config)
     except ValueError as error:
@@ -190,7 +190,7 @@ def main(argv):
   seeds = [int(seed) for seed in cli.FLAGS.seeds]
   attacks, settings = cli.attack_settings(task, seed=0)
   attacks = attacks or task.attacks
-  study = studies.select(studies.load(cli.FLAGS.variants) if cli.FLAGS.variants else ABLATION, cli.FLAGS.variant,
+  study = comparisons.select(comparisons.load(cli.FLAGS.variants) if cli.FLAGS.variants else ABLATION, cli.FLAGS.variant,
                          cli.FLAGS.baseline)
   configs = variant_configs(base, study)
   split, metric = base.eval.splits[-1], robustness.headline(task)
@@ -218,9 +218,9 @@ def main(argv):
               flush=True)
       print(f"\n=== {variant}, seed {seed} -> {run_dir}", flush=True)
       results[variant][seed] = run_one(config, run_dir, attacks, settings, overrides)
-  per_seed = {variant: {seed: studies.run_scalars(result, split, metric) for seed, result in by_seed.items()}
+  per_seed = {variant: {seed: comparisons.run_scalars(result, split, metric) for seed, result in by_seed.items()}
               for variant, by_seed in results.items()}
-  summary = studies.summarize(per_seed, paired=cli.FLAGS.paired)
+  summary = comparisons.summarize(per_seed, paired=cli.FLAGS.paired)
   seconds = sum(r["seconds"]["total"] for by_seed in results.values() for r in by_seed.values())
   record = {"config": cli.config_flags.get_config_filename(cli.FLAGS["config"]), "study": study.source,
             "description": study.description, "baseline": study.baseline, "overrides": study.variants,
@@ -228,7 +228,7 @@ def main(argv):
             "attack_settings": dataclasses.asdict(settings), "seconds": seconds,
             "devices": f"{jax.device_count()} {jax.devices()[0].platform}", "variants": summary}
   (root / "summary.json").write_text(json.dumps(record, indent=2))
-  text = studies.markdown(summary, title=f"Study of {record['config']} ({study.source})", split=split, seeds=seeds,
+  text = comparisons.markdown(summary, title=f"Study of {record['config']} ({study.source})", split=split, seeds=seeds,
                           description=study.description) + (
       f"\nWall time of all runs (train, evaluation, attacks, diagnostics): {seconds / 60:.1f} min on "
       f"{record['devices']}.\n")

@@ -68,7 +68,7 @@ def print_summary(experiment, workdir: str, compile_seconds: float, flops, memor
   if config.model.name != "lm" and not stack.sees_direction:
     lines.append(f"note: attention={stack.attention!r} spatial={stack.spatial!r} sees no direction: this bidirectional "
                  "model is exactly invariant to the isometries of its token grid (reversal, transposition; "
-                 "method.md section 2 'Direction')")
+                 "docs/method.md section 2 'Direction')")
   print("\n".join(lines), flush=True)
 
 

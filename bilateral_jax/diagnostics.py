@@ -1,4 +1,4 @@
-"""The paper's measurements (method.md section 4) as pure jax functions.
+"""The paper's measurements (docs/method.md section 4) as pure jax functions.
 
 - `softmax_lipschitz(z)`: the tight local Lipschitz constant of softmax at z, the spectral norm of its
   Jacobian diag(s) - s s^T (s = softmax(z)); `lipschitz_study` is the model-free study of the paper's
@@ -9,7 +9,7 @@
   additive position table.
 - `token_uniformity(y, real)`: mean pairwise cosine similarity of the real tokens of each example.
 - `snr_db(clean, noisy, real)`: 20 log10(||Y - mean|| / ||Y(Y_0 + eta) - Y||), centred over the real tokens.
-- `depth_profile`: SNR and token uniformity per layer of each stack (method.md section 4).
+- `depth_profile`: SNR and token uniformity per layer of each stack (docs/method.md section 4).
 - `attention_maps(stack)`: each layer's attention averaged over heads and examples;
   `mean_attention_distance` (over real query rows) and `attention_grid` (a query's attention on the patch
   grid) summarise them.

@@ -16,7 +16,7 @@
 - Attacks are compared at unequal clean accuracy: beside the accuracy under attack, `evaluate` reports
   `attack_success_rate`, the fraction of the examples classified correctly when clean (`clean_correct` of
   them) that the attack makes wrong (`success_sums` counts them in the attack step).
-- `reflect`: not an attack but a probe of what a model learned about direction (method.md section 2
+- `reflect`: not an attack but a probe of what a model learned about direction (docs/method.md section 2
   "Direction"): accuracy on the inputs laid out reflected on their grid, each image's patch grid
   transposed (every patch's own pixels untouched) or each sequence's real tokens reversed (padding stays
   at the end). A model that sees no direction scores exactly its clean accuracy; reported at strength 1.

@@ -12,7 +12,7 @@ from bilateral_jax.parallel import FSDP_MIN_SIZE
 
 
 # BSA's spatial kernel in the shipped bidirectional configs, chosen by the attribution studies (README
-# "Results"; a distance-only kernel would make these models blind to direction, method.md section 2).
+# "Results"; a distance-only kernel would make these models blind to direction, docs/method.md section 2).
 # Patch grids: `dot` (TUPE features of per-axis position tables, a learned CLS position). On the digits
 # ViT (studies/digits_positions.py, 5 seeds, standard residual) it was the best position scheme the code
 # has: test accuracy 0.983 ± 0.004 against learned absolute 0.968, RoPE 0.953, `shifted` 0.936 and the

@@ -1,4 +1,4 @@
-"""Explicit float64 numpy references of method.md's formulas, written for clarity, not speed."""
+"""Explicit float64 numpy references of docs/method.md's formulas, written for clarity, not speed."""
 import numpy as np
 
 

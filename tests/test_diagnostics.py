@@ -1,4 +1,4 @@
-"""The diagnostics of method.md section 4 against explicit numpy references, and diagnose.py."""
+"""The diagnostics of docs/method.md section 4 against explicit numpy references, and diagnose.py."""
 import dataclasses
 import json
 import shutil

@@ -1,4 +1,4 @@
-"""Direction (method.md section 2): bidirectional models with distance-only spatial kernels are exactly
+"""Direction (docs/method.md section 2): bidirectional models with distance-only spatial kernels are exactly
 invariant to their grid's isometries, direction-aware kernels are not, and the shipped configs see
 direction. Also the low-precision numerics of BSA and GRC."""
 import jax

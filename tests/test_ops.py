@@ -226,7 +226,7 @@ def test_alibi_is_causal_laplacian_bsa_with_fixed_bandwidths():
 
 
 def test_gaussian_content_is_dot_content_minus_key_norm():
-  """method.md: gaussian = dot - ||k_j||^2 / (2 h_y^2); the ||q_i||^2 part cancels in the softmax."""
+  """docs/method.md: gaussian = dot - ||k_j||^2 / (2 h_y^2); the ||q_i||^2 part cancels in the softmax."""
   q, k, v = qkv()
   key_norm = -jnp.einsum("bmhd,bmhd->bhm", k, k)[:, :, None, :] / (2 * H_Y[None, :, None, None] ** 2)
   dot_weights = ops.attention_weights(ops.content_logits(q, k, h_y=H_Y, content="dot") + key_norm)

@@ -1,4 +1,4 @@
-"""Study files and the statistics of a study (bilateral_jax/studies.py), and study.py end to end at tiny
+"""Study files and the statistics of a study (bilateral_jax/comparisons.py), and study.py end to end at tiny
 sizes: chosen variants of a study file, their summary and plots, resuming, refusing a bad variant."""
 import importlib
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bilateral_jax import experiments, studies
+from bilateral_jax import comparisons, experiments
 from configs import common
 from tests.test_training import ROOT, TINY, run_script, tiny_config
 
@@ -26,13 +26,13 @@ def test_t_quantiles_and_the_paired_and_welch_intervals():
   assert stats.t.ppf(0.975, 1) == pytest.approx(12.706204736174704, rel=1e-12)
   a = {0: 0.91, 1: 0.93, 2: 0.90, 3: 0.95, 4: 0.92}
   b = {0: 0.89, 1: 0.90, 2: 0.90, 3: 0.91, 4: 0.90}
-  paired = studies.compare(a, b, paired=True)
+  paired = comparisons.compare(a, b, paired=True)
   d = np.array([a[s] - b[s] for s in range(5)])
   half = 2.7764451051977987 * d.std(ddof=1) / np.sqrt(5)
   assert paired["test"] == "paired t" and paired["df"] == 4 and paired["seeds"] == 5
   np.testing.assert_allclose(paired["ci95"], [d.mean() - half, d.mean() + half], rtol=1e-10)
   np.testing.assert_allclose(paired["p_value"], stats.ttest_rel(list(a.values()), list(b.values())).pvalue, rtol=1e-10)
-  welch = studies.compare(a, b, paired=False)
+  welch = comparisons.compare(a, b, paired=False)
   va, vb = np.var(list(a.values()), ddof=1) / 5, np.var(list(b.values()), ddof=1) / 5
   df = (va + vb) ** 2 / (va**2 / 4 + vb**2 / 4)  # Welch-Satterthwaite
   assert welch["test"] == "Welch t" and welch["df"] == pytest.approx(df, rel=1e-12) and 4 < df < 8
@@ -41,64 +41,64 @@ def test_t_quantiles_and_the_paired_and_welch_intervals():
   half = stats.t.ppf(0.975, df) * np.sqrt(va + vb)
   np.testing.assert_allclose(welch["ci95"], [d.mean() - half, d.mean() + half], rtol=1e-10)
   # two seeds paired: df 1; other seeds than the baseline's: Welch even when paired is asked for
-  two = studies.compare({0: 1.0, 1: 3.0}, {0: 0.0, 1: 0.0})
+  two = comparisons.compare({0: 1.0, 1: 3.0}, {0: 0.0, 1: 0.0})
   np.testing.assert_allclose(two["ci95"], [2 - 12.706204736174704, 2 + 12.706204736174704], rtol=1e-12)
-  assert studies.compare({0: 1.0, 2: 2.0}, {0: 0.0, 1: 1.0})["test"] == "Welch t"
-  one = studies.compare({0: 1.0}, {0: 0.5})
-  assert one["difference"] == 0.5 and one["ci95"] is None and studies.verdict(one) == "n/a"
+  assert comparisons.compare({0: 1.0, 2: 2.0}, {0: 0.0, 1: 1.0})["test"] == "Welch t"
+  one = comparisons.compare({0: 1.0}, {0: 0.5})
+  assert one["difference"] == 0.5 and one["ci95"] is None and comparisons.verdict(one) == "n/a"
 
 
 def test_verdicts_need_an_interval_without_zero_and_five_seeds():
   five = {s: 1.0 + 0.01 * s for s in range(5)}
-  assert studies.verdict(studies.compare(five, {s: 0.0 for s in range(5)})) == "holds"
+  assert comparisons.verdict(comparisons.compare(five, {s: 0.0 for s in range(5)})) == "holds"
   three = {s: five[s] for s in range(3)}
-  assert studies.verdict(studies.compare(three, {s: 0.0 for s in range(3)})) == "excludes 0, too few seeds"
-  assert studies.verdict(studies.compare(five, {s: 1.02 + 0.01 * (-1) ** s for s in range(5)})) == "includes 0"
-  summary = studies.summarize({"base": {s: {"accuracy": 0.0, "success": None} for s in range(3)},
+  assert comparisons.verdict(comparisons.compare(three, {s: 0.0 for s in range(3)})) == "excludes 0, too few seeds"
+  assert comparisons.verdict(comparisons.compare(five, {s: 1.02 + 0.01 * (-1) ** s for s in range(5)})) == "includes 0"
+  summary = comparisons.summarize({"base": {s: {"accuracy": 0.0, "success": None} for s in range(3)},
                                "new": {s: {"accuracy": three[s], "success": 0.5} for s in range(3)}})
   assert "difference" not in summary["base"]["accuracy"] and summary["base"]["success"]["mean"] is None
   assert summary["new"]["accuracy"]["verdict"] == "excludes 0, too few seeds"
   assert "difference" not in summary["new"]["success"]
-  text = studies.markdown(summary, title="t", split="test", seeds=[0, 1, 2])
+  text = comparisons.markdown(summary, title="t", split="test", seeds=[0, 1, 2])
   assert "**3 seeds per variant: not enough for a claim**" in text and "| new | accuracy | +1.0100 | [" in text
   assert "**holds**" not in text and "| base | 0.0000 ± 0.0000 | n/a |" in text
-  summary = studies.summarize({"base": {s: {"accuracy": 0.0} for s in range(5)},
+  summary = comparisons.summarize({"base": {s: {"accuracy": 0.0} for s in range(5)},
                                "new": {s: {"accuracy": v} for s, v in five.items()}})
-  text = studies.markdown(summary, title="t", split="test", seeds=list(range(5)))
+  text = comparisons.markdown(summary, title="t", split="test", seeds=list(range(5)))
   assert "not enough for a claim" not in text and "| **holds** |" in text
 
 
 def test_study_files_and_variant_configs(tmp_path):
-  study = studies.load(ROOT / "studies" / "digits_positions.py")
+  study = comparisons.load(ROOT / "studies" / "digits_positions.py")
   assert study.baseline == "learned absolute" and len(study.variants) == 7 and "study.py" in study.description
   base = __import__("configs.digits_vit", fromlist=["get_config"]).get_config()
   for name in ("learned absolute", "RoPE", "BSA gaussian"):
-    experiments.check_settings(studies.variant_config(base, name, study.variants[name]))
-  config = studies.variant_config(base, "x", study.variants["BSA gaussian, mean pooling"])
+    experiments.check_settings(comparisons.variant_config(base, name, study.variants[name]))
+  config = comparisons.variant_config(base, "x", study.variants["BSA gaussian, mean pooling"])
   assert config.model.pooling == "mean" and config.model.transformer.attention == "bilateral"
   assert base.model.pooling == "cls"  # the base is copied, not changed
   for name, overrides in common.ABLATION.items():  # the default study: plain TransformerConfig field names
-    assert studies.variant_config(tiny_config(), name, overrides).model.transformer.residual == overrides["residual"]
+    assert comparisons.variant_config(tiny_config(), name, overrides).model.transformer.residual == overrides["residual"]
   with pytest.raises(ValueError, match="study variant 'x': unknown config key 'attenton'"):
-    studies.variant_config(base, "x", {"attenton": "rope"})
+    comparisons.variant_config(base, "x", {"attenton": "rope"})
   with pytest.raises(ValueError, match=r"unknown config key 'model.poling' \(no config.model.poling\)"):
-    studies.variant_config(base, "x", {"model.poling": "mean"})
+    comparisons.variant_config(base, "x", {"model.poling": "mean"})
   with pytest.raises(ValueError, match="study variant 'x': num_layers='two'"):
-    studies.variant_config(base, "x", {"num_layers": "two"})
+    comparisons.variant_config(base, "x", {"num_layers": "two"})
   path = tmp_path / "study.json"
   path.write_text(json.dumps(VARIANTS))
-  loaded = studies.load(path)
+  loaded = comparisons.load(path)
   assert list(loaded.variants) == list(VARIANTS) and loaded.baseline == "absolute"
-  assert list(studies.select(loaded, ["BSA"]).variants) == ["absolute", "BSA"]
-  assert list(studies.select(loaded, [], baseline="BSA").variants) == ["BSA"] + [v for v in VARIANTS if v != "BSA"]
-  assert list(studies.select(loaded, [list(VARIANTS)[0]], baseline="BSA").variants) == ["BSA", list(VARIANTS)[0]]
+  assert list(comparisons.select(loaded, ["BSA"]).variants) == ["absolute", "BSA"]
+  assert list(comparisons.select(loaded, [], baseline="BSA").variants) == ["BSA"] + [v for v in VARIANTS if v != "BSA"]
+  assert list(comparisons.select(loaded, [list(VARIANTS)[0]], baseline="BSA").variants) == ["BSA", list(VARIANTS)[0]]
   with pytest.raises(ValueError, match="--variant/--baseline 'bsa' not in"):
-    studies.select(loaded, ["bsa"])
+    comparisons.select(loaded, ["bsa"])
   with pytest.raises(ValueError, match="--variant/--baseline 'bsa' not in"):
-    studies.select(loaded, [], baseline="bsa")
+    comparisons.select(loaded, [], baseline="bsa")
   (tmp_path / "empty.py").write_text("X = 1\n")
   with pytest.raises(ValueError, match="defines no VARIANTS"):
-    studies.load(tmp_path / "empty.py")
+    comparisons.load(tmp_path / "empty.py")
 
 
 def test_run_scalars_report_success_rates_and_the_decoder_apart():
@@ -107,7 +107,7 @@ def test_run_scalars_report_success_rates_and_the_decoder_apart():
             "attacks": {"test": {"pgd": {"8": {"accuracy": 0.5, "attack_success_rate": 0.45}}}},
             "depth": profile | {"decoder": {"layer": [0, 1, 2], "snr_db": [9.0, 8.0, 7.0],
                                             "token_uniformity": [0, 0, 0.5]}}}
-  assert studies.run_scalars(result, "test", "accuracy") == {
+  assert comparisons.run_scalars(result, "test", "accuracy") == {
       "accuracy": 0.9, "loss": 0.3, "pgd 8": 0.5, "pgd 8 success rate": 0.45, "SNR dB (last layer)": 12.0,
       "uniformity (last layer)": 0.3, "decoder SNR dB (last layer)": 7.0, "decoder uniformity (last layer)": 0.5}
 
@@ -172,10 +172,10 @@ def test_study_trains_the_chosen_variants_once_and_summarises_them(tmp_path):
 def test_every_shipped_study_file_builds_a_valid_model_for_each_variant(path):
   """Each study file's variants, on the config its own command names, are settings train.py accepts and
   build a model (the README runs these commands at full size)."""
-  study = studies.load(path)
+  study = comparisons.load(path)
   config_file, *variant = re.search(r"--config configs/(\w+)\.py(?::(\w+))?", study.description).groups()
   base = importlib.import_module(f"configs.{config_file}").get_config(*[v for v in variant if v])
   for name, overrides in study.variants.items():
-    config = studies.variant_config(base, name, overrides)
+    config = comparisons.variant_config(base, name, overrides)
     experiments.check_settings(config)
     experiments.make_model(config)

@@ -28,7 +28,7 @@ class TransformerConfig:
 
   attention: `standard` (positions from `position_table`, added to Y_0), `alibi`, `rope`, or
     `bilateral` (BSA: positions only through the `spatial` kernel; no cross terms).
-  content / spatial: BSA kernels (method.md section 2; `ops.SPATIAL` holds each spatial kernel's spec);
+  content / spatial: BSA kernels (docs/method.md section 2; `ops.SPATIAL` holds each spatial kernel's spec);
     spatial `none` is the content-only non-local-means filter; `dot` (TUPE) takes its features from
     `position_table`, one table per coordinate axis looked up by the token's coordinates (the axes'
     rows concatenated), a learned vector for tokens with no place (CLS), then a LayerNorm (TUPE's); `shifted` learns a displacement per head; `asymmetric` (1-D) a
@@ -38,7 +38,7 @@ class TransformerConfig:
     geometrically, in units of the coordinates (tokens, or patches); h_y^2 starts at sqrt(head_dim), and
     so does h_p^2 for spatial `dot`.
   residual / grc_form / grc_sublayers / grc_t_init / grc_per_channel: the Generalized Residual
-    Connection (method.md section 3); `boost` applies to the attention sublayer only, the MLP always
+    Connection (docs/method.md section 3); `boost` applies to the attention sublayer only, the MLP always
     uses `convex`.
   norm: `pre` or `post` LayerNorm.
   drop_path_rate: stochastic depth (DeiT/timm): each sublayer's branch F(y) of layer l is dropped per
@@ -127,7 +127,7 @@ class TransformerConfig:
 
   @property
   def sees_direction(self) -> bool:
-    """Whether a bidirectional model of this stack can tell its grid from a reflection of it (method.md
+    """Whether a bidirectional model of this stack can tell its grid from a reflection of it (docs/method.md
     section 2 "Direction"): not with BSA's distance-only kernels (nor with no positions at all)."""
     if self.attention == "bilateral":
       return self.spatial != "none" and SPATIAL[self.spatial].directional

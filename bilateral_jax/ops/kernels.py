@@ -1,7 +1,7 @@
 """Content (range) and spatial kernels of Bilateral Self-Attention, as attention logits.
 
 Layout: queries/keys `[batch, length, heads, head_dim]`; logits `[batch, heads, q_len, k_len]`, float32
-whatever the input dtype. Formulas (method.md section 2), per head:
+whatever the input dtype. Formulas (docs/method.md section 2), per head:
 
   content  gaussian:   -||q_i - k_j||^2 / (2 h_y^2)      dot: q_i . k_j / h_y^2
   spatial  gaussian:   -||r_i - r_j||^2 / (2 h_p^2)      laplacian: -||r_i - r_j|| / h_p

@@ -1,4 +1,4 @@
-"""The Generalized Residual Connection (method.md section 3): boosting brings the observation Y_0 back."""
+"""The Generalized Residual Connection (docs/method.md section 3): boosting brings the observation Y_0 back."""
 from __future__ import annotations
 
 import jax.numpy as jnp

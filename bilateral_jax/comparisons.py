@@ -1,4 +1,4 @@
-"""Studies: named variants of one config, and the statistics that compare them (method.md section 4).
+"""Named variants of one config (a study file), and the paired statistics that compare them (docs/method.md section 4).
 
 A study file is Python, defining `VARIANTS` (and a docstring saying its command and what it measures),
 or JSON (one object): an ordered mapping name -> {config key: value}. A key is a dotted path into the
