@@ -33,8 +33,8 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from bilateral_jax import cli, diagnostics, trainer
-from bilateral_jax import workdir as workdir_lib
+from bilateral_jax import cli, diagnostics, storage, trainer
+from bilateral_jax.data import sources
 
 flags.DEFINE_bool("lipschitz", False, "Run the model-free softmax Lipschitz study (needs no checkpoint).")
 flags.DEFINE_bool("long_range", False, "Run the model-free long-range stability study (needs no checkpoint).")
@@ -103,7 +103,8 @@ class Restored(NamedTuple):
 def restore(workdir: str) -> Restored:
   """The run's checkpoint (--step, --best) and the first --examples of its first eval split."""
   config = cli.run_config(workdir)
-  experiment, step, params = trainer.restore_params(config, workdir, cli.FLAGS.step, cli.FLAGS.best)
+  data = sources.describe_split(config.data, config.eval.splits[0])
+  experiment, step, params = trainer.restore_params(config, workdir, data, step=cli.FLAGS.step, best=cli.FLAGS.best)
   inputs = diagnostics.eval_inputs(experiment, cli.FLAGS.examples)
   meta = {"step": step, "split": config.eval.splits[0], "examples": len(inputs)}
   return Restored(config, meta, experiment.model, jax.device_get(params), inputs)
@@ -196,7 +197,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   workdir = cli.set_up()
-  out = workdir_lib.path(workdir) / "diagnostics"
+  out = storage.path(workdir) / "diagnostics"
   model_free = [study for study in (lipschitz, long_range) if cli.FLAGS[study.__name__].value]
   if model_free:
     out.mkdir(parents=True, exist_ok=True)

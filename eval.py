@@ -18,8 +18,7 @@ import json
 
 from absl import flags
 
-from bilateral_jax import cli, plots, robustness, tasks, trainer
-from bilateral_jax import workdir as workdir_lib
+from bilateral_jax import cli, plots, robustness, storage, tasks, trainer
 
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest that restores).")
 flags.DEFINE_bool("best", False, "Evaluate the best checkpoint by the training's validation metric.")
@@ -33,7 +32,7 @@ def main(argv):
   task = tasks.get(config.model.name)
   attacks, settings = cli.attack_settings(task, config.seed)
   step, results, attacked = trainer.evaluate_checkpoint(config, workdir, flags_.step, flags_.best, attacks, settings)
-  out = workdir_lib.path(workdir) / "eval" / f"{'best_' if flags_.best else ''}{step}.json"
+  out = storage.path(workdir) / "eval" / f"{'best_' if flags_.best else ''}{step}.json"
   out.parent.mkdir(parents=True, exist_ok=True)
   record = {"step": step, "best": flags_.best, "results": results}
   if attacked:

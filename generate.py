@@ -11,6 +11,7 @@ is conditioned on the latest half context.
 from absl import flags
 
 from bilateral_jax import cli, sampling, trainer
+from bilateral_jax.data import sources
 
 flags.DEFINE_string("prompt", None, "The text to continue.", required=True)
 flags.DEFINE_integer("length", 200, "Tokens to generate (characters, or words).", lower_bound=0)
@@ -27,7 +28,8 @@ def main(argv):
   if config.model.name != "lm":
     raise ValueError(f"{workdir} holds a {config.model.name!r} model; generate.py samples from causal "
                      "language models ('lm')")
-  experiment, _, params = trainer.restore_params(config, workdir, flags_.step)
+  data = sources.describe_split(config.data, config.eval.splits[0])  # the vocabulary
+  experiment, _, params = trainer.restore_params(config, workdir, data, step=flags_.step)
   prompt = sampling.encode(flags_.prompt, experiment.info)
   ids = sampling.generate(experiment.model, params, prompt, flags_.length, temperature=flags_.temperature,
                           top_k=flags_.top_k, seed=flags_.seed, banned=sampling.never_drawn(experiment.info))

@@ -39,9 +39,9 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from bilateral_jax import cli, comparisons, diagnostics, experiments, metric_writer, plots, robustness, steps, tasks, trainer
-from bilateral_jax import workdir as workdir_lib
-from bilateral_jax.data import sources
+from bilateral_jax import (cli, comparisons, diagnostics, experiments, metric_writer, plots, robustness, runs, steps,
+                           storage, tasks, trainer)
+from bilateral_jax.data import core, sources
 from configs import common
 
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds, one run per variant and seed.")
@@ -69,14 +69,14 @@ def slug(variant: str) -> str:
 def trained_otherwise(run_dir: epath.Path, config) -> dict:
   """The fields that decide a finished run's result (seed, model, data, optimiser, steps and batch) that
   differ between how `run_dir` was trained and `config`: {field: (then, now)}."""
-  saved = workdir_lib.load_config(run_dir)
+  saved = runs.load_config(run_dir)
   if saved is None:
     return {}
   decisive = lambda field: field.split(".")[0] in ("seed", "model", "data", "optimizer") or field in (
       "train.num_steps", "train.batch_size", "train.grad_accum_steps")
-  from_data = lambda field, now: field.removeprefix("model.") in sources.MODEL_SIZES and now == 0  # filled as then
-  return {field: (then, now) for field, (then, now) in workdir_lib.changes(saved, config).items()
-          if decisive(field) and not field.endswith((".attention_implementation", ".remat"))  # same numbers
+  from_data = lambda field, now: field.removeprefix("model.") in core.MODEL_SIZES and now == 0  # filled as then
+  return {field: (then, now) for field, (then, now) in runs.changes(saved, config).items()
+          if decisive(field) and not field.endswith((".attention_path", ".remat"))  # same numbers
           and not from_data(field, now)}
 
 
@@ -85,7 +85,8 @@ def run_one(config, run_dir: epath.Path, attacks, settings, overrides: dict) -> 
   start = time.perf_counter()
   final = trainer.train_and_evaluate(config, str(run_dir))
   trained = time.perf_counter() - start
-  experiment, step, params = trainer.restore_params(config, str(run_dir))
+  data = sources.describe_split(config.data, config.eval.splits[0])
+  experiment, step, params = trainer.restore_params(config, str(run_dir), data)
   result = {"step": step, "results": final}
   split = experiment.config.eval.splits[-1]  # the attacks on the split the summary reports
   result["attacks"] = {split: robustness.evaluate(experiment, params, split, attacks, settings)} if attacks else {}
@@ -96,7 +97,7 @@ def run_one(config, run_dir: epath.Path, attacks, settings, overrides: dict) -> 
   result["seconds"] = {"train": trained, "total": time.perf_counter() - start}
   result["evaluated_with"] = evaluated_with(attacks, settings)
   result["overrides"] = as_json(overrides)
-  workdir_lib.write_whole(run_dir / "result.json", json.dumps(result, indent=2))  # an interruption leaves no half file
+  storage.write_whole(run_dir / "result.json", json.dumps(result, indent=2))  # an interruption leaves no half file
   return result
 
 
@@ -184,7 +185,7 @@ def variant_configs(base, study: comparisons.Study) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  root = workdir_lib.path(cli.set_up())
+  root = storage.path(cli.set_up())
   base = cli.FLAGS.config
   task = tasks.get(base.model.name)
   seeds = [int(seed) for seed in cli.FLAGS.seeds]

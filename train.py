@@ -37,8 +37,10 @@ def main(argv):
     return
   host_devices = parallel.devices_for_dry_run(config.mesh.data, config.mesh.fsdp) if cli.FLAGS.dry_run else 0
   workdir = cli.set_up(host_devices)
-  final = trainer.train_and_evaluate(config, workdir, fresh_optimizer=cli.FLAGS.fresh_optimizer,
-                                     dry_run=cli.FLAGS.dry_run)
+  if cli.FLAGS.dry_run:
+    trainer.compile_only(config, workdir)
+    return
+  final = trainer.train_and_evaluate(config, workdir, fresh_optimizer=cli.FLAGS.fresh_optimizer)
   for split, metrics in final.items():
     print(f"{split}: " + "  ".join(f"{k} {cli.number(v)}" for k, v in metrics.items()))
 

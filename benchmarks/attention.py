@@ -31,7 +31,7 @@ from bilateral_jax.ops.folded import folded_bilateral_attention  # noqa: E402
 
 
 # cuDNN's fused attention on a GPU (the baseline to beat there), XLA's elsewhere.
-STANDARD_IMPLEMENTATION = "cudnn" if jax.default_backend() == "gpu" else None
+STANDARD_BACKEND = "cudnn" if jax.default_backend() == "gpu" else None
 
 
 def variants(length, heads):
@@ -40,7 +40,7 @@ def variants(length, heads):
   features = 0.1 * jax.random.normal(jax.random.key(1), (length, heads, 8))  # TUPE's projected position table
   return {
       "standard (jax.nn)": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True,
-                                                                        implementation=STANDARD_IMPLEMENTATION),
+                                                                        implementation=STANDARD_BACKEND),
       "BSA gaussian/gaussian, xla": lambda q, k, v: ops.explicit_bilateral_attention(
           q, k, v, coords, coords, h_y=h_y, h_p=h_p, is_causal=True),
       "BSA dot/laplacian, xla": lambda q, k, v: ops.explicit_bilateral_attention(

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU measurements the README marks "not measured", in one go on an H100/H200 with the project's CUDA
-# wheels (README, "Install for accelerators"); about 5 minutes:
+# The GPU measurements docs/results.md marks "not measured", in one go on an H100/H200 with the project's CUDA
+# wheels (README.md, "Install"); about 5 minutes:
 #   1. the flash kernels (Triton, compiled) and every other path against the explicit ops, float32 at
 #      full matmul precision (tests/test_flash.py, tests/test_folded.py);
 #   2. the attention benchmark: standard attention against BSA's paths, bf16, N = 1K-16K, forward +

@@ -89,12 +89,12 @@ def batch_dataset(batches):
 def measure_input(experiment, examples: int) -> dict:
   """Reads the train pipeline's batches in this thread: time to the first batch, then at least `examples`
   examples timed (wall and this process's CPU seconds). -> figures and the batches read."""
-  from bilateral_jax.data import pipeline  # noqa: PLC0415
+  from bilateral_jax.data import pipeline, sources  # noqa: PLC0415
   import jax  # noqa: PLC0415
 
   config = experiment.config
   start = time.perf_counter()
-  batches = pipeline.train_batches(experiment.info_source, global_batch=config.train.batch_size, seed=0,
+  batches = pipeline.train_batches(sources.shared_split(config.data, "train"), global_batch=config.train.batch_size, seed=0,
                                    process_index=jax.process_index(), process_count=jax.process_count(),
                                    transform=experiment.train_transform, repeats=config.augment.repeats)
   dataset = batch_dataset(batches)
@@ -127,7 +127,7 @@ def measure_step(experiment, batches: list, steps: int, max_bytes: float) -> dic
     config.train.grad_accum_steps = 2 * accum
     del step, experiment
     gc.collect()
-    experiment = experiments.Experiment(config)
+    experiment = experiments.Experiment(config, experiment.data)
   if not fits:
     raise SystemExit(f"the train step needs {memory['total'] / 2**30:.1f} GiB per device at batch {batch_size} "
                      f"even in {accum} micro-batches; raise --max_step_gib or lower the batch")
@@ -154,7 +154,7 @@ def main(argv):
   import jax  # noqa: PLC0415
 
   from bilateral_jax import experiments, parallel  # noqa: PLC0415
-  from bilateral_jax.data import pipeline  # noqa: PLC0415
+  from bilateral_jax.data import pipeline, sources  # noqa: PLC0415
   parallel.skip_tpu_probe_without_accelerators()
 
   runs = []
@@ -175,7 +175,7 @@ def main(argv):
   rows, notes = [], []
   for name, config, note in runs:
     start = time.perf_counter()
-    experiment = experiments.Experiment(config)  # builds the data if it is not there yet
+    experiment = experiments.Experiment(config, sources.describe_split(config.data, "train"))  # builds the data once
     data_s = time.perf_counter() - start
     row = dict(config=name, batch_size=experiment.config.train.batch_size, data_ready_s=data_s,
                input_workers=experiments.input_workers(experiment.config))  # what training would start here

@@ -18,7 +18,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 
 from bilateral_jax import experiments, parallel  # noqa: E402
-from bilateral_jax.data import pipeline  # noqa: E402
+from bilateral_jax.data import pipeline, sources  # noqa: E402
 from configs import common, default  # noqa: E402
 
 
@@ -34,8 +34,8 @@ def main():
   for name, overrides in common.ABLATION.items():
     config = default.get_config()
     config.model.transformer.update(overrides)
-    experiment = experiments.Experiment(config)
-    batches = pipeline.train_batches(experiment.info_source, global_batch=config.train.batch_size, seed=0,
+    experiment = experiments.Experiment(config, sources.describe_split(config.data, "train"))
+    batches = pipeline.train_batches(sources.shared_split(config.data, "train"), global_batch=config.train.batch_size, seed=0,
                                      transform=experiment.train_transform)
     data = [parallel.global_batch(next(batches), experiment.mesh) for _ in range(args.steps)]
     state = experiment.init(jax.random.key(0))

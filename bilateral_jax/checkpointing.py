@@ -19,9 +19,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from bilateral_jax import logs
-from bilateral_jax import workdir as workdir_lib
-from bilateral_jax.workdir import differences
+from bilateral_jax import logs, storage
+from bilateral_jax.runs import differences
 
 
 logs.drop("Given directory is read only")  # what a read-only Checkpointer asks for
@@ -51,7 +50,7 @@ class Checkpointer:
   in a checkpoint for it to restore (the model's settings and input shapes)."""
 
   def __init__(self, workdir: str | os.PathLike, identity: dict, *, keep: int = 3, read_only: bool = False):
-    self.root = workdir_lib.path(workdir)
+    self.root = storage.path(workdir)
     self.identity = _normalize(identity)
     self.read_only = read_only
     if read_only and not any((self.root / name).is_dir() for name in ("checkpoints", "best")):

@@ -83,9 +83,9 @@ def default_workdir(config_argument: str) -> str:
 
 
 def _user_errors() -> tuple[type, ...]:
-  from bilateral_jax import checkpointing, trainer, workdir  # noqa: PLC0415 - keeps --help fast
+  from bilateral_jax import checkpointing, runs, trainer  # noqa: PLC0415 - keeps --help fast
   return (checkpointing.CheckpointError, checkpointing.CheckpointMismatch, trainer.TrainingDiverged,
-          trainer.ResumeRefused, workdir.WorkdirInUse)
+          trainer.ResumeRefused, runs.WorkdirInUse)
 
 
 def _raised_by_project(error: BaseException) -> bool:
@@ -136,8 +136,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def run_config(workdir: str):
   """The config of an existing run: DIR/config.json with the command line's --config.<field> overrides on
   top; `--config FILE` (given explicitly) instead of it; the default config when the run saved none."""
-  from bilateral_jax import workdir as workdir_lib  # noqa: PLC0415
-  saved = None if FLAGS["config"].present else workdir_lib.load_config(workdir)
+  from bilateral_jax import runs  # noqa: PLC0415
+  saved = None if FLAGS["config"].present else runs.load_config(workdir)
   if saved is None:
     return FLAGS.config
   saved.update_from_flattened_dict(config_flags.get_override_values(FLAGS["config"]))

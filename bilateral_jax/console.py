@@ -7,8 +7,7 @@ import sys
 import jax
 import numpy as np
 
-from bilateral_jax import parallel
-from bilateral_jax import workdir as workdir_lib
+from bilateral_jax import parallel, storage
 
 
 def parameter_counts(params) -> dict[str, int]:
@@ -34,18 +33,18 @@ def attention_summary(attention: str, bsa_paths: dict[str, str]) -> str:
       + (f"(layer {first})" if first == last else f"(layers {first}-{last})") for stack, path, first, last in runs)
 
 
-def print_summary(experiment, workdir: str, compile_seconds: float, flops, memory, eval_sources: dict) -> None:
+def print_summary(experiment, workdir: str, compile_seconds: float, flops, memory, sizes: dict | None) -> None:
   """The start-up summary of an `experiments.Experiment` (process 0): devices and mesh, parameters and
-  their sharding, attention path per layer, data, the compiled train step, the work directory."""
+  their sharding, attention path per layer, data (`sizes`: examples per split read, None: not read), the
+  compiled train step, the work directory."""
   if jax.process_index() != 0:
     return
   config, mesh = experiment.config, experiment.mesh
   counts = parameter_counts(experiment.abstract_state.params)
   total = counts.pop("total")
-  sizes = {"train": len(experiment.info_source)} | {split: len(source) for split, source in eval_sources.items()}
   data = ("data: " + ", ".join(f"{split} {size:,}" for split, size in sizes.items()) + f" examples ({config.data.name})"
-          if not experiment.placeholder else f"data: {config.data.name} not read (built from the config alone"
-          + "".join(f"; assumed {field}: {why}" for field, why in experiment.assumed.items()) + ")")
+          if sizes is not None else f"data: {config.data.name} not read (built from the config alone"
+          + "".join(f"; assumed {field}: {why}" for field, why in experiment.data.assumed.items()) + ")")
   lines = [
       f"devices: {jax.device_count()} {jax.devices()[0].platform} in {jax.process_count()} process(es); "
       f"mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']}",
@@ -56,7 +55,7 @@ def print_summary(experiment, workdir: str, compile_seconds: float, flops, memor
       + (f"; {flops / 1e9:.3g} GFLOP per step and device (XLA cost analysis)" if flops else "")
       + (f"; {memory['total'] / 2**20:.1f} MiB of device memory per device (arguments, outputs, temporaries)"
          if memory else ""),
-      f"workdir: {workdir_lib.path(workdir)}",
+      f"workdir: {storage.path(workdir)}",
   ]
   if mesh.shape["fsdp"] > 1:
     fsdp, unshardable = parallel.fsdp_report(experiment.abstract_state.params, mesh.shape["fsdp"],

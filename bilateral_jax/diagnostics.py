@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bilateral_jax import ops
+from bilateral_jax.data import sources
 from bilateral_jax.models.config import TransformerConfig
 from bilateral_jax.models.transformer import Block, MultiHeadAttention, Transformer
 
@@ -125,7 +126,7 @@ def explicit(model: nn.Module) -> nn.Module:
   """`model` with BSA on its explicit-logits path (the only one that forms the attention weights the
   diagnostics read) and no remat (a rematerialised block is called inside jax.checkpoint's trace: its
   arguments would be tracers). The same parameters and numbers."""
-  return model.clone(config=dataclasses.replace(model.config, remat="none", attention_implementation="xla"))
+  return model.clone(config=dataclasses.replace(model.config, remat="none", attention_path="xla"))
 
 
 def _apply(model: nn.Module, params, inputs, module_type, **kwargs) -> tuple[Any, list[Call]]:
@@ -203,7 +204,7 @@ def stack_input(model: nn.Module, params, inputs) -> jax.Array:
 def eval_inputs(experiment, examples: int) -> np.ndarray:
   """The first `examples` inputs of an `experiments.Experiment`'s first eval split (through its eval transform),
   as the model takes them (`Experiment.device_batch`)."""
-  source = experiment.info_source
+  source = sources.shared_split(experiment.config.data, experiment.config.eval.splits[0])
   transform = experiment.eval_transform or (lambda example, rng: example)
   inputs = np.stack([transform(source[i], None)["inputs"] for i in range(min(examples, len(source)))])
   if experiment.sliding_window:  # the first window of each image's canvas

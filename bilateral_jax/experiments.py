@@ -16,7 +16,7 @@ import optax
 
 from bilateral_jax import console, parallel, robustness, steps, tasks
 from bilateral_jax.checkpointing import Checkpointer, abstract_with_shardings
-from bilateral_jax.data import pipeline, sources
+from bilateral_jax.data import core, pipeline, sources
 from bilateral_jax.models import TransformerConfig, build_model, recorded_bsa_paths
 from bilateral_jax.ops import target
 
@@ -27,7 +27,7 @@ def model_settings(config: ml_collections.ConfigDict) -> dict:
   """The model part of the config, as plain data: what a checkpoint must match (how attention is
   computed and what the backward pass recomputes are not part of it)."""
   settings = config.model.to_dict()
-  settings["transformer"].pop("attention_implementation", None)
+  settings["transformer"].pop("attention_path", None)
   settings["transformer"].pop("remat", None)
   if not settings["transformer"].get("drop_path_rate"):  # checkpoints from before stochastic depth restore
     settings["transformer"].pop("drop_path_rate", None)
@@ -67,7 +67,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
   return optax.chain(*chain), schedule
 
 
-def resolve_from_data(config: ml_collections.ConfigDict, info: sources.DatasetInfo) -> ml_collections.ConfigDict:
+def resolve_from_data(config: ml_collections.ConfigDict, info: core.DatasetInfo) -> ml_collections.ConfigDict:
   """Fills model sizes the data decides (`vocab_size: 0` = the dataset's vocabulary) and checks the
   given ones against the data."""
   config = config.copy_and_resolve_references()
@@ -91,8 +91,8 @@ def check_settings(config: ml_collections.ConfigDict, devices=None) -> None:
   checks = [
       (tc.best_mode in ("max", "min"), f"train.best_mode={tc.best_mode!r} is not one of: max, min"),
       (tc.best_metric in metrics, f"train.best_metric={tc.best_metric!r} is not one of: {', '.join(metrics)}"),
-      (bool(config.eval.splits) and set(config.eval.splits) <= set(sources.SPLITS),
-       f"eval.splits={tuple(config.eval.splits)} must be a non-empty subset of {sources.SPLITS}"),
+      (bool(config.eval.splits) and set(config.eval.splits) <= set(core.SPLITS),
+       f"eval.splits={tuple(config.eval.splits)} must be a non-empty subset of {core.SPLITS}"),
       (min(tc.num_steps, tc.log_every, tc.eval_every, tc.checkpoint_every, tc.keep_checkpoints,
            tc.grad_accum_steps, tc.batch_size, config.eval.batch_size) >= 1,
        "train.num_steps, log_every, eval_every, checkpoint_every, keep_checkpoints, grad_accum_steps, "
@@ -126,9 +126,9 @@ def input_workers(config: ml_collections.ConfigDict) -> int:
   return pipeline.default_workers() if workers == -1 else workers
 
 
-def example_batch(source, batch_size: int, transform=None) -> dict[str, np.ndarray]:
-  """Zeros shaped as a batch of `source` after the (training) `transform`."""
-  example = source[0] if transform is None else transform(source[0], np.random.default_rng(0))
+def example_batch(example: dict[str, np.ndarray], batch_size: int, transform=None) -> dict[str, np.ndarray]:
+  """Zeros shaped as a batch of `example`s after the (training) `transform`."""
+  example = example if transform is None else transform(example, np.random.default_rng(0))
   return {name: np.zeros((batch_size,) + np.shape(value), np.asarray(value).dtype)
           for name, value in example.items()}
 
@@ -140,27 +140,20 @@ def initial_state(model: nn.Module, tx: optax.GradientTransformation, rng, input
 
 @dataclasses.dataclass
 class Experiment:
-  """Everything a run builds from its config once: model, optimizer, mesh, shardings, jitted steps.
+  """Everything a run builds from its config once: model, optimizer, mesh, shardings, jitted steps. Reads
+  nothing.
 
-  `info_split` is the split whose source decides the data-given sizes and input shapes: `train` to
-  train; eval.py passes the first split it evaluates, so it reads only the splits it evaluates.
-  `devices`: those the steps are compiled for (default jax's; a `parallel.tpu_slice` to compile for a
-  slice from any host). `placeholder`: build from the config alone, with one placeholder example of the
-  data's shapes (`sources.placeholder_split`; `assumed` says which data-given sizes were assumed), so
-  that nothing of the dataset needs to be present.
+  `data`: what the data is (`sources.describe_split` reads it from a split, `sources.describe` from the
+  config alone; the sizes it gives fill the config's `0`s, `resolve_from_data`). `devices`: those the
+  steps are compiled for (default jax's; a `parallel.tpu_slice` to compile for a slice from any host).
   """
   config: ml_collections.ConfigDict
-  info_split: str = "train"
+  data: core.Description
   devices: list | None = None
-  placeholder: bool = False
 
   def __post_init__(self):
     check_settings(self.config, self.devices)
-    if self.placeholder:
-      self.info_source, self.assumed = sources.placeholder_split(self.config, self.info_split)
-    else:
-      self.info_source, self.assumed = sources.shared_split(self.config.data, self.info_split), {}
-    self.info = self.info_source.info
+    self.info = self.data.info
     self.config = config = resolve_from_data(self.config, self.info)
     self.task = task = tasks.get(config.model.name)
     self.train_transform, self.eval_transform = task.transforms(config, self.info)
@@ -174,7 +167,7 @@ class Experiment:
     self.platform = self.mesh.devices.flat[0].platform
     # Evaluation pads its last batch with weight-0 rows anyway: round the batch up to the devices.
     self.eval_batch_size = -(-config.eval.batch_size // self.mesh.size) * self.mesh.size
-    example = example_batch(self.info_source, 1, self.train_transform)
+    example = example_batch(self.data.example, 1, self.train_transform)
     inputs = np.asarray(self.device_batch({"inputs": example["inputs"]})["inputs"])  # what the model takes
     self.identity = model_settings(config) | {"inputs": [list(inputs.shape[1:]), str(inputs.dtype)]}
     self.tokens_per_example = inputs.shape[-1] if task.inputs == "token_stream" else None
@@ -229,7 +222,7 @@ class Experiment:
     image task carries random erasing's box, the eval batch does not), sharded over the batch axes."""
     sharding = parallel.batch_sharding(self.mesh)
     return {name: jax.ShapeDtypeStruct((batch_size,) + value.shape[1:], value.dtype, sharding=sharding)
-            for name, value in example_batch(self.info_source, 1, transform).items()}
+            for name, value in example_batch(self.data.example, 1, transform).items()}
 
   def device_batch(self, batch, rng=None):
     """`steps.device_batch` for this experiment's task and data."""
@@ -286,12 +279,12 @@ def compile_for_slice(config: ml_collections.ConfigDict, topology: str) -> dict:
   gives fits False, `refused` the step and libtpu's reason, and None for the steps not compiled. XLA's
   FLOPs do not count Pallas kernels (BSA's flash path)."""
   devices = parallel.tpu_slice(topology)
-  experiment = Experiment(config, devices=devices, placeholder=True)
+  experiment = Experiment(config, sources.describe(config), devices=devices)
   capacity = parallel.device_bytes(devices)
   report = {"topology": topology, "chips": len(devices), "device_kind": devices[0].device_kind,
             "mesh": dict(experiment.mesh.shape), "chip_bytes": capacity,
             "attention_path": console.attention_summary(experiment.model.config.attention, experiment.bsa_paths)
-            .removeprefix("attention: "), "assumed": experiment.assumed}
+            .removeprefix("attention: "), "assumed": experiment.data.assumed}
   memory, seconds, flops, refused = {}, {}, {}, None
   for step, compile_it in (("train", experiment.compile_train_step), ("eval", experiment.compile_eval_step)):
     try:

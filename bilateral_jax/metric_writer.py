@@ -14,7 +14,7 @@ import os
 import jax
 import ml_collections
 
-from bilateral_jax import workdir as workdir_lib
+from bilateral_jax import storage
 
 
 def _strict(value):
@@ -27,7 +27,7 @@ def _strict(value):
 
 def read(workdir: str | os.PathLike) -> list[dict]:
   """The lines of `DIR/metrics.jsonl`."""
-  path = workdir_lib.path(workdir) / "metrics.jsonl"
+  path = storage.path(workdir) / "metrics.jsonl"
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
@@ -40,12 +40,12 @@ class MetricWriter:
     self.active = jax.process_index() == 0
     if not self.active:
       return
-    self.root = workdir_lib.path(workdir)
+    self.root = storage.path(workdir)
     self.root.mkdir(parents=True, exist_ok=True)
     self.path = self.root / "metrics.jsonl"
     self.lines = [json.dumps(line, allow_nan=False) + "\n" for line in read(self.root) if line["step"] <= resume_step]
-    workdir_lib.write_whole(self.path, "".join(self.lines))
-    self.jsonl = None if workdir_lib.is_remote(self.path) else self.path.open("a")
+    storage.write_whole(self.path, "".join(self.lines))
+    self.jsonl = None if storage.is_remote(self.path) else self.path.open("a")
     from tensorboardX import SummaryWriter  # imported here: only process 0 needs it
     self.tensorboard = SummaryWriter(str(self.root / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
     if config is not None:
@@ -57,7 +57,7 @@ class MetricWriter:
     line = {"step": int(step), "split": split} | {name: _strict(value) for name, value in metrics.items()}
     self.lines.append(json.dumps(line, allow_nan=False) + "\n")
     if self.jsonl is None:
-      workdir_lib.write_whole(self.path, "".join(self.lines))
+      storage.write_whole(self.path, "".join(self.lines))
     else:
       self.jsonl.write(self.lines[-1])
       self.jsonl.flush()

@@ -12,18 +12,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from etils import epath  # noqa: E402
 
-from bilateral_jax import workdir  # noqa: E402
+from bilateral_jax import storage  # noqa: E402
 
 
 def save(figure, out: str | os.PathLike) -> epath.Path:
   """Lays out `figure`, writes it as a PNG at `out` (local or `gs://`; creating its folder) and closes it."""
   figure.tight_layout()
-  out = workdir.path(out)
+  out = storage.path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   png = io.BytesIO()
   figure.savefig(png, format="png", dpi=100)
   plt.close(figure)
-  workdir.write_whole(out, png.getvalue())
+  storage.write_whole(out, png.getvalue())
   return out
 
 

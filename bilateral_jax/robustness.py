@@ -43,7 +43,7 @@ import numpy as np
 import optax
 
 from bilateral_jax import parallel
-from bilateral_jax.data import sources
+from bilateral_jax.data import core, corpora, sources
 
 IMAGE_ATTACKS = ("fgsm", "pgd")
 REFLECTION = "reflect"
@@ -209,7 +209,7 @@ class Contamination(NamedTuple):
   eligible: int
 
 
-def contaminate(ids: np.ndarray, info: sources.DatasetInfo, fraction: float, *, seed: int = 0,
+def contaminate(ids: np.ndarray, info: core.DatasetInfo, fraction: float, *, seed: int = 0,
                 replacement: str = "oov") -> Contamination:
   """A token stream [n] -> its `Contamination`; see the module docstring. Deterministic for a seed; the
   stream keeps its length."""
@@ -268,7 +268,7 @@ class ContaminatedWindows:
   flags: Any
 
   @property
-  def info(self) -> sources.DatasetInfo:
+  def info(self) -> core.DatasetInfo:
     return self.windows.info
 
   def __len__(self) -> int:
@@ -282,13 +282,13 @@ def contaminated_source(source, fraction: float, *, seed: int = 0,
                         replacement: str = "oov") -> tuple[ContaminatedWindows, int, int]:
   """A language model's windows (contiguous or sliding) with the text under them contaminated -> (the
   same windows of the contaminated text with their `uncontaminated` targets, replaced, eligible)."""
-  stream, inserted, replaced, eligible = contaminate(sources.window_stream(source), source.info, fraction,
+  stream, inserted, replaced, eligible = contaminate(corpora.window_stream(source), source.info, fraction,
                                                      seed=seed, replacement=replacement)
   clean = (~inserted).astype(np.float32)
-  if isinstance(source, sources.StreamWindows):
-    cut = lambda s: sources.StreamWindows(s, source.length, source.stride, source.info)
+  if isinstance(source, corpora.StreamWindows):
+    cut = lambda s: corpora.StreamWindows(s, source.length, source.stride, source.info)
   else:
-    cut = lambda s: sources.stream_windows(s, source.arrays["inputs"].shape[1], source.info)
+    cut = lambda s: corpora.stream_windows(s, source.arrays["inputs"].shape[1], source.info)
   return ContaminatedWindows(cut(stream), cut(clean)), replaced, eligible
 
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bilateral_jax.data import builders
-from bilateral_jax.data.sources import DatasetInfo
+from bilateral_jax.data.core import DatasetInfo
 from bilateral_jax.models.backbones import AdaptiveOutput, CausalLM
 
 UNKNOWN = 1  # id 1 is `<unk>` in every word and character vocabulary (`data.builders.vocabulary`)

@@ -17,7 +17,7 @@ import ml_collections
 import optax
 
 from bilateral_jax import robustness, tasks
-from bilateral_jax.data import augment, sources
+from bilateral_jax.data import augment, core
 from bilateral_jax.models import sliding_window_logits
 
 ERASING_STREAM = 0x65726173  # folded into a train step's key for random erasing's noise: the other draws stay as they are
@@ -30,14 +30,14 @@ class TrainState:
   opt_state: Any
 
 
-def device_batch(batch: dict, *, task: tasks.Task, info: sources.DatasetInfo, rng=None) -> dict:
+def device_batch(batch: dict, *, task: tasks.Task, info: core.DatasetInfo, rng=None) -> dict:
   """A batch as the model takes it, on the device: images normalised (`augment.normalise`, random
   erasing drawn from `rng`); other inputs as they are."""
   return augment.normalise(batch, info.image_stats, rng) if task.inputs == "images" else batch
 
 
 def batch_sums(params, batch: dict, rng, *, model: nn.Module, task: tasks.Task, config: ml_collections.ConfigDict,
-               info: sources.DatasetInfo) -> dict:
+               info: core.DatasetInfo) -> dict:
   """The task's sums of a (device) batch; dropout from `rng` (None: deterministic). A segmenter evaluated
   by sliding window (`eval.inference`) sees each window of its canvas."""
   segment = lambda images: model.apply({"params": params}, images, deterministic=rng is None,
@@ -56,7 +56,7 @@ def mixes(config: ml_collections.ConfigDict) -> bool:
 
 
 def train_step(state: TrainState, batch: dict, *, model: nn.Module, task: tasks.Task,
-               config: ml_collections.ConfigDict, info: sources.DatasetInfo, tx: optax.GradientTransformation,
+               config: ml_collections.ConfigDict, info: core.DatasetInfo, tx: optax.GradientTransformation,
                schedule: optax.Schedule) -> tuple[TrainState, dict]:
   """One optimiser step on the batch (in `train.grad_accum_steps` micro-batches) -> (the new state, the
   batch's metrics: the task's sums over the weight, gradient and parameter norms, the learning rate and
@@ -96,14 +96,14 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module, task: tasks.
 
 
 def eval_step(params, batch: dict, *, model: nn.Module, task: tasks.Task, config: ml_collections.ConfigDict,
-              info: sources.DatasetInfo) -> dict:
+              info: core.DatasetInfo) -> dict:
   """The task's sums of the batch under `params`, deterministic."""
   return batch_sums(params, device_batch(batch, task=task, info=info), None, model=model, task=task, config=config,
                     info=info)
 
 
 def attack_step(params, batch: dict, epsilon, rng, *, attack: str, settings: robustness.AttackSettings,
-                model: nn.Module, task: tasks.Task, info: sources.DatasetInfo) -> dict:
+                model: nn.Module, task: tasks.Task, info: core.DatasetInfo) -> dict:
   """The task's sums on the batch attacked by `attack` at `epsilon` (`robustness.attacked_logits`), with
   `robustness.success_sums`."""
   batch = device_batch(batch, task=task, info=info)

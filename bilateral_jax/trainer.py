@@ -20,11 +20,10 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from bilateral_jax import checkpointing, console, parallel, robustness
-from bilateral_jax import workdir as workdir_lib
+from bilateral_jax import checkpointing, console, parallel, robustness, runs, storage
 from bilateral_jax.checkpointing import Checkpointer
-from bilateral_jax.data import pipeline, sources
-from bilateral_jax.experiments import Experiment, input_workers
+from bilateral_jax.data import core, pipeline, sources
+from bilateral_jax.experiments import Experiment, check_settings, input_workers
 from bilateral_jax.metric_writer import MetricWriter
 from bilateral_jax.steps import TrainState
 
@@ -91,33 +90,29 @@ def _check_finite(step: int, metrics: dict, checkpointer: Checkpointer, what: st
         "optimizer.learning_rate or set optimizer.clip_norm (with --fresh_optimizer), then rerun to resume.")
 
 
-def _lock(workdir: str) -> workdir_lib.Lock:
+def _lock(workdir: str) -> runs.Lock:
   """Process 0 takes the workdir's lock; every process learns whether it did."""
-  lock = workdir_lib.Lock(workdir)
+  lock = runs.Lock(workdir)
   error = None
   if jax.process_index() == 0:
     try:
       lock.acquire()
-    except workdir_lib.WorkdirInUse as refused:
+    except runs.WorkdirInUse as refused:
       error = refused
   if jax.process_count() > 1 and not bool(multihost_utils.broadcast_one_to_all(np.int32(error is None))):
-    raise error or workdir_lib.WorkdirInUse(f"{workdir} is in use by another run (process 0 could not lock it)")
+    raise error or runs.WorkdirInUse(f"{workdir} is in use by another run (process 0 could not lock it)")
   if error:
     raise error
   return lock
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh_optimizer: bool = False,
-                       dry_run: bool = False) -> dict[str, dict[str, float]]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       fresh_optimizer: bool = False) -> dict[str, dict[str, float]]:
   """Trains to `train.num_steps`, resuming from the latest checkpoint in `workdir` that restores; returns
   the final evaluation metrics by split. fresh_optimizer: resume the parameters with a new optimiser
-  state (needed when the optimiser's state changes structure, e.g. clip_norm switched on or off).
-  dry_run: compile the train step from the config alone (no data is built or read), print the start-up
-  summary and return {} (nothing is written)."""
-  experiment = Experiment(config, placeholder=dry_run)
-  if dry_run:
-    console.print_summary(experiment, workdir, *experiment.compile_train_step()[1:], {})
-    return {}
+  state (needed when the optimiser's state changes structure, e.g. clip_norm switched on or off)."""
+  check_settings(config)  # before any data is built
+  experiment = Experiment(config, sources.describe_split(config.data, "train"))
   lock = _lock(workdir)
   try:
     checkpointer = experiment.checkpointer(workdir)
@@ -130,12 +125,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
     lock.release()
 
 
+def compile_only(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """`train.py --dry_run`: compiles the train step from the config alone and prints the start-up summary;
+  no data is built or read and nothing is written."""
+  experiment = Experiment(config, sources.describe(config))
+  console.print_summary(experiment, workdir, *experiment.compile_train_step()[1:], sizes=None)
+
+
 def _resume(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fresh_optimizer: bool):
   """-> (state, data iterator state or None, progress, step) from the newest checkpoint that restores,
   after refusing what would silently corrupt the run."""
   config = experiment.config
-  saved_config = workdir_lib.load_config(workdir)
-  changed = workdir_lib.changes(saved_config, config) if saved_config is not None else {}
+  saved_config = runs.load_config(workdir)
+  changed = runs.changes(saved_config, config) if saved_config is not None else {}
   optimizer = experiment.optimizer_structure
   if checkpointer.latest_step() is None:
     state = experiment.init(jax.random.key(config.seed))
@@ -197,7 +199,8 @@ def initialise_from(experiment: Experiment, params, workdir: str):
 def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fresh_optimizer: bool):
   config = experiment.config
   tc = config.train
-  batches = pipeline.train_batches(experiment.info_source, global_batch=tc.batch_size, seed=config.seed,
+  train_source = sources.shared_split(config.data, "train")
+  batches = pipeline.train_batches(train_source, global_batch=tc.batch_size, seed=config.seed,
                                    process_index=jax.process_index(), process_count=jax.process_count(),
                                    transform=experiment.train_transform, repeats=config.augment.repeats,
                                    workers=input_workers(config))
@@ -207,9 +210,10 @@ def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fre
     batches.set_state(data_state)
   progress |= {"batch_size": tc.batch_size, "optimizer": experiment.optimizer_structure}
   if jax.process_index() == 0:
-    workdir_lib.save_config(config, workdir)
+    runs.save_config(config, workdir)
   train_step, compile_seconds, flops, memory = experiment.compile_train_step()
-  console.print_summary(experiment, workdir, compile_seconds, flops, memory, eval_sources)
+  sizes = {"train": len(train_source)} | {split: len(source) for split, source in eval_sources.items()}
+  console.print_summary(experiment, workdir, compile_seconds, flops, memory, sizes)
 
   writer = MetricWriter(workdir, resume_step=step, config=config)
   preemption = _Preemption()
@@ -220,7 +224,7 @@ def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fre
   try:
     while step < tc.num_steps:
       if step + 1 == profile.start and profile:
-        jax.profiler.start_trace(str(workdir_lib.path(workdir) / "profile"))
+        jax.profiler.start_trace(str(storage.path(workdir) / "profile"))
       state, metrics = train_step(state, parallel.global_batch(next(batches), experiment.mesh))
       step += 1
       if step + 1 == profile.stop and profile:
@@ -266,16 +270,13 @@ def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fre
   return final
 
 
-def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
-                   best: bool = False, with_data: bool = True) -> tuple[Experiment, int, Any]:
-  """-> (the Experiment of `config` on its first eval split, the step, its parameters) of a checkpoint of
-  `workdir` (the newest that restores, `step`, or the best), opened read-only.
-
-  with_data=False builds the Experiment from `config` alone (`Experiment(placeholder=True)`; a run's saved
-  config holds the data-given sizes) and reads no file of the dataset: the model and parameters are the
-  run's, for one's own inputs; its `info` has placeholder pixel statistics and no vocabulary, so it does
-  not evaluate the splits."""
-  experiment = Experiment(config, info_split=config.eval.splits[0], placeholder=not with_data)
+def restore_params(config: ml_collections.ConfigDict, workdir: str, data: core.Description, *,
+                   step: int | None = None, best: bool = False) -> tuple[Experiment, int, Any]:
+  """-> (the Experiment of `config` and `data`, the step, its parameters) of a checkpoint of `workdir` (the
+  newest that restores, `step`, or the best), opened read-only. With `data` described from the config
+  alone (`sources.describe`; a run's saved config holds the data-given sizes) nothing of the dataset is read:
+  the model and parameters are the run's, for one's own inputs."""
+  experiment = Experiment(config, data)
   checkpointer = experiment.checkpointer(workdir, read_only=True)
   try:
     step, params, _, _, _ = checkpointer.restore(experiment.abstract_state.params, step=step, best=best)
@@ -290,7 +291,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
   """Restores the parameters of a checkpoint of `workdir` (the newest that restores, `step`, or the best)
   read-only, so it can run beside a training -> (step, metrics by split, {split: attack results} (see
   `robustness.evaluate`), empty without attacks)."""
-  experiment, step, params = restore_params(config, workdir, step, best)
+  check_settings(config)  # before any data is built
+  data = sources.describe_split(config.data, config.eval.splits[0])
+  experiment, step, params = restore_params(config, workdir, data, step=step, best=best)
   splits = experiment.config.eval.splits
   results = {split: experiment.evaluate(params, split) for split in splits}
   attacked = {split: robustness.evaluate(experiment, params, split, attacks, attack_settings)

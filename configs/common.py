@@ -11,17 +11,14 @@ from bilateral_jax.models import TransformerConfig
 from bilateral_jax.parallel import FSDP_MIN_SIZE
 
 
-# BSA's spatial kernel in the shipped bidirectional configs, chosen by the attribution studies (README
-# "Results"; a distance-only kernel would make these models blind to direction, docs/method.md section 2).
-# Patch grids: `dot` (TUPE features of per-axis position tables, a learned CLS position). On the digits
-# ViT (studies/digits_positions.py, 5 seeds, standard residual) it was the best position scheme the code
-# has: test accuracy 0.983 ± 0.004 against learned absolute 0.968, RoPE 0.953, `shifted` 0.936 and the
-# isotropic Gaussian 0.900; PGD at 8/255 0.931 against 0.865 for learned absolute.
+# BSA's spatial kernel in the shipped bidirectional configs, chosen by the attribution studies (their figures:
+# docs/results.md; a distance-only kernel would make these models blind to direction, docs/method.md section 2).
+# Patch grids: `dot` (TUPE features of per-axis position tables, a learned CLS position), the best position
+# scheme of the digits study (studies/digits_positions.py; docs/results.md "Position schemes: the digits ViT").
 GRID_SPATIAL = "dot"
-# Sequences read bidirectionally (ListOps, LRA): the 1-D `asymmetric` Laplacian (a bandwidth before and
-# one after the query). On ListOps of depth <= 3 (studies/listops_positions.py, 5 seeds, standard
-# residual) it was the most accurate reading: test accuracy 0.515 ± 0.009 against RoPE 0.486 ± 0.023
-# (+0.029, 95% CI [+0.000, +0.058]), `dot` 0.466, the isotropic Gaussian 0.440 and learned absolute 0.430.
+# Sequences read bidirectionally (ListOps, LRA): the 1-D `asymmetric` Laplacian (a bandwidth before and one
+# after the query), the most accurate reading of the ListOps study (studies/listops_positions.py;
+# docs/results.md "Position schemes: ListOps").
 SEQUENCE_SPATIAL = "asymmetric"
 
 

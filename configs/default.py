@@ -6,8 +6,8 @@
 Short expressions (depth <= 3, <= 5 arguments, 10 < length < 64 tokens as LRA counts and tokenises them:
 no parentheses), 2 layers of width 64, mean pooling, BSA with the asymmetric Laplacian (it sees the
 direction of the expression; `common.SEQUENCE_SPATIAL`) + GRC, 1,500 steps of 32.
-Expected (seed 0): test accuracy 0.518 (the majority class is 0.120 of the test split); the README's
-ListOps position study has the spread over seeds.
+Measured: docs/results.md "Default run" (seed 0; `make demo`), and the spread over seeds in its ListOps
+position study (studies/listops_positions.py).
 """
 from configs import common
 

@@ -4,7 +4,7 @@
     python train.py --config configs/lra_image.py:small --config.data.directory=/path/to/cifar-10-batches-py
 
 Data as LRA's input pipeline (get_cifar10_datasets in lra_benchmarks/image/input_pipeline.py): each image
-converted as `tf.image.rgb_to_grayscale` does (`sources.rgb_to_grayscale`), row-major, 1-D coordinates;
+converted as `tf.image.rgb_to_grayscale` does (`data.lra.rgb_to_grayscale`), row-major, 1-D coordinates;
 splits train[:90%] / train[90%:] / test. `data.directory` holds the CIFAR-10 python batches (read in file
 order); without it, TFDS `cifar10` in `data.tfds_dir`, whose order is LRA's. Pixel ids are value + 1 (LRA:
 the value, 256 ids; we keep id 0 for padding): the same model up to a relabelled embedding table.

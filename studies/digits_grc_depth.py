@@ -13,9 +13,7 @@ uniformity per layer (snr.png, uniformity.png) and the learned t per layer (grc_
 differences from the pre-LN standard residual say what GRC does at pre-LN; post-LN variants are compared
 with the same baseline, so "post-LN, standard" is the price of moving the norm (`--baseline "post-LN,
 standard"` compares the post-LN forms with it instead).
-Measured (5 seeds, README): only post-LN over-smooths (last-layer uniformity 0.94 against 0.33 pre-LN);
-there `convex` from t0 0.3 halves it and raises clean accuracy by 0.006 [0.002, 0.011] and PGD 16/255 by
-0.024 [0.006, 0.042]; the forms started at 0.1 lower it less and change no accuracy measurably.
+Results: docs/results.md, "GRC at 8 layers, pre-LN and post-LN".
 """
 
 # Shared by every variant and pinned, so that the study does not move when the shipped config does.

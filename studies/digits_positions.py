@@ -11,6 +11,7 @@ isometries: it cannot tell a digit from its transpose), BSA `dot` (TUPE features
 learned CLS position), BSA `shifted` (Gaussian with learned per-head displacements), and the isotropic
 Gaussian with mean pooling instead of the place-less CLS token. Test accuracy, FGSM/PGD accuracy and
 success rate on the clean-correct images, SNR and token uniformity at the last layer.
+Results: docs/results.md, "Position schemes: the digits ViT".
 """
 
 # Shared by every variant and pinned, so that the study does not move when the shipped config does: the

@@ -6,8 +6,7 @@ BSA readings of the 2-layer study (`dot` and `shifted`), every variant with the 
         --attack_convention pixel --epsilons 8,16
 
 Does depth close the gap between the readings (a deeper stack can compose relative offsets), or widen it?
-Measured (5 seeds, 95.7 min, README): clean accuracy 0.964 learned absolute, 0.978 RoPE, 0.991 BSA dot,
-0.972 BSA shifted; BSA dot - RoPE +0.012 [+0.004, +0.021] clean, +0.211 [+0.174, +0.248] at PGD 16/255.
+Results: docs/results.md, "Position schemes: the digits ViT at 6 layers".
 """
 
 # Shared by every variant and pinned, so that the study does not move when the shipped config does.

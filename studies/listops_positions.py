@@ -10,6 +10,7 @@ Learned absolute positions (the baseline), RoPE, BSA with the isotropic Gaussian
 before and after the query) and BSA `dot` (TUPE features from a learned table). Test accuracy, PGD in
 embedding space at a radius that leaves accuracy above the floor (0.02 of the mean embedding norm), accuracy on the reversed expressions
 (`reflect`), SNR and token uniformity at the last layer.
+Results: docs/results.md, "Position schemes: ListOps".
 """
 
 # Shared by every variant and pinned, so that the study does not move when the shipped config does: the

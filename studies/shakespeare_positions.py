@@ -10,6 +10,7 @@ BSA with the causal Laplacian (learned bandwidths, spread 1..64 at start) and th
 initial bandwidths 1 / m_h (2^2 .. 2^8 for 4 heads). Test perplexity, contaminated perplexity (whole text
 and uncontaminated targets), SNR and token uniformity at the last layer. At 600 steps this measures
 learning speed as much as quality: the longer run (`--config.train.num_steps=...`) tells them apart.
+Results: docs/results.md, "Position schemes: the Shakespeare character LM".
 """
 
 # Shared by every variant and pinned, so that the study does not move when the shipped config does: the

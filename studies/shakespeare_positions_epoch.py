@@ -8,10 +8,8 @@ absolute positions (the position study's baseline) with `--variant "learned abso
         --config.train.eval_every=600 --config.train.checkpoint_every=1200
 
 2,400 steps of 32 windows of 64 characters: 1.03 epochs of the 74,794 training windows. Does BSA's lead
-at a quarter of an epoch (0.27 [0.19, 0.35] test perplexity below RoPE) last, or was it learning speed?
-Measured (5 seeds, 42.8 min, README): test perplexity RoPE 5.490 ± 0.013, BSA 5.440 ± 0.035, ALiBi 6.010
-± 0.065, learned absolute 6.021 ± 0.081; BSA - RoPE -0.051 [-0.096, -0.005]: it lasts, a fifth of its
-size; BSA - ALiBi -0.571; learned absolute - RoPE +0.531 [+0.424, +0.638].
+at a quarter of an epoch (studies/shakespeare_positions.py) last, or was it learning speed?
+Results: docs/results.md, "Shakespeare past one epoch".
 """
 
 # Pinned as in studies/shakespeare_positions.py, so that the study does not move when the shipped config does.

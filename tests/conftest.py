@@ -1,5 +1,11 @@
 """Test-wide XLA settings, made before jax is imported anywhere: 8 host CPU devices, and no backend
-optimisation passes (test shapes are tiny; this halves compile time and changes no float semantics)."""
+optimisation passes (test shapes are tiny; this halves compile time and changes no float semantics).
+
+`make test` runs `pytest -n auto tests`, each worker with these 8 devices. A model that several tests read
+is trained once per worker (session fixtures such as `trained_tiny_run`), and compiled programs are shared
+through one persistent compilation cache for the session and the processes it starts. No test waits on
+the clock: each waits for an event (a checkpoint on disk, a log line, a server's answer) and fails saying
+which did not happen."""
 import os
 import tempfile
 

@@ -1,6 +1,7 @@
 """`ops.bilateral_attention`, the public entry point: every call gives the explicit op's numbers or a clear
 refusal, never a silently wrong result (ambiguous masks, traced coordinates, scalar bandwidths, per-example
-coordinates, unbatched inputs, every path); `models.BilateralAttention`, the Linen layer, in one's own model."""
+coordinates, unbatched inputs, every path); `models.BilateralAttention`, the Linen layer, in one's own model;
+and the functional-API snippet of docs/api.md runs as shown."""
 import pathlib
 
 import flax.linen as nn
@@ -41,11 +42,10 @@ def test_traced_coordinates_are_never_folded_on_trust():
   with target.compiling_for("gpu"):
     got = jax.jit(lambda c: ops.bilateral_attention(q, k, v, c, c, **kwargs))(decreasing)
     with pytest.raises(ValueError, match="'folded' does not apply"):
-      jax.jit(lambda c: ops.bilateral_attention(q, k, v, c, c, implementation="folded", **kwargs))(decreasing)
+      jax.jit(lambda c: ops.bilateral_attention(q, k, v, c, c, path="folded", **kwargs))(decreasing)
     assert_close(got, want)
     increasing = ops.sequence_coordinates(N)  # a numpy constant: checked, and folded
-    folded = jax.jit(lambda q: ops.bilateral_attention(q, k, v, increasing, increasing, implementation="folded",
-                                                       **kwargs))(q)
+    folded = jax.jit(lambda q: ops.bilateral_attention(q, k, v, increasing, increasing, path="folded", **kwargs))(q)
   assert_close(folded, ops.explicit_bilateral_attention(q, k, v, increasing, increasing, **kwargs))
 
 
@@ -60,15 +60,15 @@ def test_scalar_bandwidths_are_every_heads():
                                                        spatial=spatial))
 
 
-@pytest.mark.parametrize("implementation", ["xla", "pallas"])
-def test_per_example_coordinates(implementation):
+@pytest.mark.parametrize("path", ["xla", "pallas"])
+def test_per_example_coordinates(path):
   """Coordinates [batch, len, c]: each example attends with its own (here, images of different sizes
   padded to one grid, and a sequence with an offset)."""
   q, k, v = qkv(seed=3, n=N, m=N)
   per_example = jnp.stack([positions("gaussian", 2, N), positions("gaussian", 2, N, placeless=3) + 5.0])
   mask = jnp.ones((B, 1, 1, N), bool).at[1, ..., -2:].set(False)
   kwargs = dict(h_y=H_Y, h_p=H_P, spatial="gaussian")
-  got = ops.bilateral_attention(q, k, v, per_example, per_example, mask=mask, implementation=implementation, **kwargs)
+  got = ops.bilateral_attention(q, k, v, per_example, per_example, mask=mask, path=path, **kwargs)
   for b in range(B):
     want = ops.explicit_bilateral_attention(q[b:b + 1], k[b:b + 1], v[b:b + 1], per_example[b], per_example[b],
                                             mask=mask[b:b + 1], **kwargs)
@@ -95,23 +95,22 @@ def test_every_path_gives_the_explicit_numbers(spatial, dims, causal):
   pos = ops.sequence_coordinates(N) if spatial == "laplacian" else positions(spatial, dims, N)
   kwargs = dict(h_y=H_Y, h_p=H_P, content="dot", spatial=spatial, is_causal=causal)
   want = ops.explicit_bilateral_attention(q, k, v, pos, pos, **kwargs)
-  for implementation in ("auto", "xla", "folded", "pallas"):
-    assert_close(jax.jit(lambda q, i=implementation: ops.bilateral_attention(q, k, v, pos, pos, implementation=i,
-                                                                             **kwargs))(q), want)
-  with pytest.raises(ValueError, match="unknown attention implementation 'cudnn'"):
-    ops.bilateral_attention(q, k, v, pos, pos, implementation="cudnn", **kwargs)
+  for path in ("auto", "xla", "folded", "pallas"):
+    assert_close(jax.jit(lambda q, p=path: ops.bilateral_attention(q, k, v, pos, pos, path=p, **kwargs))(q), want)
+  with pytest.raises(ValueError, match="attention_path='cudnn' is not one of"):
+    ops.bilateral_attention(q, k, v, pos, pos, path="cudnn", **kwargs)
 
 
 class OwnModel(nn.Module):
   """A researcher's own attention layer around `models.BilateralAttention`: their projections, BSA's filter."""
-  implementation: str = "auto"
+  attention_path: str = "auto"
   spatial: str = "shifted"
 
   @nn.compact
   def __call__(self, x, coords):
     q, k, v = (nn.DenseGeneral((H, D), name=name)(x) for name in "qkv")
     return models.BilateralAttention(H, D, spatial=self.spatial, bandwidth_range=(1.0, 4.0),
-                                     implementation=self.implementation, name="bsa")(q, k, v, coords)
+                                     attention_path=self.attention_path, name="bsa")(q, k, v, coords)
 
 
 def test_the_bsa_module_in_ones_own_model_is_the_explicit_op():
@@ -126,7 +125,7 @@ def test_the_bsa_module_in_ones_own_model_is_the_explicit_op():
   want = ops.explicit_bilateral_attention(q, k, v, coords, coords, h_y=jnp.exp(bsa["log_h_y"]), h_p=h_p,
                                           spatial="shifted", shift=bsa["shift_per_h_p"] * h_p[:, None])
   assert_close(model.apply({"params": params}, x, coords), want)
-  assert_close(OwnModel(implementation="pallas").apply({"params": params}, x, coords), want)
+  assert_close(OwnModel(attention_path="pallas").apply({"params": params}, x, coords), want)
 
 
 def test_the_bsa_module_checks_its_input_and_never_switches_path():
@@ -139,10 +138,10 @@ def test_the_bsa_module_checks_its_input_and_never_switches_path():
   with pytest.raises(ValueError, match="needs the tokens' positions"):
     models.BilateralAttention(H, D).init(jax.random.key(0), q[..., :D], q[..., :D], q[..., :D])
   with pytest.raises(ValueError, match="'folded' does not apply to spatial='laplacian'"):  # not causal: not foldable
-    OwnModel(implementation="folded", spatial="laplacian").apply(params, x, coords)
+    OwnModel(attention_path="folded", spatial="laplacian").apply(params, x, coords)
   with pytest.raises(ValueError, match="attention weights were requested .* 'pallas' path does not form them"):
-    OwnModel(implementation="pallas", spatial="laplacian").apply(params, x, coords, mutable=["intermediates"])
-  out, state = OwnModel(implementation="xla", spatial="laplacian").apply(params, x, coords, mutable=["intermediates"])
+    OwnModel(attention_path="pallas", spatial="laplacian").apply(params, x, coords, mutable=["intermediates"])
+  out, state = OwnModel(attention_path="xla", spatial="laplacian").apply(params, x, coords, mutable=["intermediates"])
   weights = state["intermediates"]["bsa"]["attention_weights"][0]
   assert weights.shape == (B, H, N, N)
   np.testing.assert_allclose(jnp.sum(weights, -1), 1.0, rtol=1e-6)
@@ -151,12 +150,14 @@ def test_the_bsa_module_checks_its_input_and_never_switches_path():
     models.MultiHeadAttention(stack).init(jax.random.key(0), x, coords=coords)
 
 
-def test_the_readmes_functional_api_snippet_runs():
-  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-  section = readme[readme.index("### Functional API"):readme.index("### Modules and backbones")]
+def test_the_docs_functional_api_snippet_runs():
+  """The python block under docs/api.md's "## Functional API" heading, executed as it stands."""
+  api = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+  section = api[api.index("\n## Functional API\n"):]
+  section = section[:section.index("\n## ", 1)]
   snippet = section[section.index("```python\n") + len("```python\n"):section.index("\n```", section.index("```python"))]
   scope = {}
-  exec(compile(snippet, "README.md (functional API)", "exec"), scope)  # noqa: S102 - the README's own code
+  exec(compile(snippet, "docs/api.md (functional API)", "exec"), scope)  # noqa: S102 - the docs' own code
   assert scope["out"].shape == (2, 16, 4, 8) and scope["one"].shape == (16, 4, 8)
   assert scope["sweep"].shape == (3, 2, 16, 4, 8) and scope["logits"].shape == (2, 4, 16, 16)
   assert bool(jnp.all(jnp.isfinite(scope["y"])))

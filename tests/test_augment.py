@@ -1,11 +1,15 @@
-"""DeiT augmentation: each per-example op, mixup/cutmix/label smoothing, and their place in the pipeline."""
+"""DeiT augmentation: each per-example op, mixup/cutmix/label smoothing, and their place in the pipeline.
+
+Each op's defining property (solarize's threshold, posterize's bits, autocontrast's and equalize's lookup
+tables as PIL computes them, where shear and translate move a pixel); repeated augmentation shows each
+example 3 times, differently augmented; 1 and 2 processes see the same augmented global batches."""
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
-from bilateral_jax.data import augment, pipeline, sources
+from bilateral_jax.data import augment, core, pipeline, sources
 
 
 def image(seed=0, shape=(20, 28, 3)):
@@ -88,7 +92,7 @@ def test_mixup_cutmix_and_label_smoothing():
 
 
 def test_repeated_augmentation_shows_each_example_repeats_times_differently_augmented():
-  source = sources.ArraySource(sources.DatasetInfo(), inputs=np.stack([image(i, (12, 12, 3)) for i in range(12)]),
+  source = core.ArraySource(core.DatasetInfo(), inputs=np.stack([image(i, (12, 12, 3)) for i in range(12)]),
                                label=np.arange(12), weight=np.ones(12, np.float32))
   switches = ml_collections.ConfigDict(dict(random_resized_crop=True, hflip=True, rand_augment_ops=0,
                                             rand_augment_magnitude=9.0, random_erasing=0.0))
@@ -107,7 +111,7 @@ def test_repeated_augmentation_shows_each_example_repeats_times_differently_augm
 
 
 def test_augmented_batches_do_not_depend_on_the_process_layout():
-  source = sources.ArraySource(sources.DatasetInfo(), inputs=np.stack([image(i, (12, 12, 3)) for i in range(16)]),
+  source = core.ArraySource(core.DatasetInfo(), inputs=np.stack([image(i, (12, 12, 3)) for i in range(16)]),
                                label=np.arange(16) % 3, weight=np.ones(16, np.float32))
   switches = ml_collections.ConfigDict(dict(random_resized_crop=True, hflip=True, rand_augment_ops=2,
                                             rand_augment_magnitude=9.0, random_erasing=0.5))
@@ -126,16 +130,19 @@ def test_image_switches_on_text_data_are_refused(tmp_path):
   from bilateral_jax import experiments
   from tests.test_training import tiny_config
   with pytest.raises(ValueError, match="augment.hflip apply to image datasets"):
-    experiments.Experiment(tiny_config(**{"augment.hflip": True}))
+    config = tiny_config(**{"augment.hflip": True})
+    experiments.Experiment(config, sources.describe(config))
 
 
 def test_classification_switches_on_segmentation_are_refused(tmp_path):
   from bilateral_jax import experiments
   from tests.test_training import small_config
   with pytest.raises(ValueError, match="augment.hflip apply to image classification, not segmentation"):
-    experiments.Experiment(small_config("segmenter_ade20k", tmp_path, **{"augment.hflip": True}))
+    config = small_config("segmenter_ade20k", tmp_path, **{"augment.hflip": True})
+    experiments.Experiment(config, sources.describe(config))
   with pytest.raises(ValueError, match="apply to classifiers, not 'segmenter'"):
-    experiments.Experiment(small_config("segmenter_ade20k", tmp_path, **{"augment.label_smoothing": 0.1}))
+    config = small_config("segmenter_ade20k", tmp_path, **{"augment.label_smoothing": 0.1})
+    experiments.Experiment(config, sources.describe(config))
 
 
 def rand_augment_op(name, x, m, seed=0):

@@ -1,5 +1,5 @@
-"""Every script in benchmarks/ runs as the README shows it, at a tiny size, and prints its table: each
-variant's row with its ratio to standard attention, measured in the same run (input_pipeline.py: each
+"""Every script in benchmarks/ runs as README.md and docs/ show it, at a tiny size, and prints its table:
+each variant's row with its ratio to standard attention, measured in the same run (input_pipeline.py: each
 config's row with the ratio of its two sides, the step's demand over the input's supply per core)."""
 import json
 import os
@@ -36,8 +36,9 @@ BASELINE = {"attention.py": r"N=64\s+standard \(jax\.nn\)\s+\S+ ms  x 1\.00 ",
             "tpu_memory.py": r"gaussian, bidirectional\s+N=4096\s+standard \(XLA\)\s+temp\s+\S+ MiB  x(  1\.00|     -) "}
 
 
-def test_the_readme_and_make_show_every_benchmark_and_only_those():
-  shown = re.findall(r"`python (benchmarks/\S+\.py)", (ROOT / "README.md").read_text())
+def test_the_docs_and_make_show_every_benchmark_and_only_those():
+  docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+  shown = {script for doc in docs for script in re.findall(r"`python (benchmarks/\S+\.py)", doc.read_text())}
   assert sorted(shown) == [f"benchmarks/{script}" for script in SCRIPTS]
   assert sorted(TINY) == SCRIPTS  # a new script needs its tiny size here
   assert "benchmark: venv\n\t$(PYTHON) benchmarks/train_step.py\n" in (ROOT / "Makefile").read_text()
@@ -72,8 +73,8 @@ def test_benchmark_runs_at_a_tiny_size_and_prints_its_ratios(script, tmp_path):
 
 
 def test_the_gpu_check_stops_without_a_gpu_and_otherwise_writes_its_report(tmp_path):
-  """benchmarks/gpu_check.sh (the README's GPU command), run here on the CPU at a tiny size: it runs
-  attention.py and train_step.py with the sizes of `TINY`, checked here as the other scripts are."""
+  """benchmarks/gpu_check.sh (the GPU command of README.md and docs/results.md), run here on the CPU at a
+  tiny size: it runs attention.py and train_step.py with the sizes of `TINY`, checked here as the other scripts are."""
   env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_OUT=str(tmp_path))
   refused = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
   assert refused.returncode == 3 and "no GPU here (jax's backend: cpu): nothing measured" in refused.stderr

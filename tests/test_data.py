@@ -1,11 +1,19 @@
-"""Datasets in their published formats (tiny samples written here) and the grain pipelines."""
+"""Datasets in their published formats (tiny samples written here) and the grain pipelines.
+
+tests/samples.py writes tiny samples of every published format (ListOps TSVs, `wiki.*.tokens`, aclImdb
+folders, AAN TSVs, CIFAR-10/100 python files, Pathfinder's release layout, image folders, ADE20k's release
+layout, text files). The tests check example counts, labels and tokenisation round trips; the LRA tasks as
+LRA's pipelines make them (docs/lra.md); ListOps labels against an evaluator of the generated trees;
+Pathfinder's markers against its contours; TFDS catalog datasets through `tfds.testing.mock_data`; that
+processes read disjoint parts of the same global batches; that the iterator resumes exactly, with any
+number of input workers; data errors that name their file and line."""
 import pickle
 
 import ml_collections
 import numpy as np
 import pytest
 
-from bilateral_jax.data import augment, listops, pipeline, sources
+from bilateral_jax.data import augment, core, listops, lra, pipeline, sources
 from tests.samples import (write_aan, write_aclimdb, write_ade20k, write_cifar10, write_cifar100, write_image_folders,
                            write_pathfinder, write_text_corpus, write_wikitext)
 
@@ -156,15 +164,15 @@ def tf_rgb_to_grayscale(pixel) -> int:
 def test_cifar10_python_batches_and_lra_image(tmp_path):
   write_cifar10(tmp_path, per_batch=4)
   config = data_config(name="cifar10", directory=str(tmp_path), tfds_dir="", seed=0, validation_size=5)
-  counts = {split: len(sources.load_split(config, split)) for split in sources.SPLITS}
+  counts = {split: len(sources.load_split(config, split)) for split in core.SPLITS}
   assert counts == {"train": 15, "validation": 5, "test": 4}
   # the formula on pixels where it differs from rounding the weighted sum (0.57 -> 0; 21.5 -> 21)
   for pixel, gray in (((0, 0, 5), 0), ((255, 255, 255), 255), ((10, 20, 30), 18), ((72, 0, 0), 21)):
     assert tf_rgb_to_grayscale(pixel) == gray
-    assert sources.rgb_to_grayscale(np.asarray([pixel], np.uint8)).tolist() == [gray]
-  lra = data_config(name="lra_image", directory=str(tmp_path), tfds_dir="")
-  images = {s: sources.load_split(lra, s) for s in sources.SPLITS}
-  assert [len(images[s]) for s in sources.SPLITS] == [18, 2, 4]  # train[:90%] / train[90%:] / test of 20 + 4
+    assert lra.rgb_to_grayscale(np.asarray([pixel], np.uint8)).tolist() == [gray]
+  lra_config = data_config(name="lra_image", directory=str(tmp_path), tfds_dir="")
+  images = {s: sources.load_split(lra_config, s) for s in core.SPLITS}
+  assert [len(images[s]) for s in core.SPLITS] == [18, 2, 4]  # train[:90%] / train[90%:] / test of 20 + 4
   raw = []
   for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
     with (tmp_path / name).open("rb") as handle:
@@ -184,13 +192,13 @@ def test_aclimdb_and_aan(tmp_path):
   write_aclimdb(tmp_path / "imdb", per_folder=5)
   config = data_config(name="lra_text", directory=str(tmp_path / "imdb"), tfds_dir="", seed=0, max_length=64,
                        validation_size=4, validation_from="train", overlength="truncate")
-  train, validation, test = (sources.load_split(config, s) for s in sources.SPLITS)
+  train, validation, test = (sources.load_split(config, s) for s in core.SPLITS)
   assert (len(train), len(validation), len(test)) == (6, 4, 10)
   assert sorted(test.arrays["label"].tolist()) == [0] * 5 + [1] * 5
   review = (tmp_path / "imdb" / "test" / "neg" / "0_2.txt").read_text()
   assert test[0]["inputs"].tolist() == [b + 1 for b in review.encode()] + [0] * (64 - len(review.encode()))
   config.validation_from = "test"  # LRA: validation is the test set, train all of train
-  lra_splits = [sources.load_split(config, s) for s in sources.SPLITS]
+  lra_splits = [sources.load_split(config, s) for s in core.SPLITS]
   assert [len(s) for s in lra_splits] == [10, 10, 10]
   np.testing.assert_array_equal(lra_splits[1].arrays["inputs"], test.arrays["inputs"])
   truncated = sources.load_split(data_config(**(config.to_dict() | dict(max_length=8))), "test")
@@ -215,7 +223,7 @@ def test_unknown_dataset_lists_the_known_ones():
 
 
 def source_of(n):
-  return sources.ArraySource(inputs=np.arange(n)[:, None], weight=np.ones(n, np.float32))
+  return core.ArraySource(inputs=np.arange(n)[:, None], weight=np.ones(n, np.float32))
 
 
 def test_processes_read_disjoint_parts_of_the_same_global_batches():
@@ -269,7 +277,7 @@ def test_eval_batches_cover_the_split_once_with_zero_weight_padding():
 def test_pathfinder_release_split_as_lra_splits_it(tmp_path):
   written = write_pathfinder(tmp_path / "pf", count=20, empty=(3, 17))
   config = data_config(name="lra_pathfinder", directory=str(tmp_path / "pf"), tfds_dir="", difficulty="hard")
-  splits = {s: sources.load_split(config, s) for s in sources.SPLITS}
+  splits = {s: sources.load_split(config, s) for s in core.SPLITS}
   # LRA: hard[:80%], hard[80%:90%], hard[90%:] in metadata order (0.npy, 2.npy, 10.npy), then empty dropped
   for split, (low, high) in {"train": (0, 16), "validation": (16, 18), "test": (18, 20)}.items():
     kept = [(image, label) for image, label in written[low:high] if image is not None]
@@ -277,7 +285,7 @@ def test_pathfinder_release_split_as_lra_splits_it(tmp_path):
     for i, (image, label) in enumerate(kept):
       assert splits[split][i]["inputs"].tolist() == (image.ravel().astype(np.int32) + 1).tolist()
       assert splits[split][i]["label"] == label
-  assert [len(splits[s]) for s in sources.SPLITS] == [15, 1, 2]
+  assert [len(splits[s]) for s in core.SPLITS] == [15, 1, 2]
   metadata = tmp_path / "pf" / "curv_contour_length_14" / "metadata" / "10.npy"
   metadata.write_text(metadata.read_text() + "imgs/10 sample_0.png 20\n")
   with pytest.raises(ValueError, match=r"10.npy:8: expected"):
@@ -326,7 +334,7 @@ def test_generated_listops_is_a_tfds_dataset_built_once(tmp_path):
   expected = listops.generate(42, spec, seed=5)[36:]  # one draw, cut train | validation | test
   assert len(test) == 6
   for i, (tokens, label) in enumerate(expected):
-    np.testing.assert_array_equal(test[i]["inputs"], sources.fit_length(listops.encode(tokens), 40, "error", ""))
+    np.testing.assert_array_equal(test[i]["inputs"], core.fit_length(listops.encode(tokens), 40, "error", ""))
     assert test[i]["label"] == label == listops.evaluate(tokens)
   built = list(tmp_path.glob("list_ops/generated_*/2.0.0/*.array_record*"))
   assert len(built) == 3
@@ -386,14 +394,14 @@ def test_catalog_datasets_through_tfds_data_sources(tmp_path):
   with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
     text = data_config(name="lra_text", directory="", tfds_dir="", seed=0, max_length=64, validation_size=3,
                        validation_from="train", overlength="truncate")
-    sizes = {split: len(sources.load_split(text, split)) for split in sources.SPLITS}
+    sizes = {split: len(sources.load_split(text, split)) for split in core.SPLITS}
     assert sizes == {"train": 9, "validation": 3, "test": 12}
     first = sources.load_split(text, "test")[0]
     assert first["inputs"].shape == (64,) and first["inputs"].max() <= 256 and first["label"] in (0, 1)
     images = data_config(name="cifar10", directory="", tfds_dir="", seed=0, validation_size=2)
     train = sources.load_split(images, "train")
     assert len(train) == 10 and train[0]["inputs"].shape == (32, 32, 3) and train[0]["inputs"].dtype == np.uint8
-    gray = [sources.load_split(data_config(name="lra_image", directory="", tfds_dir=""), s) for s in sources.SPLITS]
+    gray = [sources.load_split(data_config(name="lra_image", directory="", tfds_dir=""), s) for s in core.SPLITS]
     assert all(split[0]["inputs"].shape == (1024,) for split in gray)  # mock_data ignores train[:90%] slices
     imagenet = sources.load_split(data_config(name="imagenet", directory="", tfds_dir="", image_size=16,
                                               crop_fraction=0.875), "validation")

@@ -1,4 +1,7 @@
-"""The diagnostics of docs/method.md section 4 against explicit numpy references, and diagnose.py."""
+"""The diagnostics of docs/method.md section 4 against explicit numpy references, and diagnose.py: hidden
+states, SNR, token uniformity, attention maps and cross terms against a float64 numpy forward of the stack
+(tests/independent.py); the softmax Lipschitz estimate against the Jacobian's spectral norm; long-range
+stability."""
 import dataclasses
 import json
 import shutil
@@ -10,6 +13,7 @@ import numpy as np
 import pytest
 
 from bilateral_jax import diagnostics, experiments, trainer
+from bilateral_jax.data import sources
 from tests import independent
 from tests.test_training import ROOT, run_script, small_config, tiny_config
 
@@ -80,9 +84,10 @@ def test_depth_profile_adds_noise_to_y0_after_the_position_table_and_counts_real
   """A CLS classifier with an additive sinusoidal table, and the default BSA + GRC, with padding: `stacks`
   and `depth_profile` against a float64 numpy forward of the stack from its params (Y_0 = embeddings +
   table, the noise scaled to Y_0's RMS over real tokens, SNR and uniformity counting neither CLS nor padding)."""
-  experiment = experiments.Experiment(tiny_config(**overrides))
+  config = tiny_config(**overrides)
+  experiment = experiments.Experiment(config, sources.describe(config))
   model, params = experiment.model, experiment.init(jax.random.key(0)).params
-  inputs = np.stack([experiment.info_source[i]["inputs"] for i in range(4)])
+  inputs = first_inputs(config)
   layers = model.config.num_layers
   hidden, weights, real = independent.sequence_stack(model.config, params, inputs, pooling=model.pooling)
   [clean] = diagnostics.stacks(model, params, inputs)
@@ -114,9 +119,15 @@ def test_depth_profile_adds_noise_to_y0_after_the_position_table_and_counts_real
 
 def tiny_model(**transformer):
   """A tiny ListOps classifier at initialisation, its params and 4 padded examples."""
-  experiment = experiments.Experiment(tiny_config(**{f"model.transformer.{k}": v for k, v in transformer.items()}))
-  inputs = np.stack([experiment.info_source[i]["inputs"] for i in range(4)])
-  return experiment.model, experiment.init(jax.random.key(0)).params, inputs
+  config = tiny_config(**{f"model.transformer.{k}": v for k, v in transformer.items()})
+  experiment = experiments.Experiment(config, sources.describe(config))
+  return experiment.model, experiment.init(jax.random.key(0)).params, first_inputs(config)
+
+
+def first_inputs(config, examples: int = 4) -> np.ndarray:
+  """The inputs of the first `examples` of `config`'s train split (padded ListOps)."""
+  source = sources.shared_split(config.data, "train")
+  return np.stack([source[i]["inputs"] for i in range(examples)])
 
 
 def test_attention_maps_average_the_attention_weights_and_their_distance():

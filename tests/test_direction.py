@@ -132,23 +132,23 @@ def test_grc_keeps_the_residual_streams_dtype():
   assert all(h.dtype == jnp.bfloat16 for h in hidden)
 
 
-@pytest.mark.parametrize("spatial,implementation", [("shifted", "xla"), ("asymmetric", "xla"), ("shifted", "pallas")])
-def test_direction_parameters_are_learned_on_every_path(spatial, implementation):
+@pytest.mark.parametrize("spatial,path", [("shifted", "xla"), ("asymmetric", "xla"), ("shifted", "pallas")])
+def test_direction_parameters_are_learned_on_every_path(spatial, path):
   """The bandwidths and the shift receive finite, non-zero gradients, the same on the flash path."""
-  def grads(implementation):
+  def grads(path):
     stack = TransformerConfig(**(TINY | dict(attention="bilateral", spatial=spatial,
-                                             attention_implementation=implementation)))
+                                             attention_path=path)))
     model = build_model("classifier", stack, vocab_size=11, num_classes=3, pooling="cls")
     tokens = (np.arange(2 * 9).reshape(2, 9) * 7) % 10 + 1
     params = model.init(jax.random.key(0), tokens)
     loss = lambda p: jnp.sum(model.apply(p, tokens) ** 2)
     return jax.jit(jax.grad(loss))(params)["params"]["transformer"]["block_0"]
 
-  got = grads(implementation)["attention"]["bilateral"]
+  got = grads(path)["attention"]["bilateral"]
   names = ["log_h_p"] + (["shift_per_h_p"] if spatial == "shifted" else [])
   for name in names:
     assert bool(jnp.all(jnp.isfinite(got[name]))) and float(jnp.max(jnp.abs(got[name]))) > 0, name
-  if implementation != "xla":
+  if path != "xla":
     want = grads("xla")["attention"]["bilateral"]
     for name in names:
       assert_close(got[name], want[name], rtol=1e-4)

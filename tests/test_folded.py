@@ -1,4 +1,9 @@
-"""The folded BSA path equals the explicit ops, forward and backward, wherever it applies."""
+"""The folded BSA path equals the explicit ops, forward and backward, wherever it applies.
+
+Forward to 1e-5 and every gradient (h_y and h_p included) to 1e-4, with padding, causal masks, place-less
+rows, 1-D and 2-D coordinates and rows with no key at all, alone and inside whole models (each parameter's
+gradient to 1e-4 of its own scale, on every path); cases it cannot fold are refused; on GPU it asks for
+cuDNN only where cuDNN applies."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,26 +68,26 @@ def test_unfoldable_cases_are_refused():
     folded_bilateral_attention(q, k, v, coords, coords, h_y=H_Y, h_p=H_P, spatial="gaussian")
 
 
-def test_models_give_the_same_outputs_and_gradients_on_every_implementation():
+def test_models_give_the_same_outputs_and_gradients_on_every_path():
   from bilateral_jax.models import TransformerConfig, build_model
   tokens = np.arange(2 * 8).reshape(2, 8) % 11
   for settings in (dict(content="dot", spatial="laplacian"), dict(content="gaussian", spatial="none"),
                    dict(spatial="dot", position_table="sinusoidal")):
     outputs = {}
-    for implementation in ("xla", "folded"):
+    for path in ("xla", "folded"):
       config = TransformerConfig(num_layers=2, num_heads=2, model_dim=16, mlp_dim=32, max_length=16,
-                                 attention_implementation=implementation, **settings)
+                                 attention_path=path, **settings)
       model = build_model("lm", config, vocab_size=11)
       params = model.init(jax.random.key(0), tokens)
       loss = lambda p: jnp.mean(model.apply(p, tokens) ** 2)
-      outputs[implementation] = jax.jit(lambda p: (model.apply(p, tokens), jax.grad(loss)(p)))(params)
+      outputs[path] = jax.jit(lambda p: (model.apply(p, tokens), jax.grad(loss)(p)))(params)
     assert_close(outputs["folded"][0], outputs["xla"][0])
     assert_leaves_close(outputs["folded"][1], outputs["xla"][1], rtol=1e-4)
   images = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3))
   cls_outputs = []
-  for implementation in ("xla", "folded"):  # TUPE features with a place-less CLS token
+  for path in ("xla", "folded"):  # TUPE features with a place-less CLS token
     model = build_model("vit", TransformerConfig(num_layers=1, num_heads=2, model_dim=16, mlp_dim=32, max_length=16,
-                                                 spatial="dot", attention_implementation=implementation),
+                                                 spatial="dot", attention_path=path),
                         num_classes=3)
     params = model.init(jax.random.key(0), images)
     loss = lambda p: jnp.sum(model.apply(p, images) ** 2)
@@ -90,8 +95,8 @@ def test_models_give_the_same_outputs_and_gradients_on_every_implementation():
   assert_close(cls_outputs[1][0], cls_outputs[0][0])
   assert_leaves_close(cls_outputs[1][1], cls_outputs[0][1], rtol=1e-4)
   vit = build_model("vit", TransformerConfig(num_layers=1, num_heads=2, model_dim=16, mlp_dim=32, max_length=16,
-                                            attention_implementation="folded"), num_classes=3)
-  with pytest.raises(ValueError, match="attention_implementation='folded' does not apply to spatial='gaussian'"):
+                                            attention_path="folded"), num_classes=3)
+  with pytest.raises(ValueError, match="attention_path='folded' does not apply to spatial='gaussian'"):
     vit.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))
 
 

@@ -1,5 +1,6 @@
 """Sampling from causal LMs (bilateral_jax/sampling.py, generate.py): decoding with the key-value cache equals
-recomputing the whole sequence for every attention and residual variant and the adaptive softmax; the loop
+recomputing the whole sequence for every attention and residual variant (the standard residual, GRC on
+either sublayer, scalar and per-channel t drawn at random, boost) and the adaptive softmax; the loop
 is seeded, greedy decoding follows the full model, and generate.py runs on a trained character model (the
 word-level one with its adaptive softmax: tests/test_language_model.py)."""
 import jax
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from bilateral_jax import sampling, trainer
-from bilateral_jax.data.sources import DatasetInfo
+from bilateral_jax.data.core import DatasetInfo
 from bilateral_jax.models import build_model
 from tests.test_models import ATTENTIONS, tiny
 from tests.test_training import run_script, small_config

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bilateral_jax import experiments, ops, robustness, tasks
-from bilateral_jax.data import builders, pipeline, sources
+from bilateral_jax.data import builders, core, corpora, pipeline, sources
 from bilateral_jax.models import TransformerConfig
 from bilateral_jax.models.backbones import CausalLM
 from tests.samples import write_wikitext
@@ -125,7 +125,7 @@ def test_sliding_window_perplexity_equals_scoring_each_token_on_its_context(stri
   """Each target is scored once, by the earliest window that holds it, on the tokens of that window before
   it (stride 1: the `length` tokens before it); the batched, padded evaluation gives the same perplexity."""
   length, stream = 8, np.random.default_rng(stride).integers(0, 23, 31).astype(np.int32)
-  windows = sources.StreamWindows(stream, length, stride, sources.DatasetInfo(vocab_size=23))
+  windows = corpora.StreamWindows(stream, length, stride, core.DatasetInfo(vocab_size=23))
   scored = np.zeros(len(stream))
   for k in range(len(windows)):
     example, start = windows[k], windows.starts[k]
@@ -163,20 +163,20 @@ def test_wikitext_frequency_ids_and_sliding_evaluation_windows(tmp_path):
   for name in ("inputs", "targets", "weight"):  # eval_stride 0 or max_length: the contiguous windows as before
     np.testing.assert_array_equal(default.arrays[name], plain.arrays[name])
   train = sources.load_split(config(vocabulary_order="frequency"), "train")
-  words = lambda source: [source.info.vocabulary[i] for i in sources.window_stream(source)]
+  words = lambda source: [source.info.vocabulary[i] for i in corpora.window_stream(source)]
   assert words(train) == words(sources.load_split(config(), "train"))  # the same text, renumbered
   text = builders.tokens((tmp_path / "wiki.train.tokens").read_text(), "words")
   order = [(-text.count(word), word) for word in train.info.vocabulary[3:]]
   assert train.info.vocabulary[:3] == ("<pad>", "<unk>", "<eos>") and order == sorted(order)  # ties: sorted
 
   sliding = sources.load_split(config(eval_stride=3, vocabulary_order="frequency"), "validation")
-  assert isinstance(sliding, sources.StreamWindows) and sliding.info.vocabulary == train.info.vocabulary
+  assert isinstance(sliding, corpora.StreamWindows) and sliding.info.vocabulary == train.info.vocabulary
   assert words(sliding)[:len(words(plain))] == words(plain)  # the whole stream (contiguous windows drop a tail)
   assert sum(sliding[k]["weight"].sum() for k in range(len(sliding))) == len(sliding.stream) - 1
   contaminated, replaced, eligible = robustness.contaminated_source(sliding, 0.5, seed=0)
-  assert replaced == round(0.5 * eligible) > 0 and isinstance(contaminated.windows, sources.StreamWindows)
+  assert replaced == round(0.5 * eligible) > 0 and isinstance(contaminated.windows, corpora.StreamWindows)
   assert (contaminated.windows.stride, len(contaminated)) == (3, len(sliding))  # the same windows as the clean score
-  inserted = robustness.contaminate(sources.window_stream(sliding), sliding.info, 0.5, seed=0).inserted
+  inserted = robustness.contaminate(corpora.window_stream(sliding), sliding.info, 0.5, seed=0).inserted
   for k in range(len(contaminated)):  # flags: 0 exactly at the targets that are tokens of inserted words
     start, item = sliding.starts[k], contaminated[k]
     np.testing.assert_array_equal(item["uncontaminated"], ~inserted[start + 1:start + 1 + sliding.length])
@@ -228,7 +228,7 @@ def test_train_py_lowers_the_loss_with_the_adaptive_softmax_and_sliding_evaluati
   losses = [line["loss"] for line in read_metrics(tmp_path / "run")]
   assert len(losses) == 24 and np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.5, losses
   validation = read_metrics(tmp_path / "run", "validation")[-1]
-  valid_tokens = sources.window_stream(sources.load_split(ml_collections.ConfigDict(dict(
+  valid_tokens = corpora.window_stream(sources.load_split(ml_collections.ConfigDict(dict(
       name="wikitext", directory=str(tmp_path / "data"), tfds_dir=str(tmp_path / "run" / "tfds"), max_length=16,
       eval_stride=4)), "validation"))
   assert validation["examples"] == len(valid_tokens) - 1  # each validation token scored once

@@ -1,4 +1,10 @@
-"""FGSM/PGD and word-swap contamination (bilateral_jax/robustness.py), and eval.py --attacks."""
+"""FGSM/PGD and word-swap contamination (bilateral_jax/robustness.py), and eval.py --attacks.
+
+FGSM and PGD equal a closed-form numpy attack on softmax regression (images in both conventions, token
+embeddings), stay in their ball and range, and raise a trained model's loss above that of random
+perturbations of the same norm; the success rate counts the clean-correct examples made wrong; word and
+character contamination are checked against their definitions written out in the test; the reflect probe
+transposes the patch grid or reverses the real tokens."""
 import dataclasses
 import json
 
@@ -9,7 +15,7 @@ import numpy as np
 import pytest
 
 from bilateral_jax import robustness, trainer
-from bilateral_jax.data import sources
+from bilateral_jax.data import core, corpora, sources
 from tests import independent
 from tests.test_training import run_script, small_config
 
@@ -135,7 +141,7 @@ def trained_digits(tmp_path_factory):
                                                   "model.transformer.model_dim": 32, "model.transformer.mlp_dim": 64,
                                                   "eval.batch_size": 360, "optimizer.warmup_steps": 10})
   trainer.train_and_evaluate(config, str(workdir))
-  experiment, _, params = trainer.restore_params(config, str(workdir))
+  experiment, _, params = trainer.restore_params(config, str(workdir), sources.describe_split(config.data, config.eval.splits[0]))
   return experiment, params, workdir
 
 
@@ -231,7 +237,7 @@ def test_attack_success_rate_counts_the_clean_correct_examples_made_wrong(traine
 
 def test_token_attacks_perturb_the_embeddings_within_the_relative_radius(trained_tiny_run):
   config, workdir = trained_tiny_run
-  experiment, _, params = trainer.restore_params(config, str(workdir))
+  experiment, _, params = trainer.restore_params(config, str(workdir), sources.describe_split(config.data, config.eval.splits[0]))
   source = sources.load_split(experiment.config.data, "test")
   batch = {name: np.stack([source[i][name] for i in range(8)]) for name in ("inputs", "label", "weight")}
   settings = robustness.AttackSettings(epsilons=(0.5,))
@@ -261,7 +267,7 @@ def eligible_word(word):
 
 def _word_info():
   vocabulary = ("<pad>", "<unk>", "<eos>") + tuple(sorted(set(WORDS) - {"<eos>"}))
-  return sources.DatasetInfo(vocab_size=len(vocabulary), vocabulary=vocabulary, tokenizer="words")
+  return core.DatasetInfo(vocab_size=len(vocabulary), vocabulary=vocabulary, tokenizer="words")
 
 
 @pytest.mark.parametrize("replacement", robustness.REPLACEMENTS)
@@ -332,7 +338,7 @@ def test_contamination_of_characters_keeps_the_length(tokenizer, replacement):
   else:
     vocabulary = ("<pad>",) + tuple(range(256))
     ids = np.frombuffer(text.encode(), np.uint8).astype(np.int64) + 1
-  info = sources.DatasetInfo(vocab_size=len(vocabulary), vocabulary=vocabulary, tokenizer=tokenizer)
+  info = core.DatasetInfo(vocab_size=len(vocabulary), vocabulary=vocabulary, tokenizer=tokenizer)
   contaminated = robustness.contaminate(ids, info, 0.25, seed=0, replacement=replacement)
   assert contaminated.stream.shape == ids.shape
   check_character_contamination(ids, contaminated, vocabulary, tokenizer, 0.25, replacement)
@@ -371,18 +377,18 @@ def test_contaminated_language_model_evaluation(tmp_path):
     assert 0 < contaminated["uncontaminated_targets"] < contaminated["examples"]
     assert contaminated["uncontaminated_perplexity"] != contaminated["perplexity"]
   # the uncontaminated perplexity scores the targets outside the inserted words, on the contaminated text
-  experiment, _, params = trainer.restore_params(config, str(tmp_path / "run"))
+  experiment, _, params = trainer.restore_params(config, str(tmp_path / "run"), sources.describe_split(config.data, config.eval.splits[0]))
   settings = robustness.AttackSettings(epsilons=(), contamination=0.5)
   got = robustness.evaluate(experiment, params, "test", ("contamination",), settings)["contamination"]["0.5"]
   source = sources.load_split(experiment.config.data, "test")
   windows, replaced, eligible = robustness.contaminated_source(source, 0.5)
   assert (replaced, eligible) == (got["replaced"], got["eligible"])
   # the windowed text against the definition, and the uncontaminated targets from the text's own changes
-  clean, stream = sources.window_stream(source), sources.window_stream(windows.windows)
-  inserted = sources.window_stream(windows.flags) == 0
+  clean, stream = corpora.window_stream(source), corpora.window_stream(windows.windows)
+  inserted = corpora.window_stream(windows.flags) == 0
   check_character_contamination(clean, robustness.Contamination(stream, inserted, replaced, eligible),
                                 source.info.vocabulary, source.info.tokenizer, 0.5)
-  assert not isinstance(source, sources.StreamWindows)  # contiguous windows: window i's targets are i L + 1..
+  assert not isinstance(source, corpora.StreamWindows)  # contiguous windows: window i's targets are i L + 1..
   length = source.arrays["inputs"].shape[1]
   items = [windows[i] for i in range(len(windows))]
   for i, item in enumerate(items):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bilateral_jax import experiments, trainer
+from bilateral_jax.data import sources
 from bilateral_jax.models import build_model, sliding_window_logits
 from tests.test_training import SAMPLES, TINY_MODEL_AND_LOOP, read_metrics, run_script, small_config
 
@@ -87,19 +88,20 @@ def test_mask_transformer_trains_on_ade20k_folders_with_sliding_window_evaluatio
   assert arrays["maps"].shape == (1, patches, patches)
   assert arrays["decoder_maps"].shape == (2, patches + classes, patches + classes)
   with pytest.raises(ValueError, match="eval.inference='multi_scale' is not one of"):
-    experiments.Experiment(small_config("segmenter_ade20k", tmp_path, **{"eval.inference": "multi_scale"}))
+    segmenter = small_config("segmenter_ade20k", tmp_path, **{"eval.inference": "multi_scale"})
+    experiments.Experiment(segmenter, sources.describe(segmenter))
 
 
 def test_init_from_restores_a_vit_encoder_into_a_segmenter_and_names_the_new_decoder(tmp_path, capsys):
   vit = small_config("deit_tiny_imagenet", tmp_path / "imagenet", **{"train.num_steps": 2, "model.patch_size": 8})
   trainer.train_and_evaluate(vit, str(tmp_path / "vit"))
   segmenter = small_config("segmenter_ade20k", tmp_path / "ade")
-  experiment = experiments.Experiment(segmenter)
+  experiment = experiments.Experiment(segmenter, sources.describe_split(segmenter.data, "train"))
   fresh = experiment.init(jax.random.key(0)).params
   capsys.readouterr()
   params = trainer.initialise_from(experiment, fresh, str(tmp_path / "vit"))
   printed = capsys.readouterr().out
-  vit_params = trainer.restore_params(vit, str(tmp_path / "vit"), best=True)[2]
+  vit_params = trainer.restore_params(vit, str(tmp_path / "vit"), sources.describe_split(vit.data, "validation"), best=True)[2]
   for restored, trained in zip(jax.tree.leaves(params["transformer"]), jax.tree.leaves(vit_params["transformer"])):
     np.testing.assert_array_equal(restored, trained)
   np.testing.assert_array_equal(params["patches"]["patch_embed"]["kernel"],

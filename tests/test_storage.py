@@ -1,7 +1,8 @@
 """Runs on an object store: train, resume, eval.py, study.py and diagnose.py with a `gs://` work directory
 on a real GCS JSON API served on loopback (gcp-storage-emulator), nothing created locally but the TFDS
-data (array-record reads local files only: a `gs://` TFDS directory is refused); the lock there; and the
-published datasets' files read from `gs://`."""
+data (array-record reads local files only: a `gs://` TFDS directory is refused); the resume bit-identical
+to a local run; the lock there, which refuses a live holder and takes over a stale one; and the published
+datasets' files read from `gs://`, equal to their local copies."""
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ import portpicker
 import pytest
 from etils import epath
 
-from bilateral_jax import workdir
+from bilateral_jax import runs
 from bilateral_jax.data import sources
 from tests.samples import write_image_folders, write_pathfinder, write_text_corpus, write_wikitext
 from tests.test_training import ROOT, TINY, final_params, logged, read_metrics, run_script
@@ -105,18 +106,18 @@ def test_a_gs_workdir_trains_resumes_evaluates_and_studies_with_nothing_local(gc
 
 
 def test_the_lock_on_an_object_store_refuses_a_live_holder_and_takes_over_a_stale_one(gcs):
-  held = workdir.Lock("gs://bkt/locked")
+  held = runs.Lock("gs://bkt/locked")
   held.acquire()
-  with pytest.raises(workdir.WorkdirInUse, match=f"in use by pid {os.getpid()}"):
-    workdir.Lock("gs://bkt/locked").acquire()
+  with pytest.raises(runs.WorkdirInUse, match=f"in use by pid {os.getpid()}"):
+    runs.Lock("gs://bkt/locked").acquire()
   held.release()
   assert not held.path.exists()
   other_host = {"host": "elsewhere", "pid": 1, "token": "t", "started": "then"}
   held.path.write_text(json.dumps(other_host | {"heartbeat": time.time()}))
-  with pytest.raises(workdir.WorkdirInUse, match="on elsewhere"):  # a pid on another host says nothing
-    workdir.Lock("gs://bkt/locked").acquire()
-  held.path.write_text(json.dumps(other_host | {"heartbeat": time.time() - workdir.Lock.STALE_S - 1}))
-  taker = workdir.Lock("gs://bkt/locked")
+  with pytest.raises(runs.WorkdirInUse, match="on elsewhere"):  # a pid on another host says nothing
+    runs.Lock("gs://bkt/locked").acquire()
+  held.path.write_text(json.dumps(other_host | {"heartbeat": time.time() - runs.Lock.STALE_S - 1}))
+  taker = runs.Lock("gs://bkt/locked")
   taker.acquire()
   assert json.loads(taker.path.read_text())["pid"] == os.getpid()
   taker.release()

@@ -171,7 +171,7 @@ def test_study_trains_the_chosen_variants_once_and_summarises_them(tmp_path):
 @pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.py")), ids=lambda path: path.stem)
 def test_every_shipped_study_file_builds_a_valid_model_for_each_variant(path):
   """Each study file's variants, on the config its own command names, are settings train.py accepts and
-  build a model (the README runs these commands at full size)."""
+  build a model (docs/results.md runs these commands at full size)."""
   study = comparisons.load(path)
   config_file, *variant = re.search(r"--config configs/(\w+)\.py(?::(\w+))?", study.description).groups()
   base = importlib.import_module(f"configs.{config_file}").get_config(*[v for v in variant if v])

@@ -1,5 +1,6 @@
-"""`train.py --dry_run --topology`: the real train and eval steps compiled by libtpu for a TPU slice on this
-CPU machine, from the config alone (no dataset present), with the memory per chip against its capacity."""
+"""`train.py --dry_run --topology`: the real train and eval steps compiled by libtpu for a TPU slice (v5e
+2x2) on this CPU machine, from the config alone (no dataset present), with the memory per chip against its
+capacity."""
 import json
 import os
 import subprocess

@@ -1,4 +1,19 @@
-"""The training system end to end: steps, resume, devices, processes, checkpoints, eval, bad input."""
+"""The training system end to end: steps, resume, devices, processes, checkpoints, eval, bad input.
+
+Every config takes a training step on tiny samples of its data format. `train.py` killed (SIGKILL; or
+SIGTERM, which saves and exits 3) and restarted by the same command in a new process ends with parameters
+and logged losses bit-identical to an uninterrupted run. 1 device, 8 devices and two `jax.distributed`
+processes (4 devices each) give the same losses; `eval.py` on 1 device reproduces what training on 8
+logged; gradient accumulation equals one big batch. Two processes with parameters sharded across them
+(`mesh.fsdp=2`), each with its own home and TFDS directory (as a pod's hosts have their own disks), train,
+resume and evaluate as one process (losses to 1e-6 and parameters to 2e-5 of their scale of the
+one-process run: its first update after a restore is not bit-reproducible across runs). A crash right
+after a best or a regular save, or a damaged newest step, resumes to identical parameters; a diverging
+run keeps its finite best checkpoint; `eval.py` beside a training that saves every step never disturbs it
+(once while the training is paused, when a second `train.py` into the same directory is refused, and once
+beside it); two jobs building one fresh `tfds_dir` both succeed; bad settings are one line with status 2;
+TensorBoard's own reader loads the event files; `pip install -e .[test]` into a fresh venv imports from
+another directory (marked `slow`; it runs in CI)."""
 import json
 import logging
 import os
@@ -19,8 +34,9 @@ from absl import logging as absl_logging
 from etils import epath
 from tensorboard.backend.event_processing import event_accumulator
 
-from bilateral_jax import experiments, trainer, workdir
+from bilateral_jax import experiments, runs, trainer
 from bilateral_jax.checkpointing import CheckpointError, CheckpointMismatch
+from bilateral_jax.data import sources
 from tests.samples import (write_aan, write_aclimdb, write_ade20k, write_cifar10, write_image_folders,
                            write_pathfinder, write_text_corpus, write_wikitext)
 
@@ -105,7 +121,7 @@ def run_script(script, workdir, overrides, devices=8, extra=(), timeout=300, con
 
 
 def final_params(workdir, config):
-  experiment = experiments.Experiment(config)
+  experiment = experiments.Experiment(config, sources.describe(config))
   checkpointer = experiment.checkpointer(workdir, read_only=True)
   _, params, *_ = checkpointer.restore(experiment.abstract_state.params)
   checkpointer.close()
@@ -275,10 +291,11 @@ def test_a_diverging_run_never_replaces_a_finite_best_checkpoint(tmp_path):
 
 
 def test_eval_batch_is_padded_to_any_device_count(tmp_path):
-  experiment = experiments.Experiment(tiny_config(**{"eval.batch_size": 250}))
+  config = tiny_config(**{"eval.batch_size": 250})
+  experiment = experiments.Experiment(config, sources.describe_split(config.data, "train"))
   assert jax.device_count() == 8 and experiment.eval_batch_size == 256
   params = experiment.init(jax.random.key(0)).params
-  reference = experiments.Experiment(tiny_config()).evaluate(params, "validation")
+  reference = experiments.Experiment(tiny_config(), experiment.data).evaluate(params, "validation")
   padded = experiment.evaluate(params, "validation")
   assert padded["examples"] == reference["examples"] == 24
   np.testing.assert_allclose(padded["loss"], reference["loss"], rtol=1e-6)
@@ -534,10 +551,10 @@ def test_fsdp_mesh_and_bfloat16_train_and_restore_onto_another_mesh(tmp_path, ca
   trainer.train_and_evaluate(fsdp, str(tmp_path / "fsdp"))
   summary = capsys.readouterr().out
   assert "fsdp: parameters " in summary and "attention: bilateral via xla (layer 0)" in summary  # start-up lines
-  experiment = experiments.Experiment(fsdp)
+  experiment = experiments.Experiment(fsdp, sources.describe(fsdp))
   sharded = [s for s in jax.tree.leaves(experiment.state_sharding) if "fsdp" in str(s.spec)]
   assert sharded, "no parameter is sharded over the fsdp axis"
-  default_minimum = experiments.Experiment(tiny_config(**{"mesh.data": 4, "mesh.fsdp": 2})).state_sharding
+  default_minimum = experiments.Experiment(tiny_config(**{"mesh.data": 4, "mesh.fsdp": 2}), experiment.data).state_sharding
   assert not any("fsdp" in str(s.spec) for s in jax.tree.leaves(default_minimum))  # all under 2**14 elements
   np.testing.assert_allclose([m["loss"] for m in read_metrics(tmp_path / "fsdp")],
                              [m["loss"] for m in read_metrics(data_only)], rtol=2e-5)
@@ -636,11 +653,11 @@ def test_eval_beside_a_training_that_saves_every_step_and_a_second_run_refused(t
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
   dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
   (tmp_path / "lock").write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "started": "x"}))
-  lock = workdir.Lock(tmp_path)
+  lock = runs.Lock(tmp_path)
   lock.acquire()
   assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
-  with pytest.raises(workdir.WorkdirInUse, match=f"in use by pid {os.getpid()}"):
-    workdir.Lock(tmp_path).acquire()
+  with pytest.raises(runs.WorkdirInUse, match=f"in use by pid {os.getpid()}"):
+    runs.Lock(tmp_path).acquire()
   lock.release()
   assert not (tmp_path / "lock").exists()
 
@@ -703,14 +720,32 @@ def test_a_trained_model_restores_from_its_saved_config_with_no_dataset_present(
   dataset gone, and compute what the run's own model computes."""
   tfds_dir = tmp_path / "tfds"
   trainer.train_and_evaluate(tiny_config(**{"data.tfds_dir": str(tfds_dir)}), str(tmp_path / "run"))
-  config = workdir.load_config(tmp_path / "run")
-  with_data, step, params = trainer.restore_params(config, str(tmp_path / "run"))
-  batch = experiments.example_batch(with_data.info_source, 4, with_data.eval_transform)
+  config = runs.load_config(tmp_path / "run")
+  with_data, step, params = trainer.restore_params(config, str(tmp_path / "run"), sources.describe_split(config.data, config.eval.splits[0]))
+  batch = experiments.example_batch(with_data.data.example, 4, with_data.eval_transform)
   batch["inputs"] = np.random.default_rng(0).integers(1, config.model.vocab_size, batch["inputs"].shape)
   expected = with_data.model.apply({"params": params}, batch["inputs"])
   shutil.rmtree(tfds_dir)
-  alone, alone_step, alone_params = trainer.restore_params(config, str(tmp_path / "run"), with_data=False)
-  assert alone_step == step == 6 and alone.identity == with_data.identity and not alone.assumed
+  alone, alone_step, alone_params = trainer.restore_params(config, str(tmp_path / "run"), sources.describe(config))
+  assert alone_step == step == 6 and alone.identity == with_data.identity and not alone.data.assumed
   jax.tree.map(np.testing.assert_array_equal, alone_params, params)
   np.testing.assert_array_equal(alone.model.apply({"params": alone_params}, batch["inputs"]), expected)
   assert not tfds_dir.exists()
+
+
+def test_an_old_config_with_attention_implementation_loads_and_evaluates(tmp_path, trained_tiny_run):
+  """A config.json written before the rename (`model.transformer.attention_implementation`) loads as
+  `attention_path`, differs from the current config in nothing, and its checkpoint restores."""
+  config, trained = trained_tiny_run
+  run = tmp_path / "run"
+  shutil.copytree(trained, run)
+  saved = json.loads((run / "config.json").read_text())
+  saved["model"]["transformer"]["attention_implementation"] = saved["model"]["transformer"].pop("attention_path")
+  (run / "config.json").write_text(json.dumps(saved))
+  old = runs.load_config(run)
+  assert "attention_implementation" not in old.model.transformer
+  assert old.model.transformer.attention_path == config.model.transformer.attention_path
+  assert runs.changes(old, config) == {}
+  assert experiments.model_settings(old) == experiments.model_settings(config)
+  step, results, _ = trainer.evaluate_checkpoint(old, str(run))
+  assert step == 6 and results

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from bilateral_jax import logs, workdir
+from bilateral_jax import logs, storage
 from bilateral_jax.data import listops, pathfinder
 
 tfds.display_progress_bar(False)
@@ -46,7 +46,7 @@ class ListOpsConfig(tfds.core.BuilderConfig):
   def make(cls, **fields) -> ListOpsConfig:
     identity = dict(fields)
     if fields.get("release_dir"):
-      directory = workdir.path(fields["release_dir"])
+      directory = storage.path(fields["release_dir"])
       identity["release_dir"] = str(directory)
       identity["files"] = [[p.name, *_stamp(p)] for p in (directory / name for name in SPLIT_FILES.values())
                            if p.is_file()]
@@ -103,7 +103,7 @@ class ListOps(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
     if cfg.release_dir:
-      splits = {split: read_release_file(workdir.path(cfg.release_dir), split) for split in SPLIT_FILES}
+      splits = {split: read_release_file(storage.path(cfg.release_dir), split) for split in SPLIT_FILES}
     else:
       generated = [(listops.encode(tokens), label)
                    for tokens, label in listops.generate(sum(cfg.sizes), cfg.spec, seed=cfg.seed)]
@@ -167,7 +167,7 @@ class TokenStreamConfig(tfds.core.BuilderConfig):
 
   @classmethod
   def make(cls, files: dict, tokenizer: str) -> TokenStreamConfig:
-    stamps = {split: [[str(workdir.path(p)), lo, hi, *_stamp(workdir.path(p))] for p, lo, hi in parts]
+    stamps = {split: [[str(storage.path(p)), lo, hi, *_stamp(storage.path(p))] for p, lo, hi in parts]
               for split, parts in files.items()}
     return cls(**_named(tokenizer, dict(files=stamps)), files=files, tokenizer=tokenizer)
 
@@ -178,7 +178,7 @@ WORD_SPECIALS = ("<pad>", "<unk>", "<eos>")
 
 def read_text(path: str | epath.PathLike) -> str:
   """A UTF-8 file's text (a leading BOM dropped); a byte that is not UTF-8 is an error naming file:line."""
-  data = workdir.path(path).read_bytes()
+  data = storage.path(path).read_bytes()
   try:
     return data.decode("utf-8-sig")
   except UnicodeDecodeError as error:
@@ -292,7 +292,7 @@ class ReleaseConfig(tfds.core.BuilderConfig):
 
   @classmethod
   def make(cls, release: str, directory: str) -> ReleaseConfig:
-    root = workdir.path(directory)
+    root = storage.path(directory)
     files = [[str(p.relative_to(root)), *_stamp(p)] for p in files_matching(root, "**/*")]
     named = _named(release, dict(directory=str(root), files=files))
     named["description"] = f"{release} from {root}: {len(files)} files, {sum(f[1] for f in files)} bytes"
@@ -419,7 +419,7 @@ class Converted(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str):
     read = RELEASES[self.builder_config.release].read
-    yield from enumerate(read(workdir.path(self.builder_config.directory), split))
+    yield from enumerate(read(storage.path(self.builder_config.directory), split))
 
 
 def converted(release: str, directory: str, tfds_dir: str, split: str):
@@ -439,7 +439,7 @@ def prepare(builder_class: type[tfds.core.DatasetBuilder], builder_config: tfds.
   local: array-record reads and writes local files only (a `gs://` directory is refused)."""
   make = lambda: builder_class(config=builder_config, data_dir=tfds_dir or None, file_format="array_record")
   builder = make()
-  if workdir.is_remote(str(builder.data_path)):
+  if storage.is_remote(str(builder.data_path)):
     raise ValueError(f"the TFDS data directory {builder.data_dir} is not local: array-record reads and writes "
                      "local files only; set data.tfds_dir (or TFDS_DATA_DIR) to a directory on each host's disk")
   return _build_once(builder, make)

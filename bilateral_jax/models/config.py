@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from bilateral_jax.ops.dispatch import IMPLEMENTATIONS
+from bilateral_jax.ops.dispatch import ATTENTION_PATHS
 from bilateral_jax.ops.kernels import CONTENT_KERNELS, SPATIAL, SPATIAL_KERNELS
 
 ATTENTIONS = ("standard", "alibi", "rope", "bilateral")
@@ -44,11 +44,11 @@ class TransformerConfig:
   drop_path_rate: stochastic depth (DeiT/timm): each sublayer's branch F(y) of layer l is dropped per
     example with probability drop_path_rate * l / (num_layers - 1) (0 at the first layer) and scaled by
     1 / keep probability when kept; identity at evaluation.
-  attention_implementation: how BSA is computed (the same numbers either way; `ops.dispatch`): `xla`
+  attention_path: how BSA is computed (the same numbers either way; `ops.dispatch`): `xla`
     (explicit logits), `folded` (spatial features appended to q and k, one `jax.nn.dot_product_attention`;
     kernels `ops.folded.foldable` accepts), `pallas` (flash kernel, memory linear in the length: spatial
     terms computed in the tiles, or TUPE on the folded q and k; key-only masks; interpreted on CPU),
-    `auto` (the fastest measured path for the backend).
+    `auto` (the fastest measured path for the compile target).
     Not part of a checkpoint's identity.
   remat: what each block keeps for the backward pass (`nn.remat`): `none` (all), `full` (nothing:
     recomputed), `dots` (matmul outputs), `dots_no_batch` (matmuls without batch dims: the projections,
@@ -73,7 +73,7 @@ class TransformerConfig:
   dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
   dtype: str = "float32"
-  attention_implementation: str = "auto"
+  attention_path: str = "auto"
   remat: str = "none"
 
   def __post_init__(self):
@@ -85,7 +85,7 @@ class TransformerConfig:
     _choose("grc_form", self.grc_form, GRC_FORMS)
     _choose("norm", self.norm, NORMS)
     _choose("dtype", self.dtype, DTYPES)
-    _choose("attention_implementation", self.attention_implementation, IMPLEMENTATIONS)
+    _choose("attention_path", self.attention_path, ATTENTION_PATHS)
     _choose("remat", self.remat, REMAT)
     object.__setattr__(self, "grc_sublayers", tuple(self.grc_sublayers))
     object.__setattr__(self, "spatial_bandwidth_range", tuple(self.spatial_bandwidth_range))

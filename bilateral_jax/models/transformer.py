@@ -29,7 +29,7 @@ class BilateralAttention(nn.Module):
 
   q_pos, k_pos (default q_pos): the spatial kernel's inputs, coordinates [len, c] (NaN rows: no place) or,
   for `dot`, position-table rows [len, dim]; not read with spatial `none`. mask: `ops.MASK_LAYOUTS`.
-  implementation: the `ops.bilateral_attention` path (`auto` decides for the compile target; a path that
+  attention_path: the `ops.bilateral_attention` path (`auto` decides for the compile target; a path that
   does not apply is an error). Attention weights are sown into `intermediates` when that collection is
   mutable, which only the `xla` path can do: requesting them on another path is an error, never a switch.
   """
@@ -38,7 +38,7 @@ class BilateralAttention(nn.Module):
   content: str = "gaussian"
   spatial: str = "gaussian"
   bandwidth_range: tuple[float, float] = (1.0, 64.0)
-  implementation: str = "auto"
+  attention_path: str = "auto"  # not `path`: that is flax's Module.path
 
   @nn.compact
   def __call__(self, q, k, v, q_pos=None, k_pos=None, *, mask=None, is_causal=False):
@@ -55,10 +55,10 @@ class BilateralAttention(nn.Module):
     path = self.choose_path(spatial, q_pos, k_pos, mask, is_causal)
     if not self.is_mutable_collection("intermediates"):
       return ops.bilateral_attention(q, k, v, q_pos, k_pos, h_y=h_y, content=self.content, spatial=spatial,
-                                     mask=mask, is_causal=is_causal, implementation=path, **spatial_params)
+                                     mask=mask, is_causal=is_causal, path=path, **spatial_params)
     if path != "xla":
       raise ValueError(f"attention weights were requested (`intermediates` mutable) but BSA's {path!r} path "
-                       "does not form them; ask for implementation='xla'")
+                       "does not form them; ask for attention_path='xla'")
     logits = ops.bilateral_logits(q, k, q_pos, k_pos, h_y=h_y, content=self.content, spatial=spatial,
                                   **spatial_params)
     weights = ops.attention_weights(logits, mask=mask, is_causal=is_causal)
@@ -67,7 +67,7 @@ class BilateralAttention(nn.Module):
 
   def choose_path(self, spatial, q_pos, k_pos, mask, is_causal) -> str:
     """The `ops.dispatch` path of this call (a method, so that `recorded_bsa_paths` sees it)."""
-    return dispatch.choose_path(self.implementation, target.target_platform(), spatial=spatial, q_pos=q_pos,
+    return dispatch.choose_path(self.attention_path, target.target_platform(), spatial=spatial, q_pos=q_pos,
                                 k_pos=k_pos, mask=mask, is_causal=is_causal)
 
   def _check(self, q, k, v, q_pos):
@@ -133,7 +133,7 @@ class MultiHeadAttention(nn.Module):
       is_causal = False  # in the cache's mask
     if cfg.attention == "bilateral":
       bsa = BilateralAttention(heads, head_dim, cfg.content, cfg.spatial, cfg.spatial_bandwidth_range,
-                               cfg.attention_implementation, name="bilateral")
+                               cfg.attention_path, name="bilateral")
       out = bsa(q, k, v, q_pos, k_pos, mask=mask, is_causal=is_causal)
     else:
       bias = ops.alibi_bias(q_pos, k_pos, ops.alibi_slopes(heads)) if cfg.attention == "alibi" else None

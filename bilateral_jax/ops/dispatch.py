@@ -21,11 +21,11 @@ def pallas_attention(q, k, v, q_pos, k_pos, *, spatial, mask=None, is_causal=Fal
   if flash_applies(spatial, q_pos, mask):
     return flash_bilateral_attention(q, k, v, q_pos, k_pos, spatial=spatial, mask=mask, is_causal=is_causal, **kwargs)
   return folded_bilateral_attention(q, k, v, q_pos, k_pos, spatial=spatial, mask=mask, is_causal=is_causal,
-                                    implementation="pallas", **kwargs)
+                                    backend="pallas", **kwargs)
 
 
 PATHS = {"xla": explicit_bilateral_attention, "folded": folded_bilateral_attention, "pallas": pallas_attention}
-IMPLEMENTATIONS = ("auto",) + tuple(PATHS)
+ATTENTION_PATHS = ("auto",) + tuple(PATHS)  # what a caller may request
 
 
 def applies(path: str, *, spatial, q_pos, k_pos, mask, is_causal) -> bool:
@@ -37,26 +37,26 @@ def applies(path: str, *, spatial, q_pos, k_pos, mask, is_causal) -> bool:
   return True
 
 
-def choose_path(requested: str, backend: str, *, spatial, q_pos, k_pos, mask, is_causal) -> str:
-  """The path for `requested` (one of IMPLEMENTATIONS) on `backend` ('cpu', 'gpu', 'tpu').
+def choose_path(requested: str, platform: str, *, spatial, q_pos, k_pos, mask, is_causal) -> str:
+  """The path for `requested` (one of ATTENTION_PATHS) on `platform` ('cpu', 'gpu', 'tpu').
 
   `auto`: on TPU the flash kernel (Mosaic) wherever it applies, the only path whose memory is linear in
-  the length (per-chip temporaries compiled by libtpu, README); elsewhere the path measured fastest
+  the length (per-chip temporaries compiled by libtpu, docs/results.md); elsewhere the path measured fastest
   (benchmarks/attention.py): on CPU the explicit logits, on GPU the folded path where it applies, else the
   explicit logits (the Triton kernel is taken only on request until it has been measured on a GPU). A
   requested path that does not apply is an error, never a silent switch.
   """
-  if requested not in IMPLEMENTATIONS:
-    raise ValueError(f"unknown attention implementation {requested!r}; known: {', '.join(IMPLEMENTATIONS)}")
+  if requested not in ATTENTION_PATHS:
+    raise ValueError(f"attention_path={requested!r} is not one of: {', '.join(ATTENTION_PATHS)}")
   case = dict(spatial=spatial, q_pos=q_pos, k_pos=k_pos, mask=mask, is_causal=is_causal)
   if requested != "auto":
     if not applies(requested, **case):
-      raise ValueError(f"attention_implementation={requested!r} does not apply to spatial={spatial!r} "
+      raise ValueError(f"attention_path={requested!r} does not apply to spatial={spatial!r} "
                        f"(causal={is_causal}, mask shape {getattr(mask, 'shape', None)}); use 'auto' or 'xla'")
     return requested
-  if backend == "tpu" and applies("pallas", **case):
+  if platform == "tpu" and applies("pallas", **case):
     return "pallas"
-  if backend != "cpu" and applies("folded", **case):
+  if platform != "cpu" and applies("folded", **case):
     return "folded"
   return "xla"
 
@@ -82,20 +82,20 @@ def _per_head(x, heads: int, pair: bool = False):
 
 
 def bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str = "gaussian", spatial: str = "gaussian",
-                        shift=None, mask=None, is_causal: bool = False, implementation: str = "auto") -> jnp.ndarray:
+                        shift=None, mask=None, is_causal: bool = False, path: str = "auto") -> jnp.ndarray:
   """Bilateral Self-Attention softmax(C + S) v, the public entry point: every path gives the explicit op's
   numbers (`explicit_bilateral_attention`) or refuses, under `jit` too.
 
   q, k, v: [batch, len, heads, head_dim], or unbatched [len, heads, head_dim] (as `jax.nn`); q_pos, k_pos:
   coordinates [len, c] shared by the batch or per example [batch, len, c] (`dot`: its tables [len, (heads,)
   c], per example [batch, len, heads, c]), or both None; h_y, h_p: scalars or per head ([heads], `asymmetric`
-  [heads, 2]); mask: boolean, `MASK_LAYOUTS`, True = attend. implementation: auto / xla / folded / pallas
+  [heads, 2]); mask: boolean, `MASK_LAYOUTS`, True = attend. path: auto / xla / folded / pallas
   (`choose_path`, for the compile target's platform). -> q's layout, v's dtype.
   """
   if q.ndim == 3:
     mask = None if mask is None else jnp.asarray(mask)[None] if jnp.ndim(mask) == 3 else mask
     run = lambda *a: bilateral_attention(*a, h_y=h_y, h_p=h_p, content=content, spatial=spatial, shift=shift,
-                                         mask=mask, is_causal=is_causal, implementation=implementation)
+                                         mask=mask, is_causal=is_causal, path=path)
     return run(q[None], k[None], v[None], q_pos, k_pos)[0]
   if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
     raise ValueError(f"q, k, v must be [batch, len, heads, head_dim] or [len, heads, head_dim]; got {q.shape}, "
@@ -109,10 +109,10 @@ def bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str = "gaus
     shared_rank = 3 if spatial_kernel(spatial).features == "table" else 2
     if jnp.ndim(q_pos) == shared_rank + 1:
       return _per_example(q, k, v, q_pos, k_pos, h_y=h_y, h_p=h_p, content=content, spatial=spatial, shift=shift,
-                          mask=mask, is_causal=is_causal, implementation=implementation)
-  path = choose_path(implementation, target.target_platform(), spatial=spatial, q_pos=q_pos, k_pos=k_pos,
-                     mask=mask, is_causal=is_causal)
-  return PATHS[path](q, k, v, q_pos, k_pos, h_y=h_y, h_p=h_p, content=content, spatial=spatial, shift=shift,
+                          mask=mask, is_causal=is_causal, path=path)
+  chosen = choose_path(path, target.target_platform(), spatial=spatial, q_pos=q_pos, k_pos=k_pos, mask=mask,
+                       is_causal=is_causal)
+  return PATHS[chosen](q, k, v, q_pos, k_pos, h_y=h_y, h_p=h_p, content=content, spatial=spatial, shift=shift,
                      mask=mask, is_causal=is_causal)
 
 

@@ -1,10 +1,10 @@
 """Flash BSA: a Pallas kernel that computes the spatial term of every kernel with an in-tile form
 (`SpatialKernel.tile`: gaussian, shifted, laplacian, asymmetric) inside each tile from the coordinates,
 with an online softmax, so that no N x N buffer exists in the forward or the backward pass (memory linear
-in N). This module holds the tile math, the wrapper and the Triton (GPU) kernels; `ops.flash_tpu` the
-Mosaic (TPU) kernels. On a CPU target either runs in its interpreter (the tests' path). float32 inputs are
-multiplied at full precision (no TF32); Triton pads the head width to a power of two (its tensors must
-have power-of-two sizes), Mosaic to a multiple of 128 lanes.
+in N). This module holds the wrapper and the Triton (GPU) kernels, `ops.flash_tpu` the Mosaic (TPU)
+kernels, `ops.tiles` the tile math both share. On a CPU target either runs in its interpreter (the tests'
+path). float32 inputs are multiplied at full precision (no TF32); Triton pads the head width to a power of
+two (its tensors must have power-of-two sizes), Mosaic to a multiple of 128 lanes.
 
 The kernel sees the BSA logit in a form with every bandwidth moved outside it, so that autodiff of the
 wrapper gives the gradients for h_y and h_p from the kernel's gradients for q, the key bias and the
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,11 +33,10 @@ from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as plgpu
 from jax.sharding import PartitionSpec as P
 
-from bilateral_jax.ops import target
-from bilateral_jax.ops.kernels import SPATIAL, _split_placed
+from bilateral_jax.ops import flash_tpu, target, tiles
+from bilateral_jax.ops.kernels import SPATIAL, split_placed
 
 FLASH_SPATIAL = (None, "none") + tuple(name for name, kernel in SPATIAL.items() if kernel.tile is not None)
-_MASKED = float(jnp.finfo(jnp.float32).min)  # the masked logit of `attention_weights`
 
 
 def flash_applies(spatial: str | None, q_pos=None, mask=None) -> bool:
@@ -53,49 +51,7 @@ def flash_applies(spatial: str | None, q_pos=None, mask=None) -> bool:
   return mask is None or (jnp.ndim(mask) == 4 and mask.shape[1] == 1 and mask.shape[2] == 1)
 
 
-class _Options(NamedTuple):
-  spatial: str | None
-  causal: bool
-  q_len: int  # unpadded lengths: rows and keys beyond them are padding
-  k_len: int
-  block_q: int
-  block_k: int
-  interpret: bool | pltpu.InterpretParams
-
-
-def _dot(a, b, contract=((1,), (0,))):
-  """a, b contracted over `contract` (a's axis, b's axis), in float32; float32 inputs at full precision
-  (not TF32 on a GPU: the tests' tolerances are those of float32 math)."""
-  precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
-  return lax.dot_general(a, b, (contract, ((), ())), precision=precision, preferred_element_type=jnp.float32)
-
-
-def _tile(q, k, k_bias, k_keep, q_coords, k_coords, q_start, k_start, opts: _Options):
-  """Logits [block_q, block_k] (float32) of one tile, which pairs count, and dS/dR_q per coordinate row.
-
-  q [block_q, d], k [block_k, d], k_bias/k_keep [1, block_k]; q_coords: the coordinate rows of the queries
-  as columns [block_q, 1], k_coords those of the keys as rows [1, block_k]; the last of each is the 0/1
-  `placed` flag. Shared by the Triton kernels here and the Mosaic kernels of `ops.flash_tpu`.
-  """
-  s = _dot(q, k, ((1,), (1,))) + k_bias
-  spatial_grads = []
-  if opts.spatial is not None:
-    placed = q_coords[-1] * k_coords[-1]
-    term, grads = SPATIAL[opts.spatial].tile([a - b for a, b in zip(q_coords[:-1], k_coords[:-1])])
-    s = s + placed * term
-    spatial_grads = [placed * g for g in grads]
-  rows = q_start + lax.broadcasted_iota(jnp.int32, s.shape, 0)
-  cols = k_start + lax.broadcasted_iota(jnp.int32, s.shape, 1)
-  keep = k_keep > 0
-  if opts.causal:
-    keep = keep & (cols <= rows)
-  s = jnp.where(keep, s, _MASKED)
-  real = cols < opts.k_len
-  s = jnp.where(real, s, -jnp.inf)  # padding keys weigh nothing, even in a row where every key is masked
-  return s, keep & real, spatial_grads
-
-
-def _key_blocks(q_end, opts: _Options, num_k_blocks: int):
+def _key_blocks(q_end, opts: tiles.Options, num_k_blocks: int):
   """How many key blocks a query block ending at row `q_end` sees."""
   if not opts.causal:
     return num_k_blocks
@@ -122,13 +78,13 @@ def _forward_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, o_ref
   def body(j, carry):
     m, l, acc = carry
     keys = pl.ds(j * block_k, block_k)
-    s, _, _ = _tile(q, k_ref[keys, :], kb_ref[keys][None, :], keep_ref[keys][None, :], q_coords,
-                    _rows(kc_ref, j * block_k, block_k), q_start, j * block_k, opts)
+    s, _, _ = tiles.tile(q, k_ref[keys, :], kb_ref[keys][None, :], keep_ref[keys][None, :], q_coords,
+                         _rows(kc_ref, j * block_k, block_k), q_start, j * block_k, opts)
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
     p = jnp.exp(s - m_new[:, None])
     alpha = jnp.exp(m - m_new)
     v = v_ref[keys, :]
-    acc = alpha[:, None] * acc + _dot(p.astype(v.dtype), v)
+    acc = alpha[:, None] * acc + tiles.dot(p.astype(v.dtype), v)
     return m_new, alpha * l + jnp.sum(p, axis=1), acc
 
   init = (jnp.full((block_q,), -jnp.inf, jnp.float32), jnp.zeros((block_q,), jnp.float32),
@@ -141,16 +97,6 @@ def _forward_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, o_ref
   inv_l_ref[...] = 1.0 / l
 
 
-def _tile_gradients(q, k, v, k_bias, k_keep, q_coords, k_coords, do, m, inv_l, delta, q_start, k_start, opts):
-  """Softmax weights p and logit cotangents ds = p (dO.v - delta) of one tile, and dS/dR_q (m, inv_l,
-  delta: per-query columns [block_q, 1])."""
-  s, counted, spatial_grads = _tile(q, k, k_bias, k_keep, q_coords, k_coords, q_start, k_start, opts)
-  p = jnp.exp(s - m) * inv_l
-  dp = _dot(do, v, ((1,), (1,)))
-  ds = jnp.where(counted, p * (dp - delta), 0.0)  # a fully masked row has constant logits
-  return p, ds, spatial_grads
-
-
 def _key_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, do_ref, m_ref, inv_l_ref,
                           delta_ref, dk_ref, dv_ref, dkb_ref, dkc_ref, *, opts):
   block_q, block_k = opts.block_q, opts.block_k
@@ -161,11 +107,11 @@ def _key_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref,
     dk, dv, dkb, dkc = carry
     rows = pl.ds(i * block_q, block_q)
     q, do = q_ref[rows, :], do_ref[rows, :]
-    p, ds, spatial_grads = _tile_gradients(q, k, v, k_bias, k_keep, _columns(qc_ref, i * block_q, block_q),
-                                           k_coords, do, m_ref[rows][:, None], inv_l_ref[rows][:, None],
-                                           delta_ref[rows][:, None], i * block_q, k_start, opts)
-    dv = dv + _dot(p.astype(do.dtype), do, ((0,), (0,)))
-    dk = dk + _dot(ds.astype(q.dtype), q, ((0,), (0,)))
+    p, ds, spatial_grads = tiles.tile_gradients(
+        q, k, v, k_bias, k_keep, _columns(qc_ref, i * block_q, block_q), k_coords, do, m_ref[rows][:, None],
+        inv_l_ref[rows][:, None], delta_ref[rows][:, None], i * block_q, k_start, opts)
+    dv = dv + tiles.dot(p.astype(do.dtype), do, ((0,), (0,)))
+    dk = dk + tiles.dot(ds.astype(q.dtype), q, ((0,), (0,)))
     dkc = [dc - jnp.sum(ds * g, axis=0) for dc, g in zip(dkc, spatial_grads)] + dkc[len(spatial_grads):]
     return dk, dv, dkb + jnp.sum(ds, axis=0), dkc
 
@@ -192,10 +138,10 @@ def _query_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_re
     dq, dqc = carry
     keys = pl.ds(j * block_k, block_k)
     k = k_ref[keys, :]
-    _, ds, spatial_grads = _tile_gradients(q, k, v_ref[keys, :], kb_ref[keys][None, :], keep_ref[keys][None, :], q_coords,
-                                           _rows(kc_ref, j * block_k, block_k), do, m, inv_l, delta, q_start,
-                                           j * block_k, opts)
-    dq = dq + _dot(ds.astype(k.dtype), k)
+    _, ds, spatial_grads = tiles.tile_gradients(
+        q, k, v_ref[keys, :], kb_ref[keys][None, :], keep_ref[keys][None, :], q_coords,
+        _rows(kc_ref, j * block_k, block_k), do, m, inv_l, delta, q_start, j * block_k, opts)
+    dq = dq + tiles.dot(ds.astype(k.dtype), k)
     dqc = [dc + jnp.sum(ds * g, axis=1) for dc, g in zip(dqc, spatial_grads)] + dqc[len(spatial_grads):]
     return dq, dqc
 
@@ -207,7 +153,7 @@ def _query_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_re
     dqc_ref[r, :] = dc
 
 
-def _specs(q, k, q_coords, blocked: str, opts: _Options):
+def _specs(q, k, q_coords, blocked: str, opts: tiles.Options):
   """BlockSpecs over the grid (batch, heads, blocks of `blocked` = 'queries' or 'keys') for the inputs
   q, k, v, k_bias, k_keep, q_coords, k_coords and the per-query (do, m, inv_l, delta) and per-key outputs."""
   n, m, d, rows = q.shape[1], k.shape[1], q.shape[3], q_coords.shape[1]
@@ -228,7 +174,7 @@ def _specs(q, k, q_coords, blocked: str, opts: _Options):
       k_coords=pl.BlockSpec((None, None, rows, bk), lambda b, h, i: (b, h, 0, ki(b, h, i))))
 
 
-def _call(kernel, grid_blocks: int, in_specs, out_specs, out_shape, opts: _Options):
+def _call(kernel, grid_blocks: int, in_specs, out_specs, out_shape, opts: tiles.Options):
   batch, heads, width = out_shape[0].shape[0], out_shape[0].shape[2], out_shape[0].shape[3]
   return pl.pallas_call(
       functools.partial(kernel, opts=opts), grid=(batch, heads, grid_blocks), in_specs=in_specs,
@@ -236,7 +182,7 @@ def _call(kernel, grid_blocks: int, in_specs, out_specs, out_shape, opts: _Optio
       compiler_params=plgpu.CompilerParams(num_warps=4 if width <= 64 else 8, num_stages=2))
 
 
-def _forward(q, k, v, k_bias, k_keep, q_coords, k_coords, opts: _Options):
+def _forward(q, k, v, k_bias, k_keep, q_coords, k_coords, opts: tiles.Options):
   batch, n, heads, _ = q.shape
   specs = _specs(q, k, q_coords, "queries", opts)
   row = jax.ShapeDtypeStruct((batch, heads, n), jnp.float32)
@@ -247,7 +193,7 @@ def _forward(q, k, v, k_bias, k_keep, q_coords, k_coords, opts: _Options):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
-def _flash(q, k, v, k_bias, k_keep, q_coords, k_coords, opts: _Options):
+def _flash(q, k, v, k_bias, k_keep, q_coords, k_coords, opts: tiles.Options):
   return _forward(q, k, v, k_bias, k_keep, q_coords, k_coords, opts)[0]
 
 
@@ -298,7 +244,7 @@ def _kernel_coordinates(kernel_rows, pos, length: int):
   """Coordinates [len, c] (NaN rows: no place) -> per-head kernel rows [heads, rows, length]
   (`kernel_rows(coords)` -> [heads, r, len], then zero rows up to a power of two for Triton, the last row
   the 0/1 `placed` flag)."""
-  coords, placed = _split_placed(jnp.asarray(pos, jnp.float32))
+  coords, placed = split_placed(jnp.asarray(pos, jnp.float32))
   scaled = kernel_rows(coords)
   heads, rows = scaled.shape[0], max(2, pl.next_power_of_2(scaled.shape[1] + 1))
   filler = jnp.zeros((heads, rows - 1 - scaled.shape[1], scaled.shape[2]), jnp.float32)
@@ -347,7 +293,7 @@ def flash_bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str =
       d_pad = max(16, pl.next_power_of_2(d_pad))
     block_size = (512 if interpret else 128 if d_pad <= 64 else 64) if block_size is None else block_size
     block = lambda length: _block(length, block_size)
-  opts = _Options(spatial, bool(is_causal), n, m, block(n), block(m), interpret)
+  opts = tiles.Options(spatial, bool(is_causal), n, m, block(n), block(m), interpret)
   n_pad, m_pad = -(-n // opts.block_q) * opts.block_q, -(-m // opts.block_k) * opts.block_k
 
   inv_hy2 = 1.0 / jnp.square(jnp.asarray(h_y, jnp.float32))  # [heads]
@@ -374,10 +320,7 @@ def flash_bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str =
   def pad_tokens(x, length):
     return _pad(_pad(x, 1, length), 3, d_pad)
 
-  core = _flash
-  if kernel == "mosaic":
-    from bilateral_jax.ops import flash_tpu  # it builds on this module's tile math
-    core = flash_tpu.flash
+  core = flash_tpu.flash if kernel == "mosaic" else _flash
   run = lambda *args: core(*args, opts)
   mesh, axes = compile_target.mesh, compile_target.batch_axes
   shards = 1 if mesh is None else math.prod(mesh.shape[a] for a in axes)

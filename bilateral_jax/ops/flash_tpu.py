@@ -1,4 +1,4 @@
-"""Flash BSA on TPU: the kernels of `ops.flash` (same tile math, `flash._tile`) in Mosaic's layout.
+"""Flash BSA on TPU: the kernels of `ops.flash` (same tile math, `ops.tiles`) in Mosaic's layout.
 
 The grid is (batch, heads, blocks, blocks) with the reduced blocks an "arbitrary" axis whose partial sums
 live in VMEM scratch (the online-softmax state in the forward pass, dk/dv and dq in the backward pass);
@@ -20,12 +20,12 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from bilateral_jax.ops.flash import _dot, _Options, _tile, _tile_gradients
+from bilateral_jax.ops import tiles
 
 LANES = 128
 
 
-def _runs(q_block, k_block, opts: _Options):
+def _runs(q_block, k_block, opts: tiles.Options):
   """Whether tile (q_block, k_block) has a pair to compute (causal: a key at or before a query)."""
   if not opts.causal:
     return q_block >= 0  # always, as a traced condition
@@ -53,7 +53,7 @@ def _coordinates(qc_ref, kc_ref, rows: int):
 
 
 def _forward_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, o_ref, stats_ref, m_scratch,
-                    l_scratch, acc_scratch, *, opts: _Options, rows: int):
+                    l_scratch, acc_scratch, *, opts: tiles.Options, rows: int):
   i, j = pl.program_id(2), pl.program_id(3)
 
   @pl.when(j == 0)
@@ -64,8 +64,8 @@ def _forward_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, o_ref
   @pl.when(_runs(i, j, opts))
   def _accumulate():
     q_coords, k_coords = _coordinates(qc_ref, kc_ref, rows)
-    s, _, _ = _tile(q_ref[...], k_ref[...], kb_ref[...], keep_ref[...], q_coords, k_coords, i * opts.block_q,
-                    j * opts.block_k, opts)
+    s, _, _ = tiles.tile(q_ref[...], k_ref[...], kb_ref[...], keep_ref[...], q_coords, k_coords,
+                         i * opts.block_q, j * opts.block_k, opts)
     m_prev = m_scratch[...]  # [block_q, 128], equal lanes
     m_next = jnp.maximum(m_prev, jnp.max(s, axis=1, keepdims=True))
     p = jnp.exp(s - _spread(m_next, opts.block_k))
@@ -74,7 +74,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, o_ref
     m_scratch[...] = m_next
     v = v_ref[...]
     acc_scratch[...] = (acc_scratch[...] * _spread(alpha, v.shape[-1])
-                        + _dot(p.astype(v.dtype), v))
+                        + tiles.dot(p.astype(v.dtype), v))
 
   @pl.when(j == pl.num_programs(3) - 1)
   def _finish():
@@ -90,14 +90,14 @@ def _gradients(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, do_ref, st
   q_coords, k_coords = _coordinates(qc_ref, kc_ref, rows)
   stats = stats_ref[...]
   q, k, do = q_ref[...], k_ref[...], do_ref[...]
-  p, ds, spatial_grads = _tile_gradients(q, k, v_ref[...], kb_ref[...], keep_ref[...], q_coords, k_coords, do,
-                                         _column(stats, 0), _column(stats, 1), _column(stats, 2),
-                                         i * opts.block_q, j * opts.block_k, opts)
+  p, ds, spatial_grads = tiles.tile_gradients(q, k, v_ref[...], kb_ref[...], keep_ref[...], q_coords, k_coords,
+                                              do, _column(stats, 0), _column(stats, 1), _column(stats, 2),
+                                              i * opts.block_q, j * opts.block_k, opts)
   return q, k, do, p, ds, spatial_grads
 
 
 def _key_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, do_ref, stats_ref, dk_ref,
-                          dv_ref, dkb_ref, dkc_ref, dk_scratch, dv_scratch, *, opts: _Options, rows: int):
+                          dv_ref, dkb_ref, dkc_ref, dk_scratch, dv_scratch, *, opts: tiles.Options, rows: int):
   j, i = pl.program_id(2), pl.program_id(3)  # key block, query block (the reduced axis)
 
   @pl.when(i == 0)
@@ -108,8 +108,8 @@ def _key_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref,
   def _accumulate():
     q, _, do, p, ds, spatial_grads = _gradients(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, do_ref,
                                                 stats_ref, i, j, opts, rows)
-    dv_scratch[...] += _dot(p.T.astype(do.dtype), do)
-    dk_scratch[...] += _dot(ds.T.astype(q.dtype), q)
+    dv_scratch[...] += tiles.dot(p.T.astype(do.dtype), do)
+    dk_scratch[...] += tiles.dot(ds.T.astype(q.dtype), q)
     dkb_ref[...] += jnp.sum(ds, axis=0, keepdims=True)
     for r, g in enumerate(spatial_grads):
       dkc_ref[pl.ds(r, 1), :] -= jnp.sum(ds * g, axis=0, keepdims=True)
@@ -121,7 +121,7 @@ def _key_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref,
 
 
 def _query_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, do_ref, stats_ref, dq_ref,
-                            dqc_ref, dq_scratch, *, opts: _Options, rows: int):
+                            dqc_ref, dq_scratch, *, opts: tiles.Options, rows: int):
   i, j = pl.program_id(2), pl.program_id(3)
 
   @pl.when(j == 0)
@@ -132,7 +132,7 @@ def _query_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_re
   def _accumulate():
     _, k, _, _, ds, spatial_grads = _gradients(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_ref, do_ref,
                                                stats_ref, i, j, opts, rows)
-    dq_scratch[...] += _dot(ds.astype(k.dtype), k)
+    dq_scratch[...] += tiles.dot(ds.astype(k.dtype), k)
     lane = lax.broadcasted_iota(jnp.int32, dqc_ref.shape, 1)
     for r, g in enumerate(spatial_grads):
       dqc_ref[...] += jnp.where(lane == r, jnp.sum(ds * g, axis=1, keepdims=True), 0.0)
@@ -142,7 +142,7 @@ def _query_gradients_kernel(q_ref, k_ref, v_ref, kb_ref, keep_ref, qc_ref, kc_re
     dq_ref[...] = dq_scratch[...].astype(dq_ref.dtype)
 
 
-def _specs(opts: _Options, rows: int, d: int, blocked_first: str):
+def _specs(opts: tiles.Options, rows: int, d: int, blocked_first: str):
   """BlockSpecs of the kernel inputs (q, k, v, k_bias, k_keep, q_coords, k_coords, dO, stats) over the grid
   (batch, heads, a, b) where a indexes query blocks and b key blocks (`blocked_first='queries'`) or the
   reverse ('keys')."""
@@ -165,7 +165,8 @@ def _specs(opts: _Options, rows: int, d: int, blocked_first: str):
               q_spec, lanes])
 
 
-def _call(kernel, blocks: tuple[int, int], in_specs, out_specs, out_shape, scratch, opts: _Options, rows: int):
+def _call(kernel, blocks: tuple[int, int], in_specs, out_specs, out_shape, scratch, opts: tiles.Options,
+          rows: int):
   batch, heads = out_shape[0].shape[:2]
   return pl.pallas_call(
       functools.partial(kernel, opts=opts, rows=rows),
@@ -176,14 +177,15 @@ def _call(kernel, blocks: tuple[int, int], in_specs, out_specs, out_shape, scrat
 
 
 def _layout(q, k, v, k_bias, k_keep, q_coords):
-  """`flash._flash`'s arguments in this kernel's layout."""
+  """The arguments of `flash` in this kernel's layout: q, k, v [batch, heads, len, d], k_bias
+  [batch, heads, 1, m], k_keep [batch, 1, m], the query coordinates as lanes [heads, n, 128]."""
   heads_first = lambda x: jnp.swapaxes(x, 1, 2)
   rows = q_coords.shape[1]
   q_lanes = jnp.pad(jnp.swapaxes(q_coords, 1, 2), ((0, 0), (0, 0), (0, LANES - rows)))  # [heads, n, 128]
   return heads_first(q), heads_first(k), heads_first(v), k_bias[:, :, None, :], k_keep[:, None, :], q_lanes
 
 
-def _forward(laid_out, k_coords, opts: _Options, rows: int):
+def _forward(laid_out, k_coords, opts: tiles.Options, rows: int):
   """`_layout`'s tensors -> out [batch, n, heads, d], stats [batch, heads, n, 128] (lanes: row max, 1 / normaliser)."""
   qt, kt, vt, kb, keep, q_lanes = laid_out
   (batch, heads, n, d), m = qt.shape, kt.shape[2]
@@ -198,8 +200,10 @@ def _forward(laid_out, k_coords, opts: _Options, rows: int):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
-def flash(q, k, v, k_bias, k_keep, q_coords, k_coords, opts: _Options):
-  """`flash._flash` (same arguments and result) on TPU."""
+def flash(q, k, v, k_bias, k_keep, q_coords, k_coords, opts: tiles.Options):
+  """Flash attention on TPU: q [batch, n, heads, d], k, v [batch, m, heads, d], k_bias [batch, heads, m],
+  k_keep [batch, m] (1 = attend), q_coords [heads, rows, n], k_coords [heads, rows, m] (scaled coordinate
+  rows, the last the 0/1 `placed` flag; n, m multiples of the blocks, d of 128) -> [batch, n, heads, d]."""
   return _forward(_layout(q, k, v, k_bias, k_keep, q_coords), k_coords, opts, q_coords.shape[1])[0]
 
 

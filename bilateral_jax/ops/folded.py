@@ -43,13 +43,13 @@ def _head_scale(x) -> jnp.ndarray:
 
 def folded_bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str = "gaussian",
                                spatial: str | None = "gaussian", shift=None, mask=None, is_causal: bool = False,
-                               implementation: str | None = None) -> jnp.ndarray:
+                               backend: str | None = None) -> jnp.ndarray:
   """Equals `explicit_bilateral_attention` (same arguments) where `foldable`; [batch, q_len, heads, head_dim].
 
-  `implementation` goes to `jax.nn.dot_product_attention` ('xla', 'cudnn'), or is 'pallas': the folded q
-  and k then go through the flash kernel (`ops.flash`), memory linear in the length (key-only masks).
-  None: cuDNN where it applies (`cudnn_applies`: a GPU target, bf16/fp16, a folded head <= 128 wide, no
-  mask), else XLA's (which builds the [batch, heads, q_len, k_len] logits).
+  `backend`: what attends with the folded q and k: 'xla' or 'cudnn' (`jax.nn.dot_product_attention`), or
+  'pallas' (the flash kernel, `ops.flash`: memory linear in the length, key-only masks). None: cuDNN where
+  it applies (`cudnn_applies`: a GPU target, bf16/fp16, a folded head <= 128 wide, no mask), else XLA's
+  (which builds the [batch, heads, q_len, k_len] logits).
   """
   if not foldable(spatial, is_causal, q_pos, k_pos):
     raise ValueError(f"spatial={spatial!r} (causal={is_causal}) cannot be folded into q and k; use "
@@ -65,15 +65,15 @@ def folded_bilateral_attention(q, k, v, q_pos, k_pos, *, h_y, h_p, content: str 
     q_parts.append(jnp.broadcast_to(q_feat[None].astype(q.dtype), (batch,) + q_feat.shape))
     k_parts.append(jnp.broadcast_to(k_feat[None].astype(k.dtype), (batch,) + k_feat.shape))
   q_folded, k_folded = jnp.concatenate(q_parts, -1), jnp.concatenate(k_parts, -1)
-  if implementation == "pallas":
+  if backend == "pallas":
     return flash_bilateral_attention(q_folded, k_folded, v, None, None, h_y=jnp.ones((heads,)), h_p=None,
                                      content="dot", spatial=None, mask=mask, is_causal=is_causal)
   width = q_folded.shape[-1]
-  if implementation is None:
-    implementation = "cudnn" if cudnn_applies(q.dtype, width, mask) else "xla"
-  if implementation == "cudnn":
+  if backend is None:
+    backend = "cudnn" if cudnn_applies(q.dtype, width, mask) else "xla"
+  if backend == "cudnn":
     width = -(-width // 8) * 8  # cuDNN wants head dims in multiples of 8
   pad = lambda x: jnp.pad(x, [(0, 0)] * 3 + [(0, width - x.shape[-1])])
   out = jax.nn.dot_product_attention(pad(q_folded), pad(k_folded), pad(v), mask=mask, is_causal=is_causal,
-                                     scale=1.0, implementation=implementation)
+                                     scale=1.0, implementation=backend)
   return out[..., :head_dim]

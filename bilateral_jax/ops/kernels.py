@@ -68,7 +68,7 @@ def content_logits(q, k, *, h_y, content: str = "gaussian") -> jnp.ndarray:
   return logits - 0.5 * jnp.einsum("bmhd,bmhd->bhm", k_wide, k_wide)[..., None, :] * inv_h2
 
 
-def _split_placed(features):
+def split_placed(features):
   """(finite features with placeless rows zeroed, placed mask) for [len, ..., c] -> [len, ...]."""
   placed = ~jnp.any(jnp.isnan(features), axis=-1)
   return jnp.where(placed[..., None], features, 0.0), placed
@@ -159,8 +159,8 @@ def _fold_causal_laplacian(h_before):
 
 
 def _fold_dot(q_pos, k_pos, h_p, heads):
-  q_feat, _ = _split_placed(_features_per_head(jnp.asarray(q_pos), heads))  # [n, h, c]
-  k_feat, _ = _split_placed(_features_per_head(jnp.asarray(k_pos), heads))
+  q_feat, _ = split_placed(_features_per_head(jnp.asarray(q_pos), heads))  # [n, h, c]
+  k_feat, _ = split_placed(_features_per_head(jnp.asarray(k_pos), heads))
   return q_feat / jnp.square(h_p)[None, :, None], k_feat
 
 
@@ -258,8 +258,8 @@ def spatial_logits(q_pos, k_pos, *, h_p, spatial: str = "gaussian", shift=None) 
   heads = h_p.shape[0]
   if kernel.features == "table":
     q_pos, k_pos = _features_per_head(q_pos, heads), _features_per_head(k_pos, heads)
-  q_feat, q_placed = _split_placed(q_pos)
-  k_feat, k_placed = _split_placed(k_pos)
+  q_feat, q_placed = split_placed(q_pos)
+  k_feat, k_placed = split_placed(k_pos)
   term = kernel.logits(q_feat, k_feat, h_p, None if shift is None else at_least_float32(shift))
   if kernel.features == "table":
     pair_placed = q_placed.T[:, :, None] & k_placed.T[:, None, :]  # [heads, n, m]

@@ -1,4 +1,5 @@
-"""`sources.placeholder_split`: an example shaped as each config's data and its info, from the config alone."""
+"""`sources.describe`: each config's data described from the config alone (an example of its shapes, its info,
+what was assumed), against the data itself, reading no file."""
 import importlib
 import sys
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from bilateral_jax import experiments, tasks
-from bilateral_jax.data import sources
+from bilateral_jax.data import core, sources
 from tests.samples import write_cifar100
 from tests.test_training import CONFIGS, LRA_SMALL, small_config
 
@@ -60,46 +61,45 @@ def case_config(case: str, tmp_path) -> ml_collections.ConfigDict:
   return varied
 
 
-def batch_spec(source, transform) -> dict:
-  return {name: (value.shape, value.dtype) for name, value in experiments.example_batch(source, 1, transform).items()}
+def batch_spec(example, transform) -> dict:
+  return {name: (value.shape, value.dtype) for name, value in experiments.example_batch(example, 1, transform).items()}
 
 
 @pytest.mark.parametrize("case", CASES + list(OTHER_DATA))
-def test_placeholder_is_shaped_as_the_data(case, tmp_path):
+def test_the_description_from_the_config_is_shaped_as_the_data(case, tmp_path):
   config = case_config(case, tmp_path)
   task = tasks.get(config.model.name)
+  alone = sources.describe(config)
   for split in dict.fromkeys(("train", config.eval.splits[0])):
-    real = sources.load_split(config.data, split)
-    placeholder, assumed = sources.placeholder_split(config, split)
-    assert len(placeholder) == 1
-    sizes, real_sizes = placeholder.info.model_sizes(), real.info.model_sizes()
+    real = core.Description.of(sources.load_split(config.data, split))
+    assert real.assumed == {}
+    sizes, real_sizes = alone.info.model_sizes(), real.info.model_sizes()
     assert sizes.keys() == real_sizes.keys()
     for field, value in real_sizes.items():
       if config.model.get(field, 0):
-        assert field not in assumed and sizes[field] == value, field
+        assert field not in alone.assumed and sizes[field] == value, field
       else:
-        assert field in assumed or sizes[field] == value, field
+        assert field in alone.assumed or sizes[field] == value, field
     for field in ("image_size", "crop_fraction", "scale_range", "tokenizer"):
-      assert getattr(placeholder.info, field) == getattr(real.info, field), field
-    assert (placeholder.info.image_stats is None) == (real.info.image_stats is None)
+      assert getattr(alone.info, field) == getattr(real.info, field), field
+    assert (alone.info.image_stats is None) == (real.info.image_stats is None)
     if real.info.image_stats is not None:
-      assert [np.shape(s) for s in placeholder.info.image_stats] == [np.shape(s) for s in real.info.image_stats]
-    raw = lambda source: {name: (np.ndim(value), np.asarray(value).dtype) for name, value in source[0].items()}
-    assert raw(placeholder) == raw(real)  # before the transforms, which crop images of any size
+      assert [np.shape(s) for s in alone.info.image_stats] == [np.shape(s) for s in real.info.image_stats]
+    raw = lambda data: {name: (np.ndim(value), np.asarray(value).dtype) for name, value in data.example.items()}
+    assert raw(alone) == raw(real)  # before the transforms, which crop images of any size
     real_transforms = task.transforms(experiments.resolve_from_data(config, real.info), real.info)
-    placeholder_transforms = task.transforms(experiments.resolve_from_data(config, placeholder.info), placeholder.info)
-    for real_transform, placeholder_transform in zip(real_transforms, placeholder_transforms):  # train, eval
-      assert batch_spec(placeholder, placeholder_transform) == batch_spec(real, real_transform), split
+    alone_transforms = task.transforms(experiments.resolve_from_data(config, alone.info), alone.info)
+    for real_transform, alone_transform in zip(real_transforms, alone_transforms):  # train, eval
+      assert batch_spec(alone.example, alone_transform) == batch_spec(real.example, real_transform), split
 
 
-def test_placeholder_assumes_what_only_the_data_knows():
-  assert sources.PLACEHOLDERS.keys() == sources.DATASETS.keys()
+def test_the_description_assumes_what_only_the_data_knows():
   wikitext = importlib.import_module("configs.wikitext103_lm").get_config()
-  _, assumed = sources.placeholder_split(wikitext, "train")
+  assumed = sources.describe(wikitext).assumed
   assert list(assumed) == ["vocab_size"] and "267,736 assumed" in assumed["vocab_size"]
   wikitext.model.vocab_size = 1_000
-  source, assumed = sources.placeholder_split(wikitext, "train")
-  assert assumed == {} and source.info.vocab_size == 1_000
+  described = sources.describe(wikitext)
+  assert described.assumed == {} and described.info.vocab_size == 1_000
 
 
 READS = ("open", "os.listdir", "os.scandir", "glob.glob")
@@ -114,7 +114,7 @@ def _audit(event, args):
 sys.addaudithook(_audit)
 
 
-def test_placeholder_split_reads_no_file(tmp_path):
+def test_describe_reads_no_file(tmp_path):
   """Every config at full size, as shipped and with a data.directory that does not exist, with an
   empty data.tfds_dir: nothing is opened or listed, and the tfds_dir stays empty."""
   global _events
@@ -132,10 +132,11 @@ def test_placeholder_split_reads_no_file(tmp_path):
         config.data.directory = directory
       _events = []
       try:
-        source, assumed = sources.placeholder_split(config, "train")
+        described = sources.describe(config)
       finally:
         events, _events = _events, None
       assert events == [], (case, events)
-      resolved = experiments.resolve_from_data(config, source.info)
-      experiments.example_batch(source, 1, tasks.get(config.model.name).transforms(resolved, source.info)[0])
+      resolved = experiments.resolve_from_data(config, described.info)
+      experiments.example_batch(described.example, 1,
+                                tasks.get(config.model.name).transforms(resolved, described.info)[0])
   assert list(tfds_dir.iterdir()) == []

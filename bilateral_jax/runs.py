@@ -1,8 +1,8 @@
 """What a run keeps in its work directory besides checkpoints and metrics: the lock that makes it the
 only run writing there, and the resolved config it was (last) started with (`DIR/config.json`).
 
-Every path of a run goes through `path`: a local path or any URL that `etils.epath` speaks (`gs://...`),
-so a work directory (or a TFDS data directory) on an object store works wherever a local one does.
+Every path goes through `storage.path`, so a work directory on an object store (`gs://...`) works as a
+local one does.
 """
 from __future__ import annotations
 
@@ -18,27 +18,7 @@ import uuid
 import ml_collections
 from etils import epath
 
-
-def path(location: str | os.PathLike) -> epath.Path:
-  """`location` as an `epath.Path`: a URL (`gs://bucket/run`) as it is, a local path made absolute."""
-  location = epath.Path(location)
-  return location if is_remote(location) else location.absolute()
-
-
-def is_remote(location: str | os.PathLike) -> bool:
-  return "://" in os.fspath(location)
-
-
-def write_whole(target: epath.Path, data: str | bytes) -> None:
-  """Writes `data` at `target` so that a reader never sees half of it: locally through a temporary file
-  renamed over it; on an object store directly (an object is replaced whole when its upload completes)."""
-  write = lambda where: where.write_bytes(data) if isinstance(data, bytes) else where.write_text(data)
-  if is_remote(target):
-    write(target)
-    return
-  tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-  write(tmp)
-  tmp.replace(target)
+from bilateral_jax import storage
 
 
 class WorkdirInUse(RuntimeError):
@@ -57,7 +37,7 @@ class Lock:
   SETTLE_S = 2.0
 
   def __init__(self, workdir: str | os.PathLike):
-    self.path = path(workdir) / "lock"
+    self.path = storage.path(workdir) / "lock"
     self.held = False
     self._stop = threading.Event()
     self._beating: threading.Thread | None = None
@@ -85,7 +65,7 @@ class Lock:
     raise WorkdirInUse(f"could not take {self.path}: another run took it at the same time")
 
   def _claim(self, mine: dict) -> bool:
-    if not is_remote(self.path):
+    if not storage.is_remote(self.path):
       try:
         with open(self.path, "x") as f:
           json.dump(mine, f)
@@ -105,7 +85,7 @@ class Lock:
     while not self._stop.wait(self.HEARTBEAT_S):
       self._mine["heartbeat"] = time.time()
       try:
-        write_whole(self.path, json.dumps(self._mine))
+        storage.write_whole(self.path, json.dumps(self._mine))
       except OSError as error:  # a transient storage error: the next beat tries again
         logging.warning("could not renew %s: %s", self.path, error)
 
@@ -134,7 +114,7 @@ def _running(pid) -> bool:
 
 
 def config_path(workdir: str | os.PathLike) -> epath.Path:
-  return path(workdir) / "config.json"
+  return storage.path(workdir) / "config.json"
 
 
 def _plain(config: ml_collections.ConfigDict) -> dict:
@@ -142,7 +122,7 @@ def _plain(config: ml_collections.ConfigDict) -> dict:
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
-  write_whole(config_path(workdir), json.dumps(_plain(config), indent=2, sort_keys=True) + "\n")
+  storage.write_whole(config_path(workdir), json.dumps(_plain(config), indent=2, sort_keys=True) + "\n")
 
 
 def _tuples(value):
@@ -154,11 +134,16 @@ def _tuples(value):
 
 
 def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict | None:
-  """The config saved by the last run in `workdir` (lists as tuples, as configs write them), or None."""
+  """The config saved by the last run in `workdir` (lists as tuples, as configs write them; a run saved
+  before the rename has its `model.transformer.attention_implementation` read as `attention_path`), or None."""
   saved = config_path(workdir)
   if not saved.is_file():
     return None
-  return ml_collections.ConfigDict(_tuples(json.loads(saved.read_text())))
+  config = json.loads(saved.read_text())
+  transformer = config.get("model", {}).get("transformer", {})
+  if "attention_implementation" in transformer:
+    transformer["attention_path"] = transformer.pop("attention_implementation")
+  return ml_collections.ConfigDict(_tuples(config))
 
 
 def changes(saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict) -> dict[str, tuple]:
