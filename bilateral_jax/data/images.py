@@ -10,7 +10,7 @@ import numpy as np
 from etils import epath
 
 from bilateral_jax import storage
-from bilateral_jax.data import augment, builders, core
+from bilateral_jax.data import augment, builders, core, releases
 
 CIFAR_STATS = {  # per-channel mean and std of the training images
     "cifar10": (np.asarray([0.4914, 0.4822, 0.4465], np.float32), np.asarray([0.2470, 0.2435, 0.2616], np.float32)),
@@ -22,10 +22,10 @@ def cifar_part(name: str, config: ml_collections.ConfigDict, tfds_split: str):
   `cifar10`/`cifar100` in `data.tfds_dir`."""
   if not config.directory:
     return core.catalog_source(name, config, tfds_split)
-  train_files, test_files, _, _ = builders.CIFAR_FILES[name]
+  train_files, test_files, _, _ = releases.CIFAR_FILES[name]
   core.require_files(storage.path(config.directory), train_files + test_files, name.upper(),
                  f"the '{name.upper()} python version' archive, extracted")
-  return builders.converted(name, config.directory, config.tfds_dir, tfds_split)
+  return releases.converted(name, config.directory, config.tfds_dir, tfds_split)
 
 
 def images_and_labels(source, indices) -> tuple[np.ndarray, np.ndarray]:
@@ -35,7 +35,7 @@ def images_and_labels(source, indices) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cifar_info(name: str) -> core.DatasetInfo:
-  return core.DatasetInfo(num_classes=builders.CIFAR_FILES[name][3], image_stats=CIFAR_STATS[name], image_size=32)
+  return core.DatasetInfo(num_classes=releases.CIFAR_FILES[name][3], image_stats=CIFAR_STATS[name], image_size=32)
 
 
 def _cifar(name: str):

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 
 from bilateral_jax import storage
-from bilateral_jax.data import builders, core, images, listops, pathfinder
+from bilateral_jax.data import builders, core, images, listops, pathfinder, releases
 
 def _listops(config: ml_collections.ConfigDict, split: str, builder_config) -> core.PaddedSource:
   builder = builders.prepare(builders.ListOps, builder_config, config.tfds_dir)
@@ -55,7 +55,7 @@ def lra_text(config: ml_collections.ConfigDict, split: str) -> core.ArraySource:
     if missing:
       raise FileNotFoundError(f"LRA Text: {', '.join(missing)} not found; data.directory must be the "
                               "extracted aclImdb folder (train/ and test/, each with pos/ and neg/)")
-    load_part = lambda part: builders.converted("aclimdb", config.directory, config.tfds_dir, part)
+    load_part = lambda part: releases.converted("aclimdb", config.directory, config.tfds_dir, part)
   else:
     load_part = lambda part: core.catalog_source("imdb_reviews", config, part)
   if config.validation_from == "test":
@@ -72,12 +72,12 @@ def lra_retrieval(config: ml_collections.ConfigDict, split: str) -> core.Decoded
   `label\tid1\tid2\ttext1\ttext2`; inputs [2, max_length] bytes, label 1 if the first paper cites the second.
   Read lazily from the TFDS source: an example is tokenised when the pipeline reads it (AAN's train split
   would be about 4.7 GB as int32 arrays)."""
-  core.require_files(storage.path(config.directory), list(builders.AAN_FILES.values()), "LRA Retrieval",
+  core.require_files(storage.path(config.directory), list(releases.AAN_FILES.values()), "LRA Retrieval",
                  "lra_release/tsv_data of the LRA release")
-  source = builders.converted("aan", config.directory, config.tfds_dir, split)
+  source = releases.converted("aan", config.directory, config.tfds_dir, split)
 
   def pair(index: int) -> dict[str, np.ndarray]:
-    example, where = source[index], f"{builders.AAN_FILES[split]} pair {index}"
+    example, where = source[index], f"{releases.AAN_FILES[split]} pair {index}"
     inputs = np.stack([core.fit_length(builders.byte_ids(example[part]), config.max_length, config.overlength, where)
                        for part in ("first", "second")])
     return {"inputs": inputs, "label": np.int32(example["label"]), "weight": np.float32(1.0)}
@@ -117,7 +117,7 @@ def lra_pathfinder(config: ml_collections.ConfigDict, split: str) -> core.Decode
   <index> <label> ...`. Split as LRA's: the first 80% train, next 10% validation, last 10% test, then
   empty images dropped. Images (grayscale PNG, side x side) become side^2 pixel ids 1..256, when the
   pipeline reads them (only the indices of the non-empty images are kept in memory)."""
-  difficulties = builders.PATHFINDER_DIFFICULTIES
+  difficulties = releases.PATHFINDER_DIFFICULTIES
   if config.difficulty not in difficulties:
     raise ValueError(f"data.difficulty={config.difficulty!r} is not one of: {', '.join(difficulties)} "
                      "(LRA's easy, intermediate, hard)")
@@ -125,7 +125,7 @@ def lra_pathfinder(config: ml_collections.ConfigDict, split: str) -> core.Decode
   if not ((root / "metadata").is_dir() and any((root / "metadata").glob("*.npy"))):
     raise FileNotFoundError(f"LRA Pathfinder: no metadata/*.npy under {root}; data.directory must hold "
                             f"{'/'.join(difficulties.values())} from lra_release/pathfinder{{32,64,128}}")
-  source = PixelSource(builders.converted("pathfinder", str(root), config.tfds_dir, LRA_PATHFINDER_SPLITS[split]),
+  source = PixelSource(releases.converted("pathfinder", str(root), config.tfds_dir, LRA_PATHFINDER_SPLITS[split]),
                        num_classes=2)
   kept = [index for index in range(len(source)) if source.source[index]["image"].size]  # indices only, not pixels
   return core.DecodedSource(kept, source.__getitem__, source.info)
