@@ -5,12 +5,8 @@ optimisation passes (test shapes are tiny; this halves compile time and changes 
 is trained once per worker (session fixtures such as `trained_tiny_run`), and compiled programs are shared
 through one persistent compilation cache for the session and the processes it starts. No test waits on
 the clock: each waits for an event (a checkpoint on disk, a log line, a server's answer) and fails saying
-which did not happen. Tests run longest first (tests/durations.json, written by `pytest -n auto tests
---store-durations`), so that the workers finish together instead of one waiting on the last long test."""
-import collections
-import json
+which did not happen."""
 import os
-import pathlib
 import tempfile
 
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8",
@@ -23,31 +19,6 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jax-
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
 import pytest  # noqa: E402  (after the XLA settings above)
-
-DURATIONS = pathlib.Path(__file__).with_name("durations.json")
-_seconds: collections.Counter = collections.Counter()
-
-
-def pytest_addoption(parser):
-  parser.addoption("--store-durations", action="store_true",
-                   help="write each test's seconds (setup, call, teardown) to tests/durations.json")
-
-
-def pytest_collection_modifyitems(config, items):
-  """The longest tests first (xdist hands them out in this order); tests not in the file keep their order,
-  after the others."""
-  known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
-  items.sort(key=lambda item: -known.get(item.nodeid, 0.0))
-
-
-def pytest_runtest_logreport(report):
-  _seconds[report.nodeid] += report.duration
-
-
-def pytest_sessionfinish(session):
-  if session.config.getoption("store_durations") and not hasattr(session.config, "workerinput"):  # the controller
-    DURATIONS.write_text(json.dumps({nodeid: round(seconds, 2) for nodeid, seconds in sorted(_seconds.items())},
-                                    indent=0) + "\n")
 
 
 @pytest.fixture(scope="session")
