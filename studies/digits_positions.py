@@ -1,5 +1,5 @@
 """Which reading of position serves the digits ViT (configs/digits_vit.py: 2 layers, a 4 x 4 patch grid
-plus CLS), every variant with the standard residual so that only the position scheme differs.
+plus CLS), every variant with the standard residual.
 
     python study.py --config configs/digits_vit.py --variants studies/digits_positions.py \
         --seeds 0,1,2,3,4 --workdir runs/study_digits_positions --attacks fgsm,pgd,reflect \
@@ -15,7 +15,8 @@ Results: docs/results.md, "Position schemes: the digits ViT".
 """
 
 # Shared by every variant and pinned, so that the study does not move when the shipped config does: the
-# standard residual (only the position scheme differs) and the isotropic kernels' bandwidths.
+# standard residual (BSA variants also differ in their content kernel: docs/results.md) and the isotropic
+# kernels' bandwidths.
 STANDARD_RESIDUAL = {"residual": "standard", "spatial": "gaussian", "spatial_bandwidth_range": (0.5, 4.0)}
 
 VARIANTS = {

@@ -1,6 +1,5 @@
 """Which reading of position serves ListOps (configs/default.py: 2 layers of width 64, mean pooling,
-expressions of depth <= 3 as LRA tokenises them), every variant with the standard residual so that only
-the position scheme differs.
+expressions of depth <= 3 as LRA tokenises them), every variant with the standard residual.
 
     python study.py --config configs/default.py --variants studies/listops_positions.py \
         --seeds 0,1,2,3,4 --workdir runs/study_listops_positions --attacks pgd,reflect --epsilons 0.02
@@ -14,7 +13,8 @@ Results: docs/results.md, "Position schemes: ListOps".
 """
 
 # Shared by every variant and pinned, so that the study does not move when the shipped config does: the
-# standard residual (only the position scheme differs) and the isotropic kernels' bandwidths.
+# standard residual (BSA variants also differ in their content kernel: docs/results.md) and the isotropic
+# kernels' bandwidths.
 STANDARD_RESIDUAL = {"residual": "standard", "spatial": "gaussian", "spatial_bandwidth_range": (1.0, 32.0)}
 
 VARIANTS = {

@@ -1,6 +1,5 @@
 """Which position scheme serves the character LM (configs/shakespeare_char_lm.py:small: 2 layers of width
-64, 4 heads, context 64, 600 steps of 32), every variant with the standard residual so that only the
-position scheme differs.
+64, 4 heads, context 64, 600 steps of 32), every variant with the standard residual.
 
     python study.py --config configs/shakespeare_char_lm.py:small --variants studies/shakespeare_positions.py \
         --seeds 0,1,2,3,4 --workdir runs/study_shakespeare_positions
@@ -14,7 +13,7 @@ Results: docs/results.md, "Position schemes: the Shakespeare character LM".
 """
 
 # Shared by every variant and pinned, so that the study does not move when the shipped config does: the
-# standard residual (only the position scheme differs).
+# standard residual (BSA variants also differ in their content kernel: docs/results.md).
 STANDARD_RESIDUAL = {"residual": "standard"}
 
 VARIANTS = {
