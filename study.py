@@ -191,8 +191,8 @@ def main(argv):
   seeds = [int(seed) for seed in cli.FLAGS.seeds]
   attacks, settings = cli.attack_settings(task, seed=0)
   attacks = attacks or task.attacks
-  study = comparisons.select(comparisons.load(cli.FLAGS.variants) if cli.FLAGS.variants else ABLATION, cli.FLAGS.variant,
-                         cli.FLAGS.baseline)
+  study = comparisons.load(cli.FLAGS.variants) if cli.FLAGS.variants else ABLATION
+  study = comparisons.select(study, cli.FLAGS.variant, cli.FLAGS.baseline)
   configs = variant_configs(base, study)
   split, metric = base.eval.splits[-1], robustness.headline(task)
   results: dict[str, dict[int, dict]] = {}

@@ -94,7 +94,8 @@ def measure_input(experiment, examples: int) -> dict:
 
   config = experiment.config
   start = time.perf_counter()
-  batches = pipeline.train_batches(sources.shared_split(config.data, "train"), global_batch=config.train.batch_size, seed=0,
+  train = sources.shared_split(config.data, "train")
+  batches = pipeline.train_batches(train, global_batch=config.train.batch_size, seed=0,
                                    process_index=jax.process_index(), process_count=jax.process_count(),
                                    transform=experiment.train_transform, repeats=config.augment.repeats)
   dataset = batch_dataset(batches)

@@ -35,7 +35,8 @@ def main():
     config = default.get_config()
     config.model.transformer.update(overrides)
     experiment = experiments.Experiment(config, sources.describe_split(config.data, "train"))
-    batches = pipeline.train_batches(sources.shared_split(config.data, "train"), global_batch=config.train.batch_size, seed=0,
+    train = sources.shared_split(config.data, "train")
+    batches = pipeline.train_batches(train, global_batch=config.train.batch_size, seed=0,
                                      transform=experiment.train_transform)
     data = [parallel.global_batch(next(batches), experiment.mesh) for _ in range(args.steps)]
     state = experiment.init(jax.random.key(0))

@@ -97,7 +97,8 @@ def test_every_shipped_config_and_dataset_generated_here_is_pinned():
 
 if __name__ == "__main__":  # python -m tests.test_initialisation: record the current values
   with tempfile.TemporaryDirectory() as samples:
-    record = {"parameters": {case: initial_parameters(case_config(case, pathlib.Path(samples) / case)) for case in CASES},
+    record = {"parameters": {case: initial_parameters(case_config(case, pathlib.Path(samples) / case))
+                             for case in CASES},
               "full_size_shapes": {case: full_size_shapes(case) for case in CASES},
               "first_batch": {dataset: first_batch(dataset) for dataset in sorted(GENERATED)}}
   PINNED.write_text(json.dumps(record, indent=1) + "\n")

@@ -101,7 +101,8 @@ def test_init_from_restores_a_vit_encoder_into_a_segmenter_and_names_the_new_dec
   capsys.readouterr()
   params = trainer.initialise_from(experiment, fresh, str(tmp_path / "vit"))
   printed = capsys.readouterr().out
-  vit_params = trainer.restore_params(vit, str(tmp_path / "vit"), sources.describe_split(vit.data, "validation"), best=True)[2]
+  vit_data = sources.describe_split(vit.data, "validation")
+  vit_params = trainer.restore_params(vit, str(tmp_path / "vit"), vit_data, best=True)[2]
   for restored, trained in zip(jax.tree.leaves(params["transformer"]), jax.tree.leaves(vit_params["transformer"])):
     np.testing.assert_array_equal(restored, trained)
   np.testing.assert_array_equal(params["patches"]["patch_embed"]["kernel"],

@@ -78,7 +78,8 @@ def test_study_files_and_variant_configs(tmp_path):
   assert config.model.pooling == "mean" and config.model.transformer.attention == "bilateral"
   assert base.model.pooling == "cls"  # the base is copied, not changed
   for name, overrides in common.ABLATION.items():  # the default study: plain TransformerConfig field names
-    assert comparisons.variant_config(tiny_config(), name, overrides).model.transformer.residual == overrides["residual"]
+    variant = comparisons.variant_config(tiny_config(), name, overrides)
+    assert variant.model.transformer.residual == overrides["residual"]
   with pytest.raises(ValueError, match="study variant 'x': unknown config key 'attenton'"):
     comparisons.variant_config(base, "x", {"attenton": "rope"})
   with pytest.raises(ValueError, match=r"unknown config key 'model.poling' \(no config.model.poling\)"):

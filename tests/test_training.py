@@ -554,7 +554,8 @@ def test_fsdp_mesh_and_bfloat16_train_and_restore_onto_another_mesh(tmp_path, ca
   experiment = experiments.Experiment(fsdp, sources.describe(fsdp))
   sharded = [s for s in jax.tree.leaves(experiment.state_sharding) if "fsdp" in str(s.spec)]
   assert sharded, "no parameter is sharded over the fsdp axis"
-  default_minimum = experiments.Experiment(tiny_config(**{"mesh.data": 4, "mesh.fsdp": 2}), experiment.data).state_sharding
+  default_minimum = experiments.Experiment(tiny_config(**{"mesh.data": 4, "mesh.fsdp": 2}),
+                                           experiment.data).state_sharding
   assert not any("fsdp" in str(s.spec) for s in jax.tree.leaves(default_minimum))  # all under 2**14 elements
   np.testing.assert_allclose([m["loss"] for m in read_metrics(tmp_path / "fsdp")],
                              [m["loss"] for m in read_metrics(data_only)], rtol=2e-5)
@@ -721,7 +722,8 @@ def test_a_trained_model_restores_from_its_saved_config_with_no_dataset_present(
   tfds_dir = tmp_path / "tfds"
   trainer.train_and_evaluate(tiny_config(**{"data.tfds_dir": str(tfds_dir)}), str(tmp_path / "run"))
   config = runs.load_config(tmp_path / "run")
-  with_data, step, params = trainer.restore_params(config, str(tmp_path / "run"), sources.describe_split(config.data, config.eval.splits[0]))
+  data = sources.describe_split(config.data, config.eval.splits[0])
+  with_data, step, params = trainer.restore_params(config, str(tmp_path / "run"), data)
   batch = experiments.example_batch(with_data.data.example, 4, with_data.eval_transform)
   batch["inputs"] = np.random.default_rng(0).integers(1, config.model.vocab_size, batch["inputs"].shape)
   expected = with_data.model.apply({"params": params}, batch["inputs"])
