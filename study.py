@@ -2,7 +2,11 @@
 
     python study.py --config configs/X.py --workdir runs/study_X [--variants studies/Y.py] [--variant NAME ...]
         [--baseline NAME] [--seeds 0,1,2,3,4] [--nopaired] [--attacks fgsm,pgd] [--config.<field>=...]
-        [attack flags as eval.py's]
+        [attack flags as eval.py's] [--evaluation NAME] [--transfer]
+
+A masking check (docs/method.md section 4) of a finished study, in its own files beside the study's:
+    python study.py ... --evaluation masking --attacks pgd --pgd_steps 100 --pgd_restarts 5 \
+        --epsilons 8,16,32,64 --transfer
 
 --variants: a study file (`bilateral_jax/comparisons.py`): Python defining `VARIANTS = {name: {key: value}}` (its
 docstring says the command and what it measures) or a JSON object of the same; a key is a dotted config
@@ -23,11 +27,14 @@ diagnostics; the Segmenter's decoder apart), then writes that run's `result.json
 diagnostics settings changed; a run trained with other settings, of its variant or of the base config,
 is refused). An interrupted study
 continues where it stopped. Then: WORKDIR/summary.json, summary.md (mean ± std over seeds per variant and
-quantity; each variant's difference from the baseline with its 95% confidence interval and p-value,
-paired by seed by default (every variant runs the same seeds, and a seed fixes the data order and the
-initialisation seed), Welch's t-test with --nopaired; a difference holds only when its interval excludes
-0 with >= 5 seeds per variant) and plots (curves.png, robustness.png, snr.png, uniformity.png, and grc_t.png: the learned GRC t per layer). One
-process, runs one after the other.
+quantity, and each variant's parameter count; each variant's difference from the baseline with its 95%
+confidence interval and p-value, paired by seed by default (every variant runs the same seeds, and a seed
+fixes the data order and the initialisation seed), Welch's t-test with --nopaired; a difference holds only
+on the study file's PRIMARY quantity (default: the task's headline metric), when its Holm-adjusted
+p-value over the comparisons with the baseline is below 0.05 with >= 5 seeds per variant; the other
+quantities are secondary) and plots (curves.png, robustness.png, snr.png, uniformity.png, and grc_t.png:
+the learned GRC t per layer). summary.json records the commit, the per-seed values and the split of
+the depth diagnostics (the first eval split). One process, runs one after the other.
 """
 import dataclasses
 import json
@@ -51,6 +58,11 @@ flags.DEFINE_string("variants", None, "Study file (.py defining VARIANTS, or .js
                     "baseline first; default: the 2 x 2 of configs/common.py ABLATION.")
 flags.DEFINE_multi_string("variant", [], "Run only this variant of the study (repeatable); the baseline always runs.")
 flags.DEFINE_string("baseline", None, "The variant every other is compared with (default: the study's first).")
+flags.DEFINE_string("evaluation", "", "Name another evaluation of the study's runs (e.g. a masking check with other "
+                    "attack settings): each run's result_NAME.json, and evaluation_NAME/ for the summary and plots; "
+                    "the study's own results stay as they are. Default: the study's own (result.json).")
+flags.DEFINE_bool("transfer", False, "Also attack each variant with FGSM/PGD perturbations crafted on the baseline's run "
+                  "of the same seed (transfer attacks; image tasks).")
 flags.DEFINE_bool("paired", True, "Compare each variant with the baseline by a t-test paired by seed (--nopaired: "
                   "Welch's t-test).")
 cli.define_attack_flags()
@@ -58,7 +70,7 @@ flags.adopt_module_key_flags(cli)
 
 ABLATION = comparisons.Study(dict(common.ABLATION), "The paper's 2 x 2: standard attention or BSA x the standard "
                          "residual or GRC.", "configs/common.py ABLATION")
-MEASUREMENTS = 2  # the version of the evaluation's definitions (docs/method.md section 4): older results are redone
+MEASUREMENTS = 3  # the version of the evaluation's definitions (docs/method.md section 4): older results are redone
 
 
 def slug(variant: str) -> str:
@@ -80,8 +92,14 @@ def trained_otherwise(run_dir: epath.Path, config) -> dict:
           and not from_data(field, now)}
 
 
-def run_one(config, run_dir: epath.Path, attacks, settings, overrides: dict) -> dict:
-  """Trains (or resumes) one run, evaluates it, and writes its result.json."""
+def result_file(run_dir: epath.Path) -> epath.Path:
+  """Where a run's result of this evaluation (--evaluation) is written."""
+  return run_dir / (f"result_{cli.FLAGS.evaluation}.json" if cli.FLAGS.evaluation else "result.json")
+
+
+def run_one(config, run_dir: epath.Path, attacks, settings, overrides: dict, source_dir: epath.Path | None) -> dict:
+  """Trains (or resumes) one run, evaluates it (under transfer attacks crafted on the run in `source_dir`
+  too, when given), and writes its result file."""
   start = time.perf_counter()
   final = trainer.train_and_evaluate(config, str(run_dir))
   trained = time.perf_counter() - start
@@ -90,14 +108,21 @@ def run_one(config, run_dir: epath.Path, attacks, settings, overrides: dict) -> 
   result = {"step": step, "results": final}
   split = experiment.config.eval.splits[-1]  # the attacks on the split the summary reports
   result["attacks"] = {split: robustness.evaluate(experiment, params, split, attacks, settings)} if attacks else {}
+  if source_dir is not None:
+    source, _, source_params = trainer.restore_params(runs.load_config(source_dir), str(source_dir), data)
+    crafted = tuple(attack for attack in attacks if attack in robustness.IMAGE_ATTACKS)
+    result["transfer"] = {split: robustness.evaluate(experiment, params, split, crafted, settings,
+                                                     crafted_by=(source.model, source_params))}
   inputs = diagnostics.eval_inputs(experiment, cli.FLAGS.examples)
   result["depth"] = diagnostics.depth_profile(experiment.model, jax.device_get(params), inputs,
                                               noise=cli.FLAGS.noise, seed=config.seed)
+  result["depth"]["split"] = experiment.config.eval.splits[0]  # where eval_inputs reads
+  result["parameters"] = int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
   result["grc_t"] = grc_t(params)
   result["seconds"] = {"train": trained, "total": time.perf_counter() - start}
   result["evaluated_with"] = evaluated_with(attacks, settings)
   result["overrides"] = as_json(overrides)
-  storage.write_whole(run_dir / "result.json", json.dumps(result, indent=2))  # an interruption leaves no half file
+  storage.write_whole(result_file(run_dir), json.dumps(result, indent=2))  # an interruption leaves no half file
   return result
 
 
@@ -114,7 +139,8 @@ def grc_t(params) -> dict[str, list[float]]:
 def evaluated_with(attacks, settings) -> dict:
   """What a run's evaluation depends on besides its checkpoint: a done run evaluated otherwise is redone."""
   return {"attacks": list(attacks), "attack_settings": dataclasses.asdict(settings) | {"epsilons": list(settings.epsilons)},
-          "examples": cli.FLAGS.examples, "noise": cli.FLAGS.noise, "measurements": MEASUREMENTS}
+          "examples": cli.FLAGS.examples, "noise": cli.FLAGS.noise, "measurements": MEASUREMENTS,
+          "transfer": cli.FLAGS.transfer}
 
 
 def as_json(value):
@@ -136,9 +162,10 @@ def mean_rows(runs: list[list[dict]]) -> list[dict]:
   return out
 
 
-def plot(root: epath.Path, results: dict, split: str, metric: str) -> None:
+def plot(root: epath.Path, out: epath.Path, results: dict, split: str, metric: str) -> None:
+  """The study's plots of the runs under `root`, into `out`."""
   plots.curves({variant: mean_rows([metric_writer.read(root / slug(variant) / f"seed_{seed}") for seed in by_seed])
-                for variant, by_seed in results.items()}, root / "curves.png")
+                for variant, by_seed in results.items()}, out / "curves.png")
   attacked, depth, learned_t = {}, {"snr_db": {}, "token_uniformity": {}}, {}
   spread = lambda values: values.std(0, ddof=1) if len(values) > 1 else None
   for variant, by_seed in results.items():
@@ -157,13 +184,13 @@ def plot(root: epath.Path, results: dict, split: str, metric: str) -> None:
       values = np.asarray([r["grc_t"][sublayer] for r in runs])
       learned_t[f"{variant}, {sublayer}"] = (list(range(values.shape[1])), values.mean(0), spread(values))
   if attacked:
-    plots.against(attacked, root / "robustness.png", xlabel="attack strength (0: clean)", ylabel=metric,
+    plots.against(attacked, out / "robustness.png", xlabel="attack strength (0: clean)", ylabel=metric,
                   title=f"{split}: mean ± std over seeds")
-  plots.against(depth["snr_db"], root / "snr.png", xlabel="layer (0 = Y_0)", ylabel="SNR (dB)")
-  plots.against(depth["token_uniformity"], root / "uniformity.png", xlabel="layer (0 = Y_0)",
+  plots.against(depth["snr_db"], out / "snr.png", xlabel="layer (0 = Y_0)", ylabel="SNR (dB)")
+  plots.against(depth["token_uniformity"], out / "uniformity.png", xlabel="layer (0 = Y_0)",
                 ylabel="mean pairwise cosine")
   if learned_t:
-    plots.against(learned_t, root / "grc_t.png", xlabel="layer", ylabel="learned GRC t")
+    plots.against(learned_t, out / "grc_t.png", xlabel="layer", ylabel="learned GRC t")
 
 
 def variant_configs(base, study: comparisons.Study) -> dict:
@@ -186,11 +213,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   root = storage.path(cli.set_up())
+  out = root / f"evaluation_{cli.FLAGS.evaluation}" if cli.FLAGS.evaluation else root
   base = cli.FLAGS.config
   task = tasks.get(base.model.name)
   seeds = [int(seed) for seed in cli.FLAGS.seeds]
   attacks, settings = cli.attack_settings(task, seed=0)
   attacks = attacks or task.attacks
+  if cli.FLAGS.transfer and task.inputs != "images":
+    raise ValueError(f"--transfer: transfer attacks need image inputs, and {base.model.name!r} reads {task.inputs}")
   study = comparisons.load(cli.FLAGS.variants) if cli.FLAGS.variants else ABLATION
   study = comparisons.select(study, cli.FLAGS.variant, cli.FLAGS.baseline)
   configs = variant_configs(base, study)
@@ -201,7 +231,8 @@ def main(argv):
     overrides = study.variants[variant]
     for seed in seeds:
       run_dir = root / slug(variant) / f"seed_{seed}"
-      done = run_dir / "result.json"
+      done = result_file(run_dir)
+      source_dir = root / slug(study.baseline) / f"seed_{seed}" if cli.FLAGS.transfer and variant != study.baseline else None
       config = variant_config.copy_and_resolve_references()
       config.seed = seed
       if done.exists():
@@ -218,24 +249,31 @@ def main(argv):
         print(f"{variant}, seed {seed}: evaluated with other attacks or diagnostics settings; evaluating again",
               flush=True)
       print(f"\n=== {variant}, seed {seed} -> {run_dir}", flush=True)
-      results[variant][seed] = run_one(config, run_dir, attacks, settings, overrides)
+      results[variant][seed] = run_one(config, run_dir, attacks, settings, overrides, source_dir)
   per_seed = {variant: {seed: comparisons.run_scalars(result, split, metric) for seed, result in by_seed.items()}
               for variant, by_seed in results.items()}
-  summary = comparisons.summarize(per_seed, paired=cli.FLAGS.paired)
+  primary = study.primary or metric
+  summary = comparisons.summarize(per_seed, primary=primary, paired=cli.FLAGS.paired)
+  parameters = {variant: next(iter(by_seed.values()))["parameters"] for variant, by_seed in results.items()}
+  depth_split = next(iter(next(iter(results.values())).values()))["depth"]["split"]
   seconds = sum(r["seconds"]["total"] for by_seed in results.values() for r in by_seed.values())
   record = {"config": cli.config_flags.get_config_filename(cli.FLAGS["config"]), "study": study.source,
             "description": study.description, "baseline": study.baseline, "overrides": study.variants,
-            "seeds": seeds, "paired": cli.FLAGS.paired, "split": split, "attacks": list(attacks),
+            "commit": runs.commit(), "primary": primary, "parameters": parameters,
+            "seeds": seeds, "paired": cli.FLAGS.paired, "split": split, "depth_split": depth_split,
+            "attacks": list(attacks),
             "attack_settings": dataclasses.asdict(settings), "seconds": seconds,
             "devices": f"{jax.device_count()} {jax.devices()[0].platform}", "variants": summary}
-  (root / "summary.json").write_text(json.dumps(record, indent=2))
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "summary.json").write_text(json.dumps(record, indent=2))
   text = comparisons.markdown(summary, title=f"Study of {record['config']} ({study.source})", split=split, seeds=seeds,
-                          description=study.description) + (
-      f"\nWall time of all runs (train, evaluation, attacks, diagnostics): {seconds / 60:.1f} min on "
-      f"{record['devices']}.\n")
-  (root / "summary.md").write_text(text)
-  plot(root, results, split, metric)
-  print("\n" + text + f"\nwritten to {root}")
+                             primary=primary, parameters=parameters, description=study.description) + (
+      f"\nSNR and uniformity: the first {cli.FLAGS.examples} examples of the {depth_split} split. Wall time of all "
+      f"runs (train, evaluation, attacks, diagnostics): {seconds / 60:.1f} min on {record['devices']}; commit "
+      f"{record['commit']}.\n")
+  (out / "summary.md").write_text(text)
+  plot(root, out, results, split, metric)
+  print("\n" + text + f"\nwritten to {out}")
 
 
 if __name__ == "__main__":

@@ -170,6 +170,8 @@ def define_attack_flags() -> None:
   flags.DEFINE_integer("pgd_steps", 20, "PGD steps.")
   flags.DEFINE_float("pgd_step_fraction", 0.15, "PGD step size as a fraction of epsilon.")
   flags.DEFINE_bool("random_start", True, "PGD starts at a uniform random point of the ball.")
+  flags.DEFINE_integer("pgd_restarts", 1, "PGD runs from this many random starts; each example keeps the one of "
+                       "the highest loss.")
   flags.DEFINE_float("contamination", 0.015, "Fraction of the eligible words swapped (language models).")
   flags.DEFINE_enum("replacement", "oov", ["oov", "random"], "Contamination: a word outside the vocabulary, or "
                     "a random vocabulary word.")
@@ -181,6 +183,6 @@ def attack_settings(task, seed: int):
   epsilons = task.epsilons if FLAGS.epsilons is None else tuple(float(e) for e in FLAGS.epsilons)
   settings = robustness.AttackSettings(
       epsilons=epsilons, convention=FLAGS.attack_convention, pgd_steps=FLAGS.pgd_steps,
-      pgd_step_fraction=FLAGS.pgd_step_fraction, random_start=FLAGS.random_start,
+      pgd_step_fraction=FLAGS.pgd_step_fraction, random_start=FLAGS.random_start, pgd_restarts=FLAGS.pgd_restarts,
       contamination=FLAGS.contamination, replacement=FLAGS.replacement, seed=seed)
   return tuple(FLAGS.attacks), settings

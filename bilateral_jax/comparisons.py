@@ -32,10 +32,12 @@ CONFIDENCE = 0.95
 @dataclasses.dataclass(frozen=True)
 class Study:
   """variants: name -> config overrides, the baseline first; description: what the study measures;
-  source: where the variants come from."""
+  source: where the variants come from; primary: the quantity named in advance on which a difference
+  "holds" (Holm over the comparisons with the baseline; None: the task's headline metric)."""
   variants: dict[str, dict]
   description: str = ""
   source: str = ""
+  primary: str | None = None
 
   @property
   def baseline(self) -> str:
@@ -51,10 +53,10 @@ def load(path: str | pathlib.Path) -> Study:
     namespace = runpy.run_path(str(path))
     if "VARIANTS" not in namespace:
       raise ValueError(f"study file {path} defines no VARIANTS")
-    variants, description = namespace["VARIANTS"], namespace.get("__doc__") or ""
+    variants, description, primary = namespace["VARIANTS"], namespace.get("__doc__") or "", namespace.get("PRIMARY")
   elif path.suffix == ".json":
     try:
-      variants, description = json.loads(path.read_text()), ""
+      variants, description, primary = json.loads(path.read_text()), "", None
     except json.JSONDecodeError as error:
       raise ValueError(f"study file {path} is not valid JSON: {error}") from None
   else:
@@ -64,7 +66,9 @@ def load(path: str | pathlib.Path) -> Study:
   for name, overrides in variants.items():
     if not isinstance(name, str) or not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
       raise ValueError(f"study file {path}: variant {name!r} must map a name to {{config key: value}}")
-  return Study(dict(variants), description.strip(), str(path))
+  if primary is not None and not isinstance(primary, str):
+    raise ValueError(f"study file {path}: PRIMARY must name one quantity, got {primary!r}")
+  return Study(dict(variants), description.strip(), str(path), primary)
 
 
 def select(study: Study, names, baseline: str | None = None) -> Study:
@@ -106,19 +110,28 @@ def variant_config(base: ml_collections.ConfigDict, name: str, overrides: dict) 
 def run_scalars(result: dict, split: str, metric: str) -> dict[str, float | None]:
   """The numbers a run is summarised by: clean metrics of `split`; per attack and strength the attacked
   `metric` and beside it the attack's success rate on the clean-correct examples (or, contamination, the
-  perplexity over the uncontaminated targets); SNR and token uniformity at the last layer (of the
-  decoder too, for the Segmenter)."""
+  perplexity over the uncontaminated targets), the same for transfer attacks (`transferred`); the SNR of the readout vector (CLS pooling) and SNR and
+  token uniformity at the last layer the readout reads (`diagnostics.depth_profile`: L - 1 with CLS
+  pooling, else L); the decoder's at its last layer, for the Segmenter."""
   out = {name: value for name, value in result["results"][split].items() if name != "examples"}
   for attack, by_strength in result["attacks"].get(split, {}).items():
     beside = robustness.companion(attack)
     label = "uncontaminated perplexity" if beside == "uncontaminated_perplexity" else "success rate"
     for strength, values in by_strength.items():
       out |= {f"{attack} {strength}": values[metric], f"{attack} {strength} {label}": values.get(beside)}
+  for attack, by_strength in result.get("transfer", {}).get(split, {}).items():
+    for strength, values in by_strength.items():
+      out |= {f"{attack} {strength} transferred": values[metric],
+              f"{attack} {strength} transferred success rate": values["attack_success_rate"]}
   depth = result["depth"]
-  for prefix, profile in (("", depth), ("decoder ", depth.get("decoder"))):
-    if profile is not None:
-      out[f"{prefix}SNR dB (last layer)"] = profile["snr_db"][-1]
-      out[f"{prefix}uniformity (last layer)"] = profile["token_uniformity"][-1]
+  read = depth["read_layer"]
+  if depth["readout_snr_db"] is not None:
+    out["SNR dB (readout)"] = depth["readout_snr_db"]
+  out[f"SNR dB (layer {read})"] = depth["snr_db"][read]
+  out[f"uniformity (layer {read})"] = depth["token_uniformity"][read]
+  if "decoder" in depth:
+    out["decoder SNR dB (last layer)"] = depth["decoder"]["snr_db"][-1]
+    out["decoder uniformity (last layer)"] = depth["decoder"]["token_uniformity"][-1]
   return out
 
 
@@ -150,23 +163,43 @@ def compare(values: dict[int, float], baseline: dict[int, float], *, paired: boo
   return out | {"ci95": [difference - half, difference + half], "p_value": p_value}
 
 
-def verdict(comparison: dict) -> str:
-  """`holds` (the interval excludes 0, >= MIN_SEEDS_FOR_A_CLAIM seeds), `excludes 0, too few seeds`,
-  `includes 0`, or `n/a` (no interval: one seed)."""
+def holm(p_values: dict[str, float | None]) -> dict[str, float | None]:
+  """Holm's step-down adjustment of a family of p-values ({name: p}; None: not tested, left out) ->
+  {name: adjusted p}: the i-th smallest of m becomes max over j <= i of min(1, (m - j + 1) p_(j))."""
+  tested = sorted((p, name) for name, p in p_values.items() if p is not None)
+  adjusted, running = {}, 0.0
+  for rank, (p, name) in enumerate(tested):
+    running = max(running, min(1.0, (len(tested) - rank) * p))
+    adjusted[name] = running
+  return {name: adjusted.get(name) for name in p_values}
+
+
+def verdict(comparison: dict, *, primary: bool = True) -> str:
+  """On the primary quantity: `holds` (the Holm-adjusted p-value, `p_holm` (the uncorrected one when
+  absent), is below 1 - CONFIDENCE, with >= MIN_SEEDS_FOR_A_CLAIM seeds), `excludes 0, not after Holm`,
+  `excludes 0, too few seeds`, `includes 0`, or `n/a` (no interval: one seed). On a secondary quantity
+  (primary=False) nothing holds: `excludes 0 (secondary)` or the same others, uncorrected."""
   if comparison["ci95"] is None:
     return "n/a"
   low, high = comparison["ci95"]
   if low <= 0 <= high:
     return "includes 0"
-  return "holds" if comparison["seeds"] >= MIN_SEEDS_FOR_A_CLAIM else "excludes 0, too few seeds"
+  if comparison["seeds"] < MIN_SEEDS_FOR_A_CLAIM:
+    return "excludes 0, too few seeds"
+  if not primary:
+    return "excludes 0 (secondary)"
+  return "holds" if comparison.get("p_holm", comparison["p_value"]) < 1 - CONFIDENCE else "excludes 0, not after Holm"
 
 
-def summarize(per_seed: dict[str, dict[int, dict[str, float | None]]], *, paired: bool = True) -> dict:
+def summarize(per_seed: dict[str, dict[int, dict[str, float | None]]], *, primary: str, paired: bool = True) -> dict:
   """{variant: {seed: {quantity: value}}} (the baseline first; None: not measured) -> {variant: {quantity:
   {mean, std, values, seeds} and, for each variant but the baseline, its `compare` with the baseline and
-  `verdict`}}."""
+  `verdict`}}; the `primary` quantity's comparisons also carry `p_holm`, Holm's adjustment over the
+  variants compared with the baseline."""
   baseline = next(iter(per_seed))
   names = list(dict.fromkeys(name for by_seed in per_seed.values() for row in by_seed.values() for name in row))
+  if primary not in names:
+    raise ValueError(f"the primary quantity {primary!r} is not among those measured: {', '.join(names)}")
   measured = lambda variant, name: {seed: row[name] for seed, row in per_seed[variant].items()
                                     if row.get(name) is not None}
   summary = {}
@@ -180,9 +213,16 @@ def summarize(per_seed: dict[str, dict[int, dict[str, float | None]]], *, paired
                 "values": list(values.values()), "seeds": list(values)}
       base = measured(baseline, name)
       if variant != baseline and values and base:
-        comparison = compare(values, base, paired=paired)
-        stats_ |= comparison | {"verdict": verdict(comparison)}
+        stats_ |= compare(values, base, paired=paired)
       summary[variant][name] = stats_
+  compared = [variant for variant in summary if "difference" in summary[variant][primary]]
+  adjusted = holm({variant: summary[variant][primary]["p_value"] for variant in compared})
+  for variant in compared:
+    summary[variant][primary]["p_holm"] = adjusted[variant]
+  for variant in summary:
+    for name, stats_ in summary[variant].items():
+      if "difference" in stats_:
+        stats_["verdict"] = verdict(stats_, primary=name == primary)
   return summary
 
 
@@ -190,37 +230,53 @@ def _signed(value: float) -> str:
   return f"{value:+.4f}"
 
 
-def markdown(summary: dict, *, title: str, split: str, seeds: list[int], description: str = "") -> str:
-  """summary.md: the means ± std per variant and quantity, then each variant's differences from the
-  baseline with their intervals, p-values and verdicts."""
+SNR_NOTE = ("SNR noises Y_0 after any added position table: positions read outside the token stream (RoPE, "
+            "ALiBi, BSA's spatial term, TUPE's features) are not noised, an added table is (docs/method.md "
+            "section 4).")
+
+
+def markdown(summary: dict, *, title: str, split: str, seeds: list[int], primary: str,
+             parameters: dict[str, int] | None = None, description: str = "") -> str:
+  """summary.md: the means ± std per variant and quantity (and each variant's parameter count), then each
+  variant's differences from the baseline with their intervals, p-values (Holm-adjusted beside the
+  primary quantity's) and verdicts."""
   variants = list(summary)
   baseline = variants[0]
   names = list(next(iter(summary.values())))
   lines = [f"# {title}", ""]
   if description:
     lines += [description.split("\n\n")[0].strip(), ""]
-  lines += [f"{split} split; seeds {', '.join(map(str, seeds))} for every variant; baseline: {baseline}.", ""]
+  lines += [f"{split} split; seeds {', '.join(map(str, seeds))} for every variant; baseline: {baseline}; "
+            f"primary quantity: {primary} (the others are secondary: uncorrected, nothing holds on them).", ""]
   if len(seeds) < MIN_SEEDS_FOR_A_CLAIM:
     lines += [f"**{len(seeds)} seed{'s' if len(seeds) != 1 else ''} per variant: not enough for a claim** (a claim "
               f"needs >= {MIN_SEEDS_FOR_A_CLAIM} seeds per variant and a 95% confidence interval that excludes 0).", ""]
   cell = lambda s: "n/a" if s["mean"] is None else f"{s['mean']:.4f} ± {s['std']:.4f}"
-  lines += ["## Mean ± std over seeds", "", "| variant | " + " | ".join(names) + " |",
-            "|---" * (len(names) + 1) + "|"]
-  lines += [f"| {variant} | " + " | ".join(cell(summary[variant][n]) for n in names) + " |" for variant in variants]
+  counts = parameters or {}
+  lines += ["## Mean ± std over seeds", "", "| variant | parameters | " + " | ".join(names) + " |",
+            "|---" * (len(names) + 2) + "|"]
+  count = lambda variant: f"{counts[variant]:,}" if variant in counts else "n/a"
+  lines += [f"| {variant} | {count(variant)} | " + " | ".join(cell(summary[variant][n]) for n in names) + " |"
+            for variant in variants]
+  if any(name.startswith("SNR") for name in names):
+    lines += ["", SNR_NOTE]
   tests = sorted({s["test"] for v in variants[1:] for s in summary[v].values() if "test" in s})
   lines += ["", f"## Difference from {baseline}", "",
             "Difference of the means, its 95% confidence interval and two-sided p-value "
             f"({' / '.join(tests) or 'no test'}; paired t: by seed, df = seeds - 1; Welch t: Welch-Satterthwaite df). "
-            "`holds`: the interval excludes 0 with "
+            f"`holds` (the primary quantity, {primary}, only): its Holm-adjusted p-value over the "
+            f"{len(variants) - 1} comparisons with the baseline is below {1 - CONFIDENCE:.2f} with "
             f">= {MIN_SEEDS_FOR_A_CLAIM} seeds per variant.", "",
-            "| variant | quantity | difference | 95% CI | p | verdict |", "|---|---|---|---|---|---|"]
+            "| variant | quantity | difference | 95% CI | p | p (Holm) | verdict |", "|---|---|---|---|---|---|---|"]
+  number = lambda value: "n/a" if value is None else f"{value:.3g}"
   for variant in variants[1:]:
-    for name in names:
+    for name in [primary] + [n for n in names if n != primary]:
       s = summary[variant][name]
       if "difference" not in s:
         continue
       ci = "n/a" if s["ci95"] is None else f"[{_signed(s['ci95'][0])}, {_signed(s['ci95'][1])}]"
-      p = "n/a" if s["p_value"] is None else f"{s['p_value']:.3g}"
+      holm_p = number(s["p_holm"]) if "p_holm" in s else ""
       verdict_ = f"**{s['verdict']}**" if s["verdict"] == "holds" else s["verdict"]
-      lines.append(f"| {variant} | {name} | {_signed(s['difference'])} | {ci} | {p} | {verdict_} |")
+      lines.append(f"| {variant} | {name} | {_signed(s['difference'])} | {ci} | {number(s['p_value'])} | {holm_p} "
+                   f"| {verdict_} |")
   return "\n".join(lines) + "\n"

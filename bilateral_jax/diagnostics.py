@@ -92,9 +92,12 @@ def lipschitz_study(lengths, *, samples: int = 1000, seed: int = 0, noise_scale:
 
 
 def token_uniformity(y: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-  """y [b, n, d] (mask [b, n], 1 = a real token) -> [b]: the mean cosine similarity over pairs i != j."""
+  """y [b, n, d] (mask [b, n], 1 = a real token) -> [b]: the mean cosine similarity over pairs i != j of
+  the tokens standardised over their channels (a LayerNorm without scale and shift: pre-LN's raw stream
+  and post-LN's normalised one on the same footing)."""
   y = y.astype(jnp.float32)
   mask = jnp.ones(y.shape[:2], jnp.float32) if mask is None else mask.astype(jnp.float32)
+  y = y - jnp.mean(y, axis=-1, keepdims=True)  # the per-token scale cancels in the cosine
   unit = y / jnp.maximum(jnp.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
   cosine = jnp.einsum("bid,bjd->bij", unit, unit)
   pairs = mask[:, :, None] * mask[:, None, :] * (1.0 - jnp.eye(y.shape[1]))
@@ -215,9 +218,14 @@ def eval_inputs(experiment, examples: int) -> np.ndarray:
 def depth_profile(model: nn.Module, params, inputs, *, noise: float, seed: int = 0) -> dict:
   """SNR (dB) and token uniformity of Y_0 .. Y_L on `inputs`, over real tokens only (`Stack.real`), with
   Gaussian noise of `noise` x the RMS of the first stack's Y_0 (its real tokens, after any additive
-  position table) added to that Y_0 -> {noise, stack, layer, snr_db, token_uniformity} of the first stack;
-  each later stack (the Segmenter's mask-transformer decoder, fed by the first) adds its own {stack,
-  layer, snr_db, token_uniformity} under the first part of its module path (`decoder`)."""
+  position table) added to that Y_0 -> {noise, stack, layer, snr_db, token_uniformity, read_layer,
+  readout_snr_db} of the first stack; each later stack (the Segmenter's mask-transformer decoder, fed by
+  the first) adds its own {stack, layer, snr_db, token_uniformity} under the first part of its module path
+  (`decoder`).
+
+  What the readout reads (docs/method.md section 4): with CLS pooling (`model.pooling`), read_layer is
+  L - 1 (the last block's other tokens feed nothing) and readout_snr_db the SNR of the CLS token of Y_L,
+  centred over the examples; otherwise read_layer is L and readout_snr_db None."""
   clean = stacks(model, params, inputs)
   y0, real = np.asarray(clean[0].hidden[0], np.float64), np.asarray(clean[0].real)
   rms = float(np.sqrt(np.mean(np.square(y0[real]))))
@@ -230,6 +238,13 @@ def depth_profile(model: nn.Module, params, inputs, *, noise: float, seed: int =
             "token_uniformity": [float(np.mean(token_uniformity(c, real))) for c in clean_stack.hidden]}
 
   result = {"noise": noise} | profile(clean[0], noisy[0])
+  last = len(clean[0].hidden) - 1
+  result |= {"read_layer": last, "readout_snr_db": None}
+  if getattr(model, "pooling", None) == "cls":
+    readout = lambda stack: stack.hidden[-1][:, :1]  # [b, 1, d]: the CLS token, first (backbones)
+    result |= {"read_layer": last - 1,
+               "readout_snr_db": float(snr_db(jnp.swapaxes(readout(clean[0]), 0, 1),
+                                              jnp.swapaxes(readout(noisy[0]), 0, 1)))}
   for clean_stack, noisy_stack in zip(clean[1:], noisy[1:]):
     result[clean_stack.name.split("/")[0]] = profile(clean_stack, noisy_stack)
   return result
@@ -315,6 +330,9 @@ def cross_term_share(model: nn.Module, params, inputs) -> dict:
   ALiBi, no positions) or None (RoPE: the logits do not split into additive terms)."""
   _, (stack, block, *_) = _apply(model, params, inputs, (Transformer, Block))
   config = stack.module.config
+  if config.attention == "bilateral" and config.additive_positions:
+    return {"cross_share": None, "note": f"BSA's {config.content!r} content kernel on tokens plus a position table: "
+                                        "not split into the standard logits' terms"}
   if not config.additive_positions:
     if config.attention == "rope":
       return {"cross_share": None, "note": "rope rotates q and k by position: no additive split of the logits"}

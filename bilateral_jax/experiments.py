@@ -228,14 +228,16 @@ class Experiment:
     """`steps.device_batch` for this experiment's task and data."""
     return steps.device_batch(batch, task=self.task, info=self.info, rng=rng)
 
-  def attack_step(self, attack: str, settings: robustness.AttackSettings):
+  def attack_step(self, attack: str, settings: robustness.AttackSettings, source_model: nn.Module | None = None):
     """jit: (params, batch, epsilon, rng) -> `steps.attack_step` (compiled once per batch shape; epsilon
-    is traced)."""
+    is traced); with `source_model`, (params, batch, epsilon, rng, source_params): the perturbation crafted
+    on that model (a transfer attack; its parameters replicated)."""
     step = functools.partial(steps.attack_step, attack=attack, settings=settings, model=self.model, task=self.task,
-                             info=self.info)
+                             info=self.info, source_model=source_model)
     replicated = parallel.replicated(self.mesh)
-    return self.jit(step, in_shardings=(self.state_sharding.params, parallel.batch_sharding(self.mesh), replicated,
-                                        replicated), out_shardings=replicated)
+    shardings = (self.state_sharding.params, parallel.batch_sharding(self.mesh), replicated, replicated)
+    return self.jit(step, in_shardings=shardings + ((replicated,) if source_model is not None else ()),
+                    out_shardings=replicated)
 
   def evaluate(self, params, split: str, source=None, step=None) -> dict[str, float]:
     """Metrics of `split` (the whole split, once, in order; `source` if given) under `params`, by

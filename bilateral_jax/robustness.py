@@ -32,6 +32,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import re
 from typing import Any, NamedTuple
@@ -72,6 +73,7 @@ class AttackSettings:
   pgd_steps: int = 20
   pgd_step_fraction: float = 0.15
   random_start: bool = True
+  pgd_restarts: int = 1
   contamination: float = 0.015
   replacement: str = "oov"
   seed: int = 0
@@ -83,6 +85,8 @@ class AttackSettings:
       raise ValueError(f"contamination replacement {self.replacement!r} is not one of: {', '.join(REPLACEMENTS)}")
     if min(self.epsilons, default=0) < 0 or self.pgd_steps < 1 or self.pgd_step_fraction <= 0:
       raise ValueError("epsilons must be >= 0, pgd_steps >= 1 and pgd_step_fraction > 0")
+    if self.pgd_restarts < 1 or (self.pgd_restarts > 1 and not self.random_start):
+      raise ValueError(f"pgd_restarts={self.pgd_restarts} must be 1, or more with a random start")
     if not 0 <= self.contamination <= 1:
       raise ValueError(f"contamination={self.contamination} must lie in [0, 1]")
 
@@ -131,43 +135,57 @@ def reflect(inputs, input_kind: str, patch_size: int | None = None):
   return jnp.take_along_axis(tokens, index, axis=-1).reshape(inputs.shape)
 
 
+def perturbed(model: nn.Module, params, inputs, *, epsilon, input_kind: str, settings: AttackSettings,
+              image_stats=None):
+  """How an attack perturbs `inputs` (module docstring: units and conventions) -> (apply: δ -> logits of
+  `model`, radius, bounds of δ or None, δ's shape)."""
+  if input_kind == "images":
+    if settings.convention == "normalized":
+      return lambda delta: model.apply({"params": params}, inputs + delta), epsilon / 255.0, None, inputs.shape
+    mean, std = (jnp.asarray(value, jnp.float32) for value in image_stats)
+    pixels = inputs * std + mean
+    apply = lambda delta: model.apply({"params": params}, (jnp.clip(pixels + delta, 0.0, 1.0) - mean) / std)
+    return apply, epsilon / 255.0, (-pixels, 1.0 - pixels), inputs.shape
+  if input_kind == "tokens":
+    dim = params["embed"]["embedding"].shape[-1]
+    apply = lambda delta: _embedding_perturbation(model, params, inputs, delta)
+    return apply, epsilon * mean_embedding_norm(params) / np.sqrt(dim), None, inputs.shape + (dim,)
+  raise ValueError(f"FGSM and PGD perturb images or token embeddings, not {input_kind!r} inputs")
+
+
 def attacked_logits(model: nn.Module, params, batch, *, attack: str, epsilon, input_kind: str, settings: AttackSettings,
-                    image_stats=None, rng=None):
-  """Logits of `model` on `batch["inputs"]` perturbed by FGSM or PGD at `epsilon`, or reflected (see the
-  module docstring for the units and labels of each input kind and convention)."""
+                    image_stats=None, rng=None, crafted_by=None):
+  """(logits of `model` on `batch["inputs"]` perturbed by FGSM or PGD at `epsilon`, or reflected; δ) (see
+  the module docstring for the units and labels of each input kind and convention). PGD with
+  `settings.pgd_restarts` > 1 keeps, per example, the restart of the highest loss. crafted_by: (model,
+  params) of another model of the same images that crafts δ (a transfer attack); the logits are `model`'s."""
   inputs, weight = batch["inputs"], batch["weight"]
   if attack == REFLECTION:
     reflected = reflect(inputs, input_kind, getattr(model, "patch_size", None))
     return model.apply({"params": params}, reflected), reflected - inputs
-  if input_kind == "images":
-    if settings.convention == "normalized":
-      apply = lambda delta: model.apply({"params": params}, inputs + delta)
-      bounds = None
-    else:
-      mean, std = (jnp.asarray(value, jnp.float32) for value in image_stats)
-      pixels = inputs * std + mean
-      apply = lambda delta: model.apply({"params": params}, (jnp.clip(pixels + delta, 0.0, 1.0) - mean) / std)
-      bounds = (-pixels, 1.0 - pixels)
-    radius = epsilon / 255.0
-    shape = inputs.shape
-  elif input_kind == "tokens":
-    dim = params["embed"]["embedding"].shape[-1]
-    apply = lambda delta: _embedding_perturbation(model, params, inputs, delta)
-    radius, bounds, shape = epsilon * mean_embedding_norm(params) / np.sqrt(dim), None, inputs.shape + (dim,)
-  else:
-    raise ValueError(f"FGSM and PGD perturb images or token embeddings, not {input_kind!r} inputs")
-  clean = apply(jnp.zeros(shape))
+  if crafted_by is not None and input_kind != "images":
+    raise ValueError(f"a transfer attack needs inputs both models read alike (images), not {input_kind!r}")
+  space = functools.partial(perturbed, inputs=inputs, epsilon=epsilon, input_kind=input_kind, settings=settings,
+                            image_stats=image_stats)
+  apply, radius, bounds, shape = space(model, params)
+  craft = apply if crafted_by is None else space(*crafted_by)[0]
+  clean = craft(jnp.zeros(shape))
   labels = (jnp.argmax(clean, -1) if input_kind == "images" and settings.convention == "normalized"
             else batch["label"])
-  loss = lambda delta: jnp.sum(weight * optax.softmax_cross_entropy_with_integer_labels(
-      apply(delta).astype(jnp.float32), labels))
+  per_example = lambda delta: optax.softmax_cross_entropy_with_integer_labels(craft(delta).astype(jnp.float32), labels)
+  loss = lambda delta: jnp.sum(weight * per_example(delta))
   if attack == "fgsm":
     delta = linf_attack(loss, shape, radius=radius, steps=1, step_size=radius, random_start=False, rng=rng,
                         bounds=bounds)
   elif attack == "pgd":
-    delta = linf_attack(loss, shape, radius=radius, steps=settings.pgd_steps,
-                        step_size=settings.pgd_step_fraction * radius, random_start=settings.random_start,
-                        rng=rng, bounds=bounds)
+    pgd = lambda key: linf_attack(loss, shape, radius=radius, steps=settings.pgd_steps,
+                                  step_size=settings.pgd_step_fraction * radius, random_start=settings.random_start,
+                                  rng=key, bounds=bounds)
+    delta = pgd(rng)
+    for restart in range(1, settings.pgd_restarts):
+      other = pgd(jax.random.fold_in(rng, restart))
+      better = (per_example(other) > per_example(delta)).reshape((-1,) + (1,) * (len(shape) - 1))
+      delta = jnp.where(better, other, delta)
   else:
     raise ValueError(f"unknown attack {attack!r}; known: {', '.join(IMAGE_ATTACKS)}")
   return apply(delta), delta
@@ -317,10 +335,12 @@ def _uncontaminated(metrics: dict) -> dict:
   return metrics
 
 
-def evaluate(experiment, params, split: str, attacks: tuple[str, ...], settings: AttackSettings) -> dict:
+def evaluate(experiment, params, split: str, attacks: tuple[str, ...], settings: AttackSettings,
+             crafted_by=None) -> dict:
   """Metrics of `split` under each attack: {attack: {ε or fraction (str): metrics}}. FGSM and PGD add
   `clean_correct` and `attack_success_rate`; contamination adds the `uncontaminated_` metrics and the
-  `replaced` and `eligible` word counts. `experiment` is an `experiments.Experiment`."""
+  `replaced` and `eligible` word counts. `experiment` is an `experiments.Experiment`. crafted_by: (model,
+  params) that craft FGSM's and PGD's perturbations (transfer attacks; `attacked_logits`)."""
   refused = [attack for attack in attacks if attack not in experiment.task.attacks]
   if refused:
     raise ValueError(f"attacks {', '.join(refused)} do not apply to model {experiment.config.model.name!r}; "
@@ -335,12 +355,14 @@ def evaluate(experiment, params, split: str, attacks: tuple[str, ...], settings:
       results[attack] = {str(settings.contamination): _uncontaminated(metrics)
                          | {"replaced": replaced, "eligible": eligible}}
       continue
-    step = experiment.attack_step(attack, settings)
+    step = experiment.attack_step(attack, settings, None if crafted_by is None else crafted_by[0])
+    source_params = () if crafted_by is None else (crafted_by[1],)
     results[attack] = {}
     for epsilon in (1.0,) if attack == REFLECTION else settings.epsilons:
       batches = itertools.count()  # PGD's random start: its own key per batch, the same in every run
       attacked = lambda p, batch: step(p, batch, jnp.float32(epsilon),
-                                       jax.random.fold_in(jax.random.key(settings.seed), next(batches)))
+                                       jax.random.fold_in(jax.random.key(settings.seed), next(batches)),
+                                       *source_params)
       results[attack][f"{epsilon:g}"] = _success_rate(experiment.evaluate(params, split, source, attacked))
   return results
 

@@ -102,13 +102,16 @@ def eval_step(params, batch: dict, *, model: nn.Module, task: tasks.Task, config
                     info=info)
 
 
-def attack_step(params, batch: dict, epsilon, rng, *, attack: str, settings: robustness.AttackSettings,
-                model: nn.Module, task: tasks.Task, info: core.DatasetInfo) -> dict:
-  """The task's sums on the batch attacked by `attack` at `epsilon` (`robustness.attacked_logits`), with
-  `robustness.success_sums`."""
+def attack_step(params, batch: dict, epsilon, rng, source_params=None, *, attack: str,
+                settings: robustness.AttackSettings, model: nn.Module, task: tasks.Task, info: core.DatasetInfo,
+                source_model: nn.Module | None = None) -> dict:
+  """The task's sums on the batch attacked by `attack` at `epsilon` (`robustness.attacked_logits`; crafted
+  on `source_model` with `source_params` when given: a transfer attack), with `robustness.success_sums`."""
   batch = device_batch(batch, task=task, info=info)
+  crafted_by = None if source_model is None else (source_model, source_params)
   logits, _ = robustness.attacked_logits(model, params, batch, attack=attack, epsilon=epsilon, input_kind=task.inputs,
-                                         settings=settings, image_stats=info.image_stats, rng=rng)
+                                         settings=settings, image_stats=info.image_stats, rng=rng,
+                                         crafted_by=crafted_by)
   clean = model.apply({"params": params}, batch["inputs"])
   return task.sums(logits, batch) | robustness.success_sums(clean, logits, batch)
 

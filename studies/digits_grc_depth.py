@@ -16,6 +16,8 @@ standard"` compares the post-LN forms with it instead).
 Results: docs/results.md, "GRC at 8 layers, pre-LN and post-LN".
 """
 
+PRIMARY = "accuracy"  # the quantity on which a difference holds (Holm over the comparisons with the baseline)
+
 # Shared by every variant and pinned, so that the study does not move when the shipped config does.
 DEEP_BSA = {"num_layers": 8, "attention": "bilateral", "spatial": "dot", "position_table": "learned",
             "grc_sublayers": ("attention",), "grc_per_channel": False, "grc_t_init": 0.1, "grc_form": "convex"}

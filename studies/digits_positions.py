@@ -14,6 +14,8 @@ success rate on the clean-correct images, SNR and token uniformity at the last l
 Results: docs/results.md, "Position schemes: the digits ViT".
 """
 
+PRIMARY = "accuracy"  # the quantity on which a difference holds (Holm over the comparisons with the baseline)
+
 # Shared by every variant and pinned, so that the study does not move when the shipped config does: the
 # standard residual (BSA variants also differ in their content kernel: docs/results.md) and the isotropic
 # kernels' bandwidths.

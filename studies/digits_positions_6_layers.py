@@ -9,6 +9,8 @@ Does depth close the gap between the readings (a deeper stack can compose relati
 Results: docs/results.md, "Position schemes: the digits ViT at 6 layers".
 """
 
+PRIMARY = "accuracy"  # the quantity on which a difference holds (Holm over the comparisons with the baseline)
+
 # Shared by every variant and pinned, so that the study does not move when the shipped config does.
 SIX_LAYERS = {"num_layers": 6, "residual": "standard", "spatial": "gaussian", "spatial_bandwidth_range": (0.5, 4.0)}
 

@@ -12,6 +12,8 @@ embedding space at a radius that leaves accuracy above the floor (0.02 of the me
 Results: docs/results.md, "Position schemes: ListOps".
 """
 
+PRIMARY = "accuracy"  # the quantity on which a difference holds (Holm over the comparisons with the baseline)
+
 # Shared by every variant and pinned, so that the study does not move when the shipped config does: the
 # standard residual (BSA variants also differ in their content kernel: docs/results.md) and the isotropic
 # kernels' bandwidths.

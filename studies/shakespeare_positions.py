@@ -12,6 +12,8 @@ learning speed as much as quality: the longer run (`--config.train.num_steps=...
 Results: docs/results.md, "Position schemes: the Shakespeare character LM".
 """
 
+PRIMARY = "perplexity"  # the quantity on which a difference holds (Holm over the comparisons with the baseline)
+
 # Shared by every variant and pinned, so that the study does not move when the shipped config does: the
 # standard residual (BSA variants also differ in their content kernel: docs/results.md).
 STANDARD_RESIDUAL = {"residual": "standard"}

@@ -12,6 +12,8 @@ at a quarter of an epoch (studies/shakespeare_positions.py) last, or was it lear
 Results: docs/results.md, "Shakespeare past one epoch".
 """
 
+PRIMARY = "perplexity"  # the quantity on which a difference holds (Holm over the comparisons with the baseline)
+
 # Pinned as in studies/shakespeare_positions.py, so that the study does not move when the shipped config does.
 STANDARD_RESIDUAL = {"residual": "standard"}
 

@@ -63,12 +63,16 @@ def test_token_uniformity_and_snr_against_numpy():
   rng = np.random.default_rng(0)
   y, mask = rng.standard_normal((3, 6, 4)), rng.random((3, 6)) > 0.3
   want = []
-  for b in range(3):
-    u = y[b][mask[b]] / np.linalg.norm(y[b][mask[b]], axis=-1, keepdims=True)
-    c = u @ u.T
-    want.append((c.sum() - np.trace(c)) / (len(u) * (len(u) - 1)))
+  for b in range(3):  # the mean Pearson correlation over channels of distinct real tokens
+    c = np.corrcoef(y[b][mask[b]])
+    want.append((c.sum() - np.trace(c)) / (len(c) * (len(c) - 1)))
   np.testing.assert_allclose(diagnostics.token_uniformity(y, mask), want, rtol=1e-5)
-  np.testing.assert_allclose(diagnostics.token_uniformity(np.ones((1, 5, 3))), [1.0], rtol=1e-6)
+  # a shared shift (a post-LN bias) no longer pushes the cosines up; one token pattern at any scale is uniform
+  shared = rng.standard_normal(4)
+  np.testing.assert_allclose(diagnostics.token_uniformity(y + shared, mask), diagnostics.token_uniformity(
+      y + shared - (y + shared).mean(-1, keepdims=True), mask), rtol=1e-5)
+  np.testing.assert_allclose(diagnostics.token_uniformity(np.arange(1.0, 4.0) * np.arange(1.0, 6.0)[None, :, None]),
+                             [1.0], rtol=1e-6)
   noisy = y + 0.3 * rng.standard_normal(y.shape)
   centred = (y - (y * mask[..., None]).sum(1, keepdims=True) / mask.sum(1)[:, None, None]) * mask[..., None]
   want = 20 * np.log10(np.linalg.norm(centred) / np.linalg.norm((noisy - y) * mask[..., None]))
@@ -110,11 +114,18 @@ def test_depth_profile_adds_noise_to_y0_after_the_position_table_and_counts_real
     changes = [z[b][real[b]] - y[b][real[b]] for b in range(4)]
     want = 20 * np.log10(np.sqrt(sum((c**2).sum() for c in centred)) / np.sqrt(sum((c**2).sum() for c in changes)))
     np.testing.assert_allclose(profile["snr_db"][layer], want, rtol=1e-5)
-    unit = [y[b][real[b]] / np.linalg.norm(y[b][real[b]], axis=-1, keepdims=True) for b in range(4)]
-    cosines = [(v @ v.T).sum() - len(v) for v in unit]
-    want = np.mean([c / (len(v) * (len(v) - 1)) for c, v in zip(cosines, unit)])
+    standardised = [(v - v.mean(-1, keepdims=True)) / v.std(-1, keepdims=True) for v in (y[b][real[b]] for b in range(4))]
+    cosines = [(v @ v.T).sum() / v.shape[-1] - len(v) for v in standardised]
+    want = np.mean([c / (len(v) * (len(v) - 1)) for c, v in zip(cosines, standardised)])
     np.testing.assert_allclose(profile["token_uniformity"][layer], want, rtol=1e-5)
   assert profile["stack"] == "transformer" and profile["layer"] == list(range(layers + 1)) and "decoder" not in profile
+  if model.pooling == "cls":  # what the classifier reads: the CLS token of Y_L, across the examples; Y_{L-1}
+    cls, noisy_cls = hidden[-1][:, 0], noisy[-1][:, 0]
+    want = 20 * np.log10(np.linalg.norm(cls - cls.mean(0)) / np.linalg.norm(noisy_cls - cls))
+    assert profile["read_layer"] == layers - 1
+    np.testing.assert_allclose(profile["readout_snr_db"], want, rtol=1e-5)
+  else:
+    assert profile["read_layer"] == layers and profile["readout_snr_db"] is None
 
 
 def tiny_model(**transformer):

@@ -14,10 +14,11 @@ from tests.test_ops import assert_close, spatial_params
 
 TINY = dict(num_layers=2, num_heads=4, model_dim=16, mlp_dim=32, max_length=17, residual="grc")
 ISOTROPIC = [dict(attention="bilateral", spatial="gaussian"), dict(attention="bilateral", spatial="laplacian"),
-             dict(attention="bilateral", spatial="none"), dict(attention="standard", position_table="none")]
+             dict(attention="bilateral", spatial="none", position_table="none"),
+             dict(attention="standard", position_table="none")]
 DIRECTIONAL = [dict(attention="bilateral", spatial="shifted"), dict(attention="bilateral", spatial="dot"),
                dict(attention="bilateral", spatial="dot", position_table="sinusoidal"), dict(attention="rope"),
-               dict(attention="standard")]
+               dict(attention="standard"), dict(attention="bilateral", spatial="none", position_table="learned")]
 
 
 def relative_change(a, b) -> float:

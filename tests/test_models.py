@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bilateral_jax import console, ops
-from bilateral_jax.models import MODELS, Transformer, TransformerConfig, build_model, recorded_bsa_paths
+from bilateral_jax.models import MODELS, MultiHeadAttention, Transformer, TransformerConfig, build_model, recorded_bsa_paths
 
 TINY = dict(num_layers=2, num_heads=2, model_dim=16, mlp_dim=32, max_length=16)
 ATTENTIONS = [dict(attention="standard", position_table="learned"),
@@ -21,7 +21,8 @@ ATTENTIONS = [dict(attention="standard", position_table="learned"),
               dict(attention="bilateral", spatial="gaussian"),
               dict(attention="bilateral", spatial="laplacian", content="dot"),
               dict(attention="bilateral", spatial="dot", position_table="sinusoidal"),
-              dict(attention="bilateral", spatial="none")]
+              dict(attention="bilateral", spatial="none", position_table="none"),
+              dict(attention="bilateral", spatial="none", position_table="learned")]
 RESIDUALS = [dict(residual="standard"), dict(residual="grc", grc_form="convex"),
              dict(residual="grc", grc_form="boost", grc_sublayers=("attention", "mlp"), grc_per_channel=True)]
 BACKBONES = {
@@ -123,14 +124,36 @@ def test_grc_with_t_zero_is_the_standard_residual(form, per_channel):
   assert float(jnp.max(jnp.abs(grc.apply(params, x, coords=coords) - out_standard))) > 1e-3
 
 
-def test_bilateral_dot_without_spatial_term_is_standard_attention_model():
+@pytest.mark.parametrize("table", ["none", "learned", "sinusoidal"])
+def test_bilateral_dot_without_spatial_term_is_standard_attention_with_a_learned_temperature(table):
   x, coords = stack_inputs()
-  bsa = Transformer(tiny(attention="bilateral", content="dot", spatial="none", residual="standard"))
+  bsa = Transformer(tiny(attention="bilateral", content="dot", spatial="none", position_table=table,
+                         residual="standard"))
   params = bsa.init(jax.random.key(0), x, coords=coords)
-  standard = Transformer(tiny(attention="standard", position_table="none", residual="standard"))
-  np.testing.assert_allclose(bsa.apply(params, x, coords=coords),
-                             standard.apply(stack_params_without(params, "log_h_y"), x, coords=coords),
+  standard = Transformer(tiny(attention="standard", position_table=table, residual="standard"))
+  standard_params = stack_params_without(params, "log_h_y")
+  assert jax.tree.structure(standard_params) == jax.tree.structure(standard.init(jax.random.key(0), x, coords=coords))
+  np.testing.assert_allclose(bsa.apply(params, x, coords=coords), standard.apply(standard_params, x, coords=coords),
                              rtol=1e-5, atol=1e-5)
+  hotter = jax.tree_util.tree_map_with_path(
+      lambda path, p: p - 0.5 if "log_h_y" in jax.tree_util.keystr(path) else p, params)
+  assert float(jnp.max(jnp.abs(bsa.apply(hotter, x, coords=coords) - bsa.apply(params, x, coords=coords)))) > 1e-3
+
+
+@pytest.mark.parametrize("base", [10_000.0, 6.0])
+def test_rope_layer_rotates_q_and_k_on_every_axis_with_its_base(base):
+  x, grid = stack_inputs(length=9)[0], ops.grid_coordinates(3, 3)
+  layer = MultiHeadAttention(tiny(attention="rope", position_table="none", rope_base=base))
+  params = layer.init(jax.random.key(0), x, coords=grid)["params"]
+  project = lambda name, h: jnp.einsum("bnc,chd->bnhd", h, params[name]["kernel"]) + params[name]["bias"]
+  q, k, v = (project(name, x) for name in ("query", "key", "value"))
+  rotated = lambda t: ops.apply_rope(t, grid, base)
+  weights = jax.nn.softmax(jnp.einsum("bnhd,bmhd->bhnm", rotated(q), rotated(k)) / np.sqrt(q.shape[-1]), axis=-1)
+  expected = jnp.einsum("bnhd,hdc->bnc", jnp.einsum("bhnm,bmhd->bnhd", weights, v), params["out"]["kernel"])
+  np.testing.assert_allclose(layer.apply({"params": params}, x, coords=grid), expected + params["out"]["bias"],
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="rope_base must exceed 1"):
+    tiny(attention="rope", rope_base=1.0)
 
 
 @pytest.mark.parametrize("attention", ATTENTIONS, ids=attention_id)

@@ -304,14 +304,15 @@ def test_generalized_residual_formula_and_limits():
   assert_close(ops.boosted_values(v, v0, 0.3), 0.7 * np.float64(v) + 0.3 * (np.float64(v0) - v))
 
 
-def test_rope_matches_complex_rotation_and_is_relative():
+@pytest.mark.parametrize("base", [10_000.0, 6.0])
+def test_rope_matches_complex_rotation_and_is_relative(base):
   x = jax.random.normal(jax.random.key(0), (1, N, H, D))
   coords = ops.sequence_coordinates(N)
-  got = ops.apply_rope(x, coords)
+  got = ops.apply_rope(x, coords, base)
   xn = np.float64(x)
   half = D // 2
   z = xn[..., :half] + 1j * xn[..., half:]
-  theta = 10_000.0 ** (-np.arange(0, D, 2) / D)
+  theta = base ** (-np.arange(0, D, 2) / D)
   z = z * np.exp(1j * np.arange(N)[None, :, None, None] * theta)
   assert_close(got, np.concatenate([z.real, z.imag], axis=-1))
   # the logit depends on positions only through their difference

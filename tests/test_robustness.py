@@ -132,6 +132,62 @@ def test_fgsm_and_pgd_on_softmax_regression_equal_a_closed_form_numpy_attack(cas
     assert np.abs(want[attack][:-1]).max() == pytest.approx(radius)  # the corners of the ball
 
 
+def linear_image_case(seed: int, classes: int = 4):
+  """A softmax regression on 2 x 3 x 3 images with random parameters, and a batch of 6 pixel images."""
+  rng = np.random.default_rng(seed)
+  params = {"head": {"kernel": jnp.asarray(rng.standard_normal((18, classes)), jnp.float32),
+                     "bias": jnp.asarray(rng.standard_normal(classes), jnp.float32)}}
+  batch = {"inputs": jnp.asarray(rng.uniform(0, 1, (6, 2, 3, 3)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, classes, 6)), "weight": jnp.ones(6)}
+  return LinearImageClassifier(classes), params, batch
+
+
+def test_pgd_restarts_keep_each_examples_worst_restart():
+  model, params, batch = linear_image_case(0)
+  one = robustness.AttackSettings(epsilons=(32.0,), pgd_steps=3, convention="pixel")
+  attack = lambda settings, rng: robustness.attacked_logits(
+      model, params, batch, attack="pgd", epsilon=32.0, input_kind="images", settings=settings,
+      image_stats=((0.0,) * 3, (1.0,) * 3), rng=rng)
+  key = jax.random.key(3)
+  keys = [key] + [jax.random.fold_in(key, restart) for restart in (1, 2)]
+  singles = [attack(one, k) for k in keys]  # each one PGD start, checked against numpy above
+  losses = np.stack([-np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), np.asarray(batch["label"])[:, None],
+                                         -1)[:, 0] for logits, _ in singles])  # [restarts, examples]
+  assert len(set(losses.argmax(0))) > 1  # the best restart differs between examples
+  want = np.stack([singles[r][1][i] for i, r in enumerate(losses.argmax(0))])
+  logits, delta = attack(dataclasses.replace(one, pgd_restarts=3), key)
+  np.testing.assert_array_equal(delta, want)
+  np.testing.assert_allclose(logits, np.stack([singles[r][0][i] for i, r in enumerate(losses.argmax(0))]), rtol=1e-6)
+  with pytest.raises(ValueError, match="pgd_restarts=2 must be 1, or more with a random start"):
+    robustness.AttackSettings(epsilons=(1.0,), pgd_restarts=2, random_start=False)
+
+
+def test_transfer_attacks_craft_on_the_source_model_and_score_the_target():
+  target, target_params, batch = linear_image_case(0)
+  source, source_params, _ = linear_image_case(1)
+  settings = robustness.AttackSettings(epsilons=(16.0,), pgd_steps=4, convention="pixel")
+  stats = ((0.0,) * 3, (1.0,) * 3)
+  attack = lambda model, params, crafted_by=None: robustness.attacked_logits(
+      model, params, batch, attack="pgd", epsilon=16.0, input_kind="images", settings=settings, image_stats=stats,
+      rng=jax.random.key(0), crafted_by=crafted_by)
+  _, crafted = attack(source, source_params)
+  logits, delta = attack(target, target_params, crafted_by=(source, source_params))
+  np.testing.assert_array_equal(delta, crafted)
+  np.testing.assert_allclose(logits, target.apply({"params": target_params}, jnp.clip(batch["inputs"] + crafted, 0, 1)),
+                             rtol=1e-6)
+  white_box = attack(target, target_params)
+  assert not np.allclose(white_box[1], crafted)
+  for got, want in zip(attack(target, target_params, crafted_by=(target, target_params)), white_box):
+    np.testing.assert_array_equal(got, want)
+  tokens = LinearTokenClassifier(7, 5, 4)
+  token_params = tokens.init(jax.random.key(0), jnp.ones((2, 3), jnp.int32))["params"]
+  with pytest.raises(ValueError, match="a transfer attack needs inputs both models read alike"):
+    robustness.attacked_logits(tokens, token_params, {"inputs": jnp.ones((2, 3), jnp.int32), "label": jnp.zeros(2, int),
+                                                      "weight": jnp.ones(2)}, attack="pgd", epsilon=0.1,
+                               input_kind="tokens", settings=settings, rng=jax.random.key(0),
+                               crafted_by=(tokens, token_params))
+
+
 @pytest.fixture(scope="session")  # built once per test worker, whatever order its tests run in
 def trained_digits(tmp_path_factory):
   """A small ViT trained for a few hundred steps on the digits, and its parameters."""
@@ -234,6 +290,10 @@ def test_attack_success_rate_counts_the_clean_correct_examples_made_wrong(traine
   np.testing.assert_allclose(got["accuracy"], attacked.mean(), atol=1 / len(source))
   zero = robustness.evaluate(experiment, params, "test", ("pgd",), dataclasses.replace(settings, epsilons=(0.0,)))
   assert zero["pgd"]["0"]["attack_success_rate"] == 0.0
+  # a transfer attack from the model itself is its white-box attack, through evaluate's compiled steps
+  transferred = robustness.evaluate(experiment, params, "test", ("fgsm",), settings,
+                                    crafted_by=(experiment.model, params))["fgsm"]["16"]
+  assert transferred == got
 
 
 def test_token_attacks_perturb_the_embeddings_within_the_relative_radius(trained_tiny_run):

@@ -51,21 +51,49 @@ def test_t_quantiles_and_the_paired_and_welch_intervals():
 def test_verdicts_need_an_interval_without_zero_and_five_seeds():
   five = {s: 1.0 + 0.01 * s for s in range(5)}
   assert comparisons.verdict(comparisons.compare(five, {s: 0.0 for s in range(5)})) == "holds"
+  assert comparisons.verdict(comparisons.compare(five, {s: 0.0 for s in range(5)}), primary=False) == (
+      "excludes 0 (secondary)")
   three = {s: five[s] for s in range(3)}
   assert comparisons.verdict(comparisons.compare(three, {s: 0.0 for s in range(3)})) == "excludes 0, too few seeds"
   assert comparisons.verdict(comparisons.compare(five, {s: 1.02 + 0.01 * (-1) ** s for s in range(5)})) == "includes 0"
   summary = comparisons.summarize({"base": {s: {"accuracy": 0.0, "success": None} for s in range(3)},
-                               "new": {s: {"accuracy": three[s], "success": 0.5} for s in range(3)}})
+                                   "new": {s: {"accuracy": three[s], "success": 0.5} for s in range(3)}},
+                                  primary="accuracy")
   assert "difference" not in summary["base"]["accuracy"] and summary["base"]["success"]["mean"] is None
   assert summary["new"]["accuracy"]["verdict"] == "excludes 0, too few seeds"
   assert "difference" not in summary["new"]["success"]
-  text = comparisons.markdown(summary, title="t", split="test", seeds=[0, 1, 2])
+  text = comparisons.markdown(summary, title="t", split="test", seeds=[0, 1, 2], primary="accuracy",
+                              parameters={"base": 1234})
   assert "**3 seeds per variant: not enough for a claim**" in text and "| new | accuracy | +1.0100 | [" in text
-  assert "**holds**" not in text and "| base | 0.0000 ± 0.0000 | n/a |" in text
-  summary = comparisons.summarize({"base": {s: {"accuracy": 0.0} for s in range(5)},
-                               "new": {s: {"accuracy": v} for s, v in five.items()}})
-  text = comparisons.markdown(summary, title="t", split="test", seeds=list(range(5)))
-  assert "not enough for a claim" not in text and "| **holds** |" in text
+  assert "**holds**" not in text and "| base | 1,234 | 0.0000 ± 0.0000 | n/a |" in text and "| new | n/a |" in text
+  summary = comparisons.summarize({"base": {s: {"accuracy": 0.0, "snr": 0.0} for s in range(5)},
+                                   "new": {s: {"accuracy": v, "snr": v} for s, v in five.items()}}, primary="accuracy")
+  text = comparisons.markdown(summary, title="t", split="test", seeds=list(range(5)), primary="accuracy")
+  assert "not enough for a claim" not in text and "| **holds** |" in text and "| excludes 0 (secondary) |" in text
+  with pytest.raises(ValueError, match="the primary quantity 'perplexity' is not among those measured: accuracy"):
+    comparisons.summarize({"base": {0: {"accuracy": 0.0}}}, primary="perplexity")
+
+
+def test_holm_adjusts_the_primary_quantity_over_the_comparisons_with_the_baseline():
+  # Holm (1979) by hand: p sorted 0.01 < 0.02 < 0.04 over m = 3 -> 0.03, max(0.03, 0.04), max(0.04, 0.04)
+  assert comparisons.holm({"a": 0.04, "b": 0.01, "c": 0.02, "d": None}) == pytest.approx(
+      {"a": 0.04, "b": 0.03, "c": 0.04, "d": None})
+  assert comparisons.holm({"a": 0.6, "b": 0.5}) == {"a": 1.0, "b": 1.0}
+  rng = np.random.default_rng(0)
+  base = {s: 0.9 + 0.01 * rng.normal() for s in range(5)}
+  # one clear gain, and one difference whose uncorrected interval excludes 0 but whose Holm p does not pass
+  clear = {s: v + 0.05 + 0.001 * rng.normal() for s, v in base.items()}
+  marginal = {s: v + d for (s, v), d in zip(base.items(), [0.0194, 0.0006, 0.0147, 0.0053, 0.01])}  # p about 0.04
+  noise = {s: v + 0.01 * rng.normal() for s, v in base.items()}
+  per_seed = {name: {s: {"accuracy": v, "snr": v} for s, v in values.items()}
+              for name, values in (("base", base), ("clear", clear), ("marginal", marginal), ("noise", noise))}
+  summary = comparisons.summarize(per_seed, primary="accuracy")
+  p = {name: summary[name]["accuracy"]["p_value"] for name in ("clear", "marginal", "noise")}
+  assert 0.025 < p["marginal"] < 0.05 < p["noise"] and 3 * p["clear"] < 0.05  # the case this test is about
+  assert {name: summary[name]["accuracy"]["p_holm"] for name in p} == comparisons.holm(p)
+  assert summary["clear"]["accuracy"]["verdict"] == "holds"
+  assert summary["marginal"]["accuracy"]["verdict"] == "excludes 0, not after Holm"
+  assert summary["marginal"]["snr"]["verdict"] == "excludes 0 (secondary)" and "p_holm" not in summary["clear"]["snr"]
 
 
 def test_study_files_and_variant_configs(tmp_path):
@@ -102,15 +130,21 @@ def test_study_files_and_variant_configs(tmp_path):
     comparisons.load(tmp_path / "empty.py")
 
 
-def test_run_scalars_report_success_rates_and_the_decoder_apart():
-  profile = {"layer": [0, 1], "snr_db": [20.0, 12.0], "token_uniformity": [0.1, 0.3]}
+def test_run_scalars_report_success_rates_what_the_readout_reads_and_the_decoder_apart():
+  profile = {"layer": [0, 1, 2], "snr_db": [20.0, 12.0, 11.0], "token_uniformity": [0.1, 0.3, 0.4]}
   result = {"results": {"test": {"accuracy": 0.9, "loss": 0.3, "examples": 10}},
             "attacks": {"test": {"pgd": {"8": {"accuracy": 0.5, "attack_success_rate": 0.45}}}},
-            "depth": profile | {"decoder": {"layer": [0, 1, 2], "snr_db": [9.0, 8.0, 7.0],
+            "depth": profile | {"read_layer": 2, "readout_snr_db": None,
+                                "decoder": {"layer": [0, 1, 2], "snr_db": [9.0, 8.0, 7.0],
                                             "token_uniformity": [0, 0, 0.5]}}}
   assert comparisons.run_scalars(result, "test", "accuracy") == {
-      "accuracy": 0.9, "loss": 0.3, "pgd 8": 0.5, "pgd 8 success rate": 0.45, "SNR dB (last layer)": 12.0,
-      "uniformity (last layer)": 0.3, "decoder SNR dB (last layer)": 7.0, "decoder uniformity (last layer)": 0.5}
+      "accuracy": 0.9, "loss": 0.3, "pgd 8": 0.5, "pgd 8 success rate": 0.45, "SNR dB (layer 2)": 11.0,
+      "uniformity (layer 2)": 0.4, "decoder SNR dB (last layer)": 7.0, "decoder uniformity (last layer)": 0.5}
+  result["depth"] |= {"read_layer": 1, "readout_snr_db": 5.0}  # CLS pooling: the readout and Y_{L-1}
+  del result["depth"]["decoder"]
+  assert comparisons.run_scalars(result, "test", "accuracy") == {
+      "accuracy": 0.9, "loss": 0.3, "pgd 8": 0.5, "pgd 8 success rate": 0.45, "SNR dB (readout)": 5.0,
+      "SNR dB (layer 1)": 12.0, "uniformity (layer 1)": 0.3}
 
 
 def test_study_trains_the_chosen_variants_once_and_summarises_them(tmp_path):
@@ -133,18 +167,23 @@ def test_study_trains_the_chosen_variants_once_and_summarises_them(tmp_path):
   assert list(summary["variants"]) == ["absolute", "RoPE (no table)"] and summary["attacks"] == ["fgsm", "pgd", "reflect"]
   assert summary["baseline"] == "absolute" and summary["paired"] and summary["study"] == str(study_file)
   rope = summary["variants"]["RoPE (no table)"]
-  assert {"accuracy", "loss", "fgsm 0.5", "pgd 0.5", "pgd 0.5 success rate", "SNR dB (last layer)",
-          "uniformity (last layer)"} <= set(rope)
+  assert {"accuracy", "loss", "fgsm 0.5", "pgd 0.5", "pgd 0.5 success rate", "SNR dB (layer 1)",
+          "uniformity (layer 1)"} <= set(rope)  # TINY: 1 layer, mean pooling
+  assert summary["primary"] == "accuracy" and summary["depth_split"] == "validation"
+  assert summary["parameters"]["absolute"] > summary["parameters"]["RoPE (no table)"] > 0  # the table
+  assert re.fullmatch(r"[0-9a-f]{7,}(\+changes)?|unknown", summary["commit"])
   accuracy = rope["accuracy"]
   assert accuracy["test"] == "paired t" and accuracy["df"] == 1 and accuracy["seeds"] == 2
   assert accuracy["ci95"] is None or accuracy["ci95"][0] <= accuracy["difference"] <= accuracy["ci95"][1]
   result = json.loads((tmp_path / "RoPE-no-table" / "seed_1" / "result.json").read_text())
   assert result["step"] == 4 and result["results"]["test"]["accuracy"] == accuracy["values"][1]
   assert result["overrides"] == VARIANTS["RoPE (no table)"] and len(result["depth"]["snr_db"]) == 2
+  assert result["depth"]["split"] == "validation" and result["depth"]["read_layer"] == 1
   pgd = result["attacks"]["test"]["pgd"]["0.5"]
   assert 0 <= pgd["clean_correct"] <= pgd["examples"] and "attack_success_rate" in pgd
   text = (tmp_path / "summary.md").read_text()
   assert "| RoPE (no table) | accuracy |" in text and "not enough for a claim" in text and "| BSA" not in text
+  assert comparisons.SNR_NOTE in text and "the first 4 examples of the validation split" in text
   for name in ("summary.md", "curves.png", "robustness.png", "snr.png", "uniformity.png"):
     assert (tmp_path / name).exists(), name
 
@@ -167,6 +206,20 @@ def test_study_trains_the_chosen_variants_once_and_summarises_them(tmp_path):
   assert summary["attacks"] == ["fgsm"] and "fgsm 0.25 success rate" in summary["variants"]["RoPE (no table)"]
   assert summary["baseline"] == "RoPE (no table)" and list(summary["variants"]) == ["RoPE (no table)", "absolute"]
   assert summary["variants"]["absolute"]["accuracy"]["test"] == "Welch t"
+
+  # another evaluation (a masking check) in its own files; the study's own results untouched
+  before = {path: path.read_text() for path in tmp_path.glob("*/seed_*/result.json")}
+  masking = run_script("study.py", tmp_path, overrides, devices=1, timeout=600,
+                       extra=STUDY_FLAGS[:1] + ["--attacks=pgd", "--epsilons=0.25,4", "--pgd_restarts=2",
+                                                "--evaluation=masking"] + STUDY_FLAGS[2:] + chosen)
+  assert masking.returncode == 0, masking.stderr
+  assert masking.stdout.count("=== ") == 4 and {path: path.read_text() for path in before} == before
+  summary = json.loads((tmp_path / "evaluation_masking" / "summary.json").read_text())
+  assert summary["attack_settings"]["pgd_restarts"] == 2 and "pgd 4" in summary["variants"]["absolute"]
+  assert len(list(tmp_path.glob("*/seed_*/result_masking.json"))) == 4
+  assert (tmp_path / "evaluation_masking" / "robustness.png").exists()
+  refused = run_script("study.py", tmp_path, overrides, devices=1, extra=STUDY_FLAGS + chosen + ["--transfer"])
+  assert refused.returncode == 2 and "--transfer: transfer attacks need image inputs" in refused.stderr
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.py")), ids=lambda path: path.stem)

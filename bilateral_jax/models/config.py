@@ -26,8 +26,11 @@ def _choose(field: str, value, known) -> None:
 class TransformerConfig:
   """What the stack is. Each comparison of the paper is one field apart:
 
-  attention: `standard` (positions from `position_table`, added to Y_0), `alibi`, `rope`, or
-    `bilateral` (BSA: positions only through the `spatial` kernel; no cross terms).
+  attention: `standard` (positions from `position_table`, added to Y_0), `alibi`, `rope` (base `rope_base`
+    on every coordinate axis), or `bilateral` (BSA: positions only through the `spatial` kernel; no cross
+    terms). BSA with spatial `none` is its content kernel alone, with `position_table` added to Y_0 as for
+    `standard` (`none`: the order-blind non-local-means filter): with `content` `dot` it is the standard
+    baseline with a learned temperature per head, so that one ingredient changes at a time.
   content / spatial: BSA kernels (docs/method.md section 2; `ops.SPATIAL` holds each spatial kernel's spec);
     spatial `none` is the content-only non-local-means filter; `dot` (TUPE) takes its features from
     `position_table`, one table per coordinate axis looked up by the token's coordinates (the axes'
@@ -60,6 +63,7 @@ class TransformerConfig:
   mlp_dim: int = 256
   max_length: int = 512
   attention: str = "bilateral"
+  rope_base: float = 10_000.0
   content: str = "gaussian"
   spatial: str = "gaussian"
   position_table: str = "learned"
@@ -99,6 +103,8 @@ class TransformerConfig:
     low, high = self.spatial_bandwidth_range
     if not 0 < low <= high:
       raise ValueError(f"spatial_bandwidth_range must satisfy 0 < low <= high, got {(low, high)}")
+    if not self.rope_base > 1.0:
+      raise ValueError(f"rope_base must exceed 1, got {self.rope_base}")
     if not 0.0 < self.grc_t_init < 1.0:
       raise ValueError(f"grc_t_init must lie in (0, 1) (t = sigmoid(theta)), got {self.grc_t_init}")
     for field in ("dropout_rate", "drop_path_rate"):
@@ -117,8 +123,10 @@ class TransformerConfig:
 
   @property
   def additive_positions(self) -> bool:
-    """Whether a position table is added to the token stream (the standard baseline)."""
-    return self.attention == "standard" and self.position_table != "none"
+    """Whether a position table is added to the token stream (the standard baseline, and BSA's content
+    kernel alone)."""
+    reads_table = self.attention == "standard" or (self.attention == "bilateral" and self.spatial == "none")
+    return reads_table and self.position_table != "none"
 
   @property
   def uses_position_table(self) -> bool:
@@ -129,6 +137,6 @@ class TransformerConfig:
   def sees_direction(self) -> bool:
     """Whether a bidirectional model of this stack can tell its grid from a reflection of it (docs/method.md
     section 2 "Direction"): not with BSA's distance-only kernels (nor with no positions at all)."""
-    if self.attention == "bilateral":
-      return self.spatial != "none" and SPATIAL[self.spatial].directional
+    if self.attention == "bilateral" and self.spatial != "none":
+      return SPATIAL[self.spatial].directional
     return self.attention == "rope" or self.additive_positions

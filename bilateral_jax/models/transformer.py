@@ -125,8 +125,9 @@ class MultiHeadAttention(nn.Module):
       x0, t = boost
       v = ops.boosted_values(v, value(x0), t)
     if cfg.attention == "rope":
-      q, k = ops.apply_rope(q, coords), ops.apply_rope(k, coords)
-    q_pos = {"bilateral": pos_embed if cfg.uses_position_table else coords, "alibi": coords}.get(cfg.attention)
+      q, k = ops.apply_rope(q, coords, cfg.rope_base), ops.apply_rope(k, coords, cfg.rope_base)
+    bsa_positions = None if cfg.spatial == "none" else pos_embed if cfg.uses_position_table else coords
+    q_pos = {"bilateral": bsa_positions, "alibi": coords}.get(cfg.attention)
     k_pos = q_pos
     if cache_index is not None:
       k, v, k_pos, mask = self._cached(k, v, q_pos, mask, is_causal, cache_index)
