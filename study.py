@@ -212,6 +212,7 @@ def variant_configs(base, study: comparisons.Study) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  commit = runs.commit()  # the code the runs are trained with, read before anything changes it
   root = storage.path(cli.set_up())
   out = root / f"evaluation_{cli.FLAGS.evaluation}" if cli.FLAGS.evaluation else root
   base = cli.FLAGS.config
@@ -259,7 +260,7 @@ def main(argv):
   seconds = sum(r["seconds"]["total"] for by_seed in results.values() for r in by_seed.values())
   record = {"config": cli.config_flags.get_config_filename(cli.FLAGS["config"]), "study": study.source,
             "description": study.description, "baseline": study.baseline, "overrides": study.variants,
-            "commit": runs.commit(), "primary": primary, "parameters": parameters,
+            "commit": commit, "primary": primary, "parameters": parameters,
             "seeds": seeds, "paired": cli.FLAGS.paired, "split": split, "depth_split": depth_split,
             "attacks": list(attacks),
             "attack_settings": dataclasses.asdict(settings), "seconds": seconds,

@@ -32,7 +32,7 @@ VARIANTS = {
                                                        "spatial": "none", "position_table": "learned"},
     "learned absolute, gaussian content": PINNED | {"attention": "bilateral", "content": "gaussian",
                                                     "spatial": "none", "position_table": "learned"},
-    "learned absolute, MLP 320": PINNED | {"attention": "standard", "position_table": "learned", "mlp_dim": 320},
+    "learned absolute, MLP 192": PINNED | {"attention": "standard", "position_table": "learned", "mlp_dim": 192},
     "TUPE": PINNED | {"attention": "bilateral", "content": "dot", "spatial": "dot", "position_table": "learned"},
     "BSA dot": PINNED | {"attention": "bilateral", "content": "gaussian", "spatial": "dot",
                          "position_table": "learned"},

@@ -45,7 +45,8 @@ def sequence_stack(cfg, params, tokens, *, pooling="mean", y0_noise=None):
   tokens = np.asarray(tokens)
   heads, head_dim = cfg.num_heads, cfg.model_dim // cfg.num_heads
   assert cfg.norm == "pre", cfg.norm
-  x = params["embed"]["embedding"][tokens]
+  vaswani = cfg.attention == "standard" and cfg.position_table == "sinusoidal"  # embeddings x sqrt(d) beside sinusoids
+  x = params["embed"]["embedding"][tokens] * (np.sqrt(cfg.model_dim) if vaswani else 1.0)
   attend = tokens != 0
   coords = np.arange(tokens.shape[1], dtype=np.float64)[:, None]
   real = attend

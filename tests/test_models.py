@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bilateral_jax import console, ops
+from bilateral_jax import console, diagnostics, ops
 from bilateral_jax.models import MODELS, MultiHeadAttention, Transformer, TransformerConfig, build_model, recorded_bsa_paths
 
 TINY = dict(num_layers=2, num_heads=2, model_dim=16, mlp_dim=32, max_length=16)
@@ -138,6 +138,17 @@ def test_bilateral_dot_without_spatial_term_is_standard_attention_with_a_learned
   hotter = jax.tree_util.tree_map_with_path(
       lambda path, p: p - 0.5 if "log_h_y" in jax.tree_util.keystr(path) else p, params)
   assert float(jnp.max(jnp.abs(bsa.apply(hotter, x, coords=coords) - bsa.apply(params, x, coords=coords)))) > 1e-3
+
+
+@pytest.mark.parametrize("backbone", ["lm", "classifier"])
+def test_token_embeddings_are_scaled_by_sqrt_d_beside_a_sinusoidal_table_only(backbone):
+  kwargs, tokens = BACKBONES[backbone]
+  for table, scale in (("sinusoidal", 4.0), ("learned", 1.0), ("none", 1.0)):  # model_dim 16
+    model = build_model(backbone, tiny(attention="standard", position_table=table),
+                        **(kwargs | ({"pooling": "mean"} if backbone == "classifier" else {})))
+    params = model.init(jax.random.key(0), tokens)["params"]
+    np.testing.assert_allclose(diagnostics.stack_input(model, params, tokens),
+                               scale * params["embed"]["embedding"][tokens], rtol=1e-6)
 
 
 @pytest.mark.parametrize("base", [10_000.0, 6.0])

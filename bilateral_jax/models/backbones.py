@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import flax
@@ -31,6 +32,13 @@ class AdaptiveOutput:
   def log_probs(self):
     """[batch, len, vocab]: log p of every word (materialised: small vocabularies only)."""
     return ops.adaptive_log_probs(self.hidden, self.softmax)
+
+
+def token_scale(config: TransformerConfig) -> float:
+  """What token embeddings are multiplied by before the stack: sqrt(model_dim) where a sinusoidal table is
+  added to them (as Vaswani et al. build it: embeddings of std 0.02 would be drowned by sinusoids of
+  amplitude 1), else 1."""
+  return math.sqrt(config.model_dim) if config.additive_positions and config.position_table == "sinusoidal" else 1.0
 
 
 class CausalLM(nn.Module):
@@ -101,7 +109,7 @@ class CausalLM(nn.Module):
       return self._adaptive(tokens, deterministic, cache_index)
     embed = nn.Embed(self.vocab_size, self.config.model_dim, embedding_init=nn.initializers.normal(0.02),
                      name="embed")
-    y = self._stack(embed(tokens), deterministic, cache_index)
+    y = self._stack(embed(tokens) * token_scale(self.config), deterministic, cache_index)
     if self.tie_embeddings:
       return embed.attend(y.astype(jnp.float32))
     return nn.Dense(self.vocab_size, name="head")(y.astype(jnp.float32))
@@ -143,7 +151,7 @@ class SequenceClassifier(nn.Module):
   def encode(self, tokens, deterministic=True):
     """tokens [batch, len] -> pooled features [batch, dim]."""
     mask = tokens != 0
-    x = self.embed(tokens)
+    x = self.embed(tokens) * token_scale(self.config)
     coords = ops.sequence_coordinates(tokens.shape[1])
     if self.pooling == "cls":
       x = jnp.concatenate([jnp.broadcast_to(self.cls_token, (x.shape[0], 1, x.shape[-1])), x], axis=1)
