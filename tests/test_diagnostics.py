@@ -202,7 +202,8 @@ def numpy_logit_terms(x, p, block, pre_norm):
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_cross_term_share_against_numpy(norm):
   model, params, inputs = tiny_model(attention="standard", position_table="sinusoidal", norm=norm)
-  x = np.asarray(params["embed"]["embedding"], np.float64)[inputs]  # the stack's input, by hand
+  # the stack's input, by hand: the embeddings scaled by sqrt(d) beside sinusoids (Vaswani et al.)
+  x = np.asarray(params["embed"]["embedding"], np.float64)[inputs] * np.sqrt(model.config.model_dim)
   n = x.shape[1]
   p = independent.sinusoids(n, model.config.model_dim)
   terms = numpy_logit_terms(x, p, params["transformer"]["block_0"], norm == "pre")
@@ -230,6 +231,8 @@ def test_cross_term_share_without_additive_positions():
   model, params, inputs = tiny_model()  # BSA
   assert diagnostics.cross_term_share(model, params, inputs)["cross_share"] == 0.0
   model, params, inputs = tiny_model(attention="rope")
+  assert diagnostics.cross_term_share(model, params, inputs)["cross_share"] is None
+  model, params, inputs = tiny_model(spatial="none", position_table="learned")  # BSA's content kernel + a table
   assert diagnostics.cross_term_share(model, params, inputs)["cross_share"] is None
 
 

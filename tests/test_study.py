@@ -132,18 +132,18 @@ def test_study_files_and_variant_configs(tmp_path):
 
 def test_run_scalars_report_success_rates_what_the_readout_reads_and_the_decoder_apart():
   profile = {"layer": [0, 1, 2], "snr_db": [20.0, 12.0, 11.0], "token_uniformity": [0.1, 0.3, 0.4]}
-  result = {"results": {"test": {"accuracy": 0.9, "loss": 0.3, "examples": 10}},
+  result = {"results": {"validation": {"accuracy": 0.8, "loss": 0.5}, "test": {"accuracy": 0.9, "loss": 0.3, "examples": 10}},
             "attacks": {"test": {"pgd": {"8": {"accuracy": 0.5, "attack_success_rate": 0.45}}}},
             "depth": profile | {"read_layer": 2, "readout_snr_db": None,
                                 "decoder": {"layer": [0, 1, 2], "snr_db": [9.0, 8.0, 7.0],
                                             "token_uniformity": [0, 0, 0.5]}}}
   assert comparisons.run_scalars(result, "test", "accuracy") == {
-      "accuracy": 0.9, "loss": 0.3, "pgd 8": 0.5, "pgd 8 success rate": 0.45, "SNR dB (layer 2)": 11.0,
+      "accuracy": 0.9, "loss": 0.3, "validation accuracy": 0.8, "pgd 8": 0.5, "pgd 8 success rate": 0.45, "SNR dB (layer 2)": 11.0,
       "uniformity (layer 2)": 0.4, "decoder SNR dB (last layer)": 7.0, "decoder uniformity (last layer)": 0.5}
   result["depth"] |= {"read_layer": 1, "readout_snr_db": 5.0}  # CLS pooling: the readout and Y_{L-1}
   del result["depth"]["decoder"]
   assert comparisons.run_scalars(result, "test", "accuracy") == {
-      "accuracy": 0.9, "loss": 0.3, "pgd 8": 0.5, "pgd 8 success rate": 0.45, "SNR dB (readout)": 5.0,
+      "accuracy": 0.9, "loss": 0.3, "validation accuracy": 0.8, "pgd 8": 0.5, "pgd 8 success rate": 0.45, "SNR dB (readout)": 5.0,
       "SNR dB (layer 1)": 12.0, "uniformity (layer 1)": 0.3}
 
 
@@ -233,3 +233,24 @@ def test_every_shipped_study_file_builds_a_valid_model_for_each_variant(path):
     config = comparisons.variant_config(base, name, overrides)
     experiments.check_settings(config)
     experiments.make_model(config)
+
+
+def test_masking_check_command_adds_restarts_and_transfer_attacks_beside_the_study(tmp_path):
+  """docs/training.md's masking check, at tiny sizes: the baseline and one variant trained, then attacked
+  by PGD with restarts and by PGD crafted on the baseline's run of the same seed, in files of their own."""
+  overrides = {"train.num_steps": 4, "train.eval_every": 4, "train.checkpoint_every": 4, "train.batch_size": 16,
+               "model.transformer.model_dim": 16, "model.transformer.mlp_dim": 32, "eval.batch_size": 64}
+  command = ["--variants=studies/digits_attribution.py", "--seeds=0", "--attack_convention=pixel",
+             "--evaluation=masking", "--attacks=pgd", "--pgd_steps=2", "--pgd_restarts=2", "--epsilons=8,128",
+             "--transfer", "--variant=BSA dot", "--examples=4"]
+  done = run_script("study.py", tmp_path, overrides, devices=1, config="configs/digits_vit.py", extra=command,
+                    timeout=600)
+  assert done.returncode == 0, done.stderr
+  assert not list(tmp_path.glob("*/seed_0/result.json"))  # only this evaluation's files
+  summary = json.loads((tmp_path / "evaluation_masking" / "summary.json").read_text())
+  assert summary["attack_settings"]["pgd_restarts"] == 2 and list(summary["variants"]) == ["learned absolute", "BSA dot"]
+  bsa, baseline = summary["variants"]["BSA dot"], summary["variants"]["learned absolute"]
+  assert {"pgd 128", "pgd 128 transferred", "pgd 128 transferred success rate"} <= set(bsa)
+  assert baseline["pgd 128 transferred"]["mean"] is None  # the baseline is the source
+  result = json.loads((tmp_path / "BSA-dot" / "seed_0" / "result_masking.json").read_text())
+  assert set(result["transfer"]["test"]["pgd"]) == {"8", "128"}
