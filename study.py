@@ -11,7 +11,8 @@ A masking check (docs/method.md section 4) of a finished study, in its own files
 --variants: a study file (`bilateral_jax/comparisons.py`): Python defining `VARIANTS = {name: {key: value}}` (its
 docstring says the command and what it measures) or a JSON object of the same; a key is a dotted config
 path (`model.pooling`) or a TransformerConfig field (`attention` = `model.transformer.attention`). The
-first variant is the baseline (--baseline NAME: another of its variants). Default: the paper's 2 x 2
+first variant is the baseline (--baseline NAME: another of its variants; the finished runs are compared
+with it, in WORKDIR/against_NAME/). Default: the paper's 2 x 2
 (`configs/common.py` ABLATION: standard attention or BSA x the standard residual or GRC). --variant NAME
 (repeatable): run only these variants (the baseline always runs). Every variant's config is built and
 checked before anything trains: an unknown key or a bad value stops the study at once.
@@ -214,7 +215,6 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   commit = runs.commit()  # the code the runs are trained with, read before anything changes it
   root = storage.path(cli.set_up())
-  out = root / f"evaluation_{cli.FLAGS.evaluation}" if cli.FLAGS.evaluation else root
   base = cli.FLAGS.config
   task = tasks.get(base.model.name)
   seeds = [int(seed) for seed in cli.FLAGS.seeds]
@@ -223,7 +223,11 @@ def main(argv):
   if cli.FLAGS.transfer and task.inputs != "images":
     raise ValueError(f"--transfer: transfer attacks need image inputs, and {base.model.name!r} reads {task.inputs}")
   study = comparisons.load(cli.FLAGS.variants) if cli.FLAGS.variants else ABLATION
+  own_baseline = study.baseline
   study = comparisons.select(study, cli.FLAGS.variant, cli.FLAGS.baseline)
+  out = root / f"evaluation_{cli.FLAGS.evaluation}" if cli.FLAGS.evaluation else root
+  if study.baseline != own_baseline:  # a comparison of the same runs with another variant: files of its own
+    out = out / f"against_{slug(study.baseline)}"
   configs = variant_configs(base, study)
   split, metric = base.eval.splits[-1], robustness.headline(task)
   results: dict[str, dict[int, dict]] = {}
@@ -233,7 +237,8 @@ def main(argv):
     for seed in seeds:
       run_dir = root / slug(variant) / f"seed_{seed}"
       done = result_file(run_dir)
-      source_dir = root / slug(study.baseline) / f"seed_{seed}" if cli.FLAGS.transfer and variant != study.baseline else None
+      source_dir = (root / slug(study.baseline) / f"seed_{seed}" if cli.FLAGS.transfer and variant != study.baseline
+                    else None)
       config = variant_config.copy_and_resolve_references()
       config.seed = seed
       if done.exists():

@@ -202,7 +202,9 @@ def test_study_trains_the_chosen_variants_once_and_summarises_them(tmp_path):
                      + ["--variant=absolute", "--baseline=RoPE (no table)", "--nopaired"])
   assert third.returncode == 0, third.stderr
   assert third.stdout.count("evaluating again") == 4 and third.stdout.count("resumed from step 4") == 4
-  summary = json.loads((tmp_path / "summary.json").read_text())
+  # another baseline than the study's: a comparison of the same runs, in files of its own
+  assert json.loads((tmp_path / "summary.json").read_text())["baseline"] == "absolute"
+  summary = json.loads((tmp_path / "against_RoPE-no-table" / "summary.json").read_text())
   assert summary["attacks"] == ["fgsm"] and "fgsm 0.25 success rate" in summary["variants"]["RoPE (no table)"]
   assert summary["baseline"] == "RoPE (no table)" and list(summary["variants"]) == ["RoPE (no table)", "absolute"]
   assert summary["variants"]["absolute"]["accuracy"]["test"] == "Welch t"
