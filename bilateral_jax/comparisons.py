@@ -139,7 +139,7 @@ def run_scalars(result: dict, split: str, metric: str) -> dict[str, float | None
 
 def compare(values: dict[int, float], baseline: dict[int, float], *, paired: bool = True) -> dict:
   """Per-seed values of a variant and of the baseline ({seed: value}) -> {test, difference, ci95 ([low,
-  high]), p_value, df, seeds}: the difference of the means, its `CONFIDENCE` interval and two-sided
+  high]), p_value, df, seed_count}: the difference of the means, its `CONFIDENCE` interval and two-sided
   p-value by a paired t-test over the seeds (when `paired` and both ran exactly the same seeds) or Welch's
   t-test; ci95, p_value and df are None with fewer than 2 seeds on a side (2 pairs when paired)."""
   seeds = min(len(values), len(baseline))
@@ -155,7 +155,7 @@ def compare(values: dict[int, float], baseline: dict[int, float], *, paired: boo
       va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
       se = float(math.sqrt(va + vb))
       df = float((va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))) if se > 0 else None
-  out = {"test": test, "difference": difference, "ci95": None, "p_value": None, "df": df, "seeds": seeds}
+  out = {"test": test, "difference": difference, "ci95": None, "p_value": None, "df": df, "seed_count": seeds}
   if se is None:
     return out
   if se == 0:  # every seed gave the same difference
@@ -186,7 +186,7 @@ def verdict(comparison: dict, *, primary: bool = True) -> str:
   low, high = comparison["ci95"]
   if low <= 0 <= high:
     return "includes 0"
-  if comparison["seeds"] < MIN_SEEDS_FOR_A_CLAIM:
+  if comparison["seed_count"] < MIN_SEEDS_FOR_A_CLAIM:
     return "excludes 0, too few seeds"
   if not primary:
     return "excludes 0 (secondary)"

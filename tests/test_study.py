@@ -29,7 +29,7 @@ def test_t_quantiles_and_the_paired_and_welch_intervals():
   paired = comparisons.compare(a, b, paired=True)
   d = np.array([a[s] - b[s] for s in range(5)])
   half = 2.7764451051977987 * d.std(ddof=1) / np.sqrt(5)
-  assert paired["test"] == "paired t" and paired["df"] == 4 and paired["seeds"] == 5
+  assert paired["test"] == "paired t" and paired["df"] == 4 and paired["seed_count"] == 5
   np.testing.assert_allclose(paired["ci95"], [d.mean() - half, d.mean() + half], rtol=1e-10)
   np.testing.assert_allclose(paired["p_value"], stats.ttest_rel(list(a.values()), list(b.values())).pvalue, rtol=1e-10)
   welch = comparisons.compare(a, b, paired=False)
@@ -173,7 +173,8 @@ def test_study_trains_the_chosen_variants_once_and_summarises_them(tmp_path):
   assert summary["parameters"]["absolute"] > summary["parameters"]["RoPE (no table)"] > 0  # the table
   assert re.fullmatch(r"[0-9a-f]{7,}(\+changes)?|unknown", summary["commit"])
   accuracy = rope["accuracy"]
-  assert accuracy["test"] == "paired t" and accuracy["df"] == 1 and accuracy["seeds"] == 2
+  assert accuracy["test"] == "paired t" and accuracy["df"] == 1 and accuracy["seed_count"] == 2
+  assert accuracy["seeds"] == [0, 1]  # the per-seed values keep their seeds
   assert accuracy["ci95"] is None or accuracy["ci95"][0] <= accuracy["difference"] <= accuracy["ci95"][1]
   result = json.loads((tmp_path / "RoPE-no-table" / "seed_1" / "result.json").read_text())
   assert result["step"] == 4 and result["results"]["test"]["accuracy"] == accuracy["values"][1]
