@@ -174,14 +174,15 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def commit() -> str:
-  """The code's git commit (with `+changes` when the work tree differs from it), or `unknown` outside a
-  git checkout: the commit a study's summary states."""
+  """The code's git commit (with `+changes` when the work tree's code differs from it; documentation,
+  docs/ and *.md, does not count), or `unknown` outside a git checkout: the commit a study's summary
+  states."""
   root = pathlib.Path(__file__).resolve().parents[1]
   try:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                           check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                           text=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs", ":!*.md"],
+                           cwd=root, capture_output=True, text=True, check=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
   return head + ("+changes" if dirty else "")
