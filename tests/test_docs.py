@@ -9,6 +9,7 @@ tests/test_benchmarks.py."""
 import ast
 import collections
 import importlib.util
+import json
 import pathlib
 import re
 import tomllib
@@ -172,3 +173,29 @@ def test_the_check_fails_on_what_does_not_exist(flags_of):
   assert problems_in("python nowhere.py", flags_of) == ["nowhere.py: no such script"]
   assert problems_in("python train.py --config configs/nowhere.py", flags_of) == ["configs/nowhere.py: no such file"]
   assert "--config.a.b" not in commands("```bash\npython train.py  # --config.a.b=1\n```")[0]
+
+
+def section_linking(text: str, link: str) -> str:
+  """The `## ` section of a markdown text that contains `link`."""
+  sections = re.split(r"^(?=## )", text, flags=re.M)
+  return next(section for section in sections if link in section)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "docs" / "results").glob("*.json")), ids=lambda path: path.stem)
+def test_committed_per_seed_values_are_the_tables_they_back(path):
+  """Each study summary committed under docs/results/ is linked from docs/results.md, holds >= 5 seeds of
+  per-seed values for every variant, names its primary quantity and commit, and the section that links it
+  shows each variant's mean primary value as the JSON has it."""
+  summary = json.loads(path.read_text())
+  text = (ROOT / "docs" / "results.md").read_text()
+  link = f"results/{path.name}"
+  assert link in text, f"docs/results.md does not link {link}"
+  section = section_linking(text, link)
+  assert summary["commit"].split("+")[0] in section, f"{path.name}: its commit is not named where it is linked"
+  assert len(summary["seeds"]) >= 5 and summary["primary"] in ("accuracy", "perplexity")
+  for variant, quantities in summary["variants"].items():
+    primary = quantities[summary["primary"]]
+    assert primary["seeds"] == summary["seeds"] and len(primary["values"]) == len(summary["seeds"]), variant
+    assert primary["mean"] == pytest.approx(sum(primary["values"]) / len(primary["values"]))
+    rows = [line for line in section.splitlines() if line.startswith(f"| {variant} |")]
+    assert any(f"{primary['mean']:.3f}" in row for row in rows), f"{path.name}: no row of {variant!r} shows its mean"
