@@ -62,8 +62,8 @@ flags.DEFINE_string("baseline", None, "The variant every other is compared with 
 flags.DEFINE_string("evaluation", "", "Name another evaluation of the study's runs (e.g. a masking check with other "
                     "attack settings): each run's result_NAME.json, and evaluation_NAME/ for the summary and plots; "
                     "the study's own results stay as they are. Default: the study's own (result.json).")
-flags.DEFINE_bool("transfer", False, "Also attack each variant with FGSM/PGD perturbations crafted on the baseline's run "
-                  "of the same seed (transfer attacks; image tasks).")
+flags.DEFINE_bool("transfer", False, "Also attack each variant with FGSM/PGD perturbations crafted on the "
+                  "baseline's run of the same seed (transfer attacks; image tasks).")
 flags.DEFINE_bool("paired", True, "Compare each variant with the baseline by a t-test paired by seed (--nopaired: "
                   "Welch's t-test).")
 cli.define_attack_flags()

@@ -111,8 +111,8 @@ def run_scalars(result: dict, split: str, metric: str) -> dict[str, float | None
   """The numbers a run is summarised by: clean metrics of `split`, and `metric` on the other eval splits
   (`validation accuracy`: where a default is chosen); per attack and strength the attacked
   `metric` and beside it the attack's success rate on the clean-correct examples (or, contamination, the
-  perplexity over the uncontaminated targets), the same for transfer attacks (`transferred`); the SNR of the readout vector (CLS pooling) and SNR and
-  token uniformity at the last layer the readout reads (`diagnostics.depth_profile`: L - 1 with CLS
+  perplexity over the uncontaminated targets), the same for transfer attacks (`transferred`); the SNR of
+  the readout vector (CLS pooling) and SNR and token uniformity at the last layer the readout reads (`diagnostics.depth_profile`: L - 1 with CLS
   pooling, else L); the decoder's at its last layer, for the Segmenter."""
   out = {name: value for name, value in result["results"][split].items() if name != "examples"}
   out |= {f"{other} {metric}": metrics[metric] for other, metrics in result["results"].items() if other != split}

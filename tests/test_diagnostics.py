@@ -114,7 +114,8 @@ def test_depth_profile_adds_noise_to_y0_after_the_position_table_and_counts_real
     changes = [z[b][real[b]] - y[b][real[b]] for b in range(4)]
     want = 20 * np.log10(np.sqrt(sum((c**2).sum() for c in centred)) / np.sqrt(sum((c**2).sum() for c in changes)))
     np.testing.assert_allclose(profile["snr_db"][layer], want, rtol=1e-5)
-    standardised = [(v - v.mean(-1, keepdims=True)) / v.std(-1, keepdims=True) for v in (y[b][real[b]] for b in range(4))]
+    tokens = [y[b][real[b]] for b in range(4)]
+    standardised = [(v - v.mean(-1, keepdims=True)) / v.std(-1, keepdims=True) for v in tokens]
     cosines = [(v @ v.T).sum() / v.shape[-1] - len(v) for v in standardised]
     want = np.mean([c / (len(v) * (len(v) - 1)) for c, v in zip(cosines, standardised)])
     np.testing.assert_allclose(profile["token_uniformity"][layer], want, rtol=1e-5)

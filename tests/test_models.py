@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from bilateral_jax import console, diagnostics, ops
-from bilateral_jax.models import MODELS, MultiHeadAttention, Transformer, TransformerConfig, build_model, recorded_bsa_paths
+from bilateral_jax.models import (MODELS, MultiHeadAttention, Transformer, TransformerConfig, build_model,
+                                  recorded_bsa_paths)
 
 TINY = dict(num_layers=2, num_heads=2, model_dim=16, mlp_dim=32, max_length=16)
 ATTENTIONS = [dict(attention="standard", position_table="learned"),

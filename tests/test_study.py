@@ -132,18 +132,21 @@ def test_study_files_and_variant_configs(tmp_path):
 
 def test_run_scalars_report_success_rates_what_the_readout_reads_and_the_decoder_apart():
   profile = {"layer": [0, 1, 2], "snr_db": [20.0, 12.0, 11.0], "token_uniformity": [0.1, 0.3, 0.4]}
-  result = {"results": {"validation": {"accuracy": 0.8, "loss": 0.5}, "test": {"accuracy": 0.9, "loss": 0.3, "examples": 10}},
+  result = {"results": {"validation": {"accuracy": 0.8, "loss": 0.5},
+                        "test": {"accuracy": 0.9, "loss": 0.3, "examples": 10}},
             "attacks": {"test": {"pgd": {"8": {"accuracy": 0.5, "attack_success_rate": 0.45}}}},
             "depth": profile | {"read_layer": 2, "readout_snr_db": None,
                                 "decoder": {"layer": [0, 1, 2], "snr_db": [9.0, 8.0, 7.0],
                                             "token_uniformity": [0, 0, 0.5]}}}
   assert comparisons.run_scalars(result, "test", "accuracy") == {
-      "accuracy": 0.9, "loss": 0.3, "validation accuracy": 0.8, "pgd 8": 0.5, "pgd 8 success rate": 0.45, "SNR dB (layer 2)": 11.0,
+      "accuracy": 0.9, "loss": 0.3, "validation accuracy": 0.8, "pgd 8": 0.5, "pgd 8 success rate": 0.45,
+      "SNR dB (layer 2)": 11.0,
       "uniformity (layer 2)": 0.4, "decoder SNR dB (last layer)": 7.0, "decoder uniformity (last layer)": 0.5}
   result["depth"] |= {"read_layer": 1, "readout_snr_db": 5.0}  # CLS pooling: the readout and Y_{L-1}
   del result["depth"]["decoder"]
   assert comparisons.run_scalars(result, "test", "accuracy") == {
-      "accuracy": 0.9, "loss": 0.3, "validation accuracy": 0.8, "pgd 8": 0.5, "pgd 8 success rate": 0.45, "SNR dB (readout)": 5.0,
+      "accuracy": 0.9, "loss": 0.3, "validation accuracy": 0.8, "pgd 8": 0.5, "pgd 8 success rate": 0.45,
+      "SNR dB (readout)": 5.0,
       "SNR dB (layer 1)": 12.0, "uniformity (layer 1)": 0.3}
 
 
@@ -251,7 +254,8 @@ def test_masking_check_command_adds_restarts_and_transfer_attacks_beside_the_stu
   assert done.returncode == 0, done.stderr
   assert not list(tmp_path.glob("*/seed_0/result.json"))  # only this evaluation's files
   summary = json.loads((tmp_path / "evaluation_masking" / "summary.json").read_text())
-  assert summary["attack_settings"]["pgd_restarts"] == 2 and list(summary["variants"]) == ["learned absolute", "BSA dot"]
+  assert summary["attack_settings"]["pgd_restarts"] == 2
+  assert list(summary["variants"]) == ["learned absolute", "BSA dot"]
   bsa, baseline = summary["variants"]["BSA dot"], summary["variants"]["learned absolute"]
   assert {"pgd 128", "pgd 128 transferred", "pgd 128 transferred success rate"} <= set(bsa)
   assert baseline["pgd 128 transferred"]["mean"] is None  # the baseline is the source
