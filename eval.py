@@ -4,6 +4,7 @@ DIR/eval/best_<step>.json). Read-only on the checkpoints: it can run beside the 
     python eval.py [--workdir DIR] [--step N | --best] [--config.eval.splits=test]
     python eval.py --workdir DIR --attacks fgsm,pgd [--epsilons 1,2,4] [--attack_convention pixel]
     python eval.py --workdir DIR --attacks contamination [--contamination 0.015] [--replacement random]
+    python eval.py --workdir DIR --eval_length 1024 [--config.data.eval_stride=512]
 
 The config is the one the run saved (DIR/config.json), with any --config.<field> overrides on top;
 --config configs/x.py uses that file instead. Attacks (bilateral_jax/robustness.py says what each
@@ -11,7 +12,9 @@ perturbs and in which units) go into the JSON under `attacks` ({split: {attack: 
 their settings), into the printed table, and into DIR/eval/robustness.png. FGSM and PGD also report
 `attack_success_rate`: the fraction of the examples correct when clean (`clean_correct`) that the attack
 makes wrong; contamination also reports `uncontaminated_perplexity`, over the targets that are not tokens
-of an inserted word (`uncontaminated_targets`).
+of an inserted word (`uncontaminated_targets`). --eval_length N (language models): the eval text in
+windows of N tokens, whatever the training context ("train short, test long"; refused for a learned
+position table, whose rows end at the trained length); the JSON is DIR/eval/<step>_length_<N>.json.
 """
 import dataclasses
 import json
@@ -22,6 +25,8 @@ from bilateral_jax import cli, plots, robustness, storage, tasks, trainer
 
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest that restores).")
 flags.DEFINE_bool("best", False, "Evaluate the best checkpoint by the training's validation metric.")
+flags.DEFINE_integer("eval_length", None, "Language models: score the eval text in windows of this many tokens "
+                     "(default: the training context, data.max_length).")
 cli.define_attack_flags()
 flags.adopt_module_key_flags(cli)
 
@@ -31,10 +36,13 @@ def main(argv):
   flags_ = cli.FLAGS
   task = tasks.get(config.model.name)
   attacks, settings = cli.attack_settings(task, config.seed)
-  step, results, attacked = trainer.evaluate_checkpoint(config, workdir, flags_.step, flags_.best, attacks, settings)
-  out = storage.path(workdir) / "eval" / f"{'best_' if flags_.best else ''}{step}.json"
+  step, results, attacked = trainer.evaluate_checkpoint(config, workdir, flags_.step, flags_.best, attacks, settings,
+                                                        eval_length=flags_.eval_length)
+  length = "" if flags_.eval_length is None else f"_length_{flags_.eval_length}"
+  out = storage.path(workdir) / "eval" / f"{'best_' if flags_.best else ''}{step}{length}.json"
   out.parent.mkdir(parents=True, exist_ok=True)
-  record = {"step": step, "best": flags_.best, "results": results}
+  record = {"step": step, "best": flags_.best, "eval_length": flags_.eval_length or config.data.max_length,
+            "results": results}
   if attacked:
     record |= {"attacks": attacked, "attack_settings": dataclasses.asdict(settings)}
   out.write_text(json.dumps(record, indent=2))

@@ -47,11 +47,14 @@ def _first_line(error: BaseException) -> str:
 
 class Checkpointer:
   """Saves and restores one run's checkpoints under `workdir`. identity: JSON data that must be equal
-  in a checkpoint for it to restore (the model's settings and input shapes)."""
+  in a checkpoint for it to restore (the model's settings and input shapes), except its fields named in
+  `tolerated` (e.g. the lengths, for an evaluation at another length: `trainer.evaluate_checkpoint`)."""
 
-  def __init__(self, workdir: str | os.PathLike, identity: dict, *, keep: int = 3, read_only: bool = False):
+  def __init__(self, workdir: str | os.PathLike, identity: dict, *, keep: int = 3, read_only: bool = False,
+               tolerated: tuple[str, ...] = ()):
     self.root = storage.path(workdir)
     self.identity = _normalize(identity)
+    self.tolerated = tolerated
     self.read_only = read_only
     if read_only and not any((self.root / name).is_dir() for name in ("checkpoints", "best")):
       raise CheckpointError(f"no checkpoints in {self.root} (no checkpoints/ or best/ directory); is "
@@ -140,7 +143,7 @@ class Checkpointer:
   def _restore_step(self, manager, step: int, abstract_params, abstract_opt_state):
     path = manager.directory / str(step)
     saved = manager.restore(step, args=ocp.args.Composite(identity=ocp.args.JsonRestore()))["identity"]
-    changed = differences(saved, self.identity)
+    changed = {key: pair for key, pair in differences(saved, self.identity).items() if key not in self.tolerated}
     if changed:
       raise CheckpointMismatch(f"the checkpoint at {path} was written by a different model: "
                                + "; ".join(f"{key}: checkpoint {a!r}, config {b!r}" for key, (a, b) in changed.items())

@@ -83,6 +83,31 @@ def resolve_from_data(config: ml_collections.ConfigDict, info: core.DatasetInfo)
   return config
 
 
+LENGTHS = ("inputs", "transformer.max_length")  # what a checkpoint's identity may differ in at another length
+
+
+def at_eval_length(config: ml_collections.ConfigDict, length: int) -> ml_collections.ConfigDict:
+  """A language model's config that scores its eval text in windows of `length` tokens ("train short, test
+  long", Press et al. 2022; `data.eval_stride` still applies) with the parameters it was trained with:
+  `data.max_length` set to `length`, the stack's `max_length` raised to it when shorter. Refused (a
+  ValueError saying why) for a task that is not a language model, and for a learned position table, whose
+  rows end at the trained length."""
+  if "perplexity" not in tasks.get(config.model.name).metrics:
+    raise ValueError(f"--eval_length: model {config.model.name!r} is not a language model; only a text stream "
+                     "can be scored in windows of another length")
+  stack = TransformerConfig(**config.model.transformer.to_dict())
+  if length < 1:
+    raise ValueError(f"--eval_length={length} must be a positive number of tokens")
+  if length > stack.max_length and stack.uses_position_table and stack.position_table == "learned":
+    raise ValueError(f"--eval_length={length}: this model's learned position table has rows for "
+                     f"{stack.max_length} positions only (model.transformer.max_length); score at most that, or "
+                     "train a scheme defined at any length (RoPE, ALiBi, BSA's coordinate kernels, sinusoidal, none)")
+  config = config.copy_and_resolve_references()
+  config.data.max_length = length
+  config.model.transformer.max_length = max(length, stack.max_length)
+  return config
+
+
 def check_settings(config: ml_collections.ConfigDict, devices=None) -> None:
   """Every setting that does not need the data, checked before any data is built (`devices`: those the
   step is compiled for, default jax's)."""
@@ -203,8 +228,9 @@ class Experiment:
     """`jax.jit` of `fn` traced for this experiment's devices (`traced`)."""
     return jax.jit(self.traced(fn), **jit_kwargs)
 
-  def checkpointer(self, workdir: str, read_only: bool = False) -> Checkpointer:
-    return Checkpointer(workdir, self.identity, keep=self.config.train.keep_checkpoints, read_only=read_only)
+  def checkpointer(self, workdir: str, read_only: bool = False, tolerated: tuple[str, ...] = ()) -> Checkpointer:
+    return Checkpointer(workdir, self.identity, keep=self.config.train.keep_checkpoints, read_only=read_only,
+                        tolerated=tolerated)
 
   def compile_train_step(self):
     """-> (the compiled train step, seconds it took, XLA's FLOPs per step and device or None, bytes of

@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 from bilateral_jax import checkpointing, console, parallel, robustness, runs, storage
 from bilateral_jax.checkpointing import Checkpointer
 from bilateral_jax.data import core, pipeline, sources
-from bilateral_jax.experiments import Experiment, check_settings, input_workers
+from bilateral_jax.experiments import LENGTHS, Experiment, at_eval_length, check_settings, input_workers
 from bilateral_jax.metric_writer import MetricWriter
 from bilateral_jax.steps import TrainState
 
@@ -271,13 +271,14 @@ def _train(experiment: Experiment, checkpointer: Checkpointer, workdir: str, fre
 
 
 def restore_params(config: ml_collections.ConfigDict, workdir: str, data: core.Description, *,
-                   step: int | None = None, best: bool = False) -> tuple[Experiment, int, Any]:
+                   step: int | None = None, best: bool = False, tolerated: tuple[str, ...] = ()
+                   ) -> tuple[Experiment, int, Any]:
   """-> (the Experiment of `config` and `data`, the step, its parameters) of a checkpoint of `workdir` (the
   newest that restores, `step`, or the best), opened read-only. With `data` described from the config
   alone (`sources.describe`; a run's saved config holds the data-given sizes) nothing of the dataset is read:
-  the model and parameters are the run's, for one's own inputs."""
+  the model and parameters are the run's, for one's own inputs. tolerated: `Checkpointer`'s."""
   experiment = Experiment(config, data)
-  checkpointer = experiment.checkpointer(workdir, read_only=True)
+  checkpointer = experiment.checkpointer(workdir, read_only=True, tolerated=tolerated)
   try:
     step, params, _, _, _ = checkpointer.restore(experiment.abstract_state.params, step=step, best=best)
   finally:
@@ -287,13 +288,18 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, data: core.D
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
                         best: bool = False, attacks: tuple[str, ...] = (),
-                        attack_settings: robustness.AttackSettings | None = None) -> tuple[int, dict, dict]:
+                        attack_settings: robustness.AttackSettings | None = None,
+                        eval_length: int | None = None) -> tuple[int, dict, dict]:
   """Restores the parameters of a checkpoint of `workdir` (the newest that restores, `step`, or the best)
   read-only, so it can run beside a training -> (step, metrics by split, {split: attack results} (see
-  `robustness.evaluate`), empty without attacks)."""
+  `robustness.evaluate`), empty without attacks). eval_length: a language model's eval text scored in
+  windows of that many tokens (`experiments.at_eval_length`)."""
+  tolerated = ()
+  if eval_length is not None:
+    config, tolerated = at_eval_length(config, eval_length), LENGTHS
   check_settings(config)  # before any data is built
   data = sources.describe_split(config.data, config.eval.splits[0])
-  experiment, step, params = restore_params(config, workdir, data, step=step, best=best)
+  experiment, step, params = restore_params(config, workdir, data, step=step, best=best, tolerated=tolerated)
   splits = experiment.config.eval.splits
   results = {split: experiment.evaluate(params, split) for split in splits}
   attacked = {split: robustness.evaluate(experiment, params, split, attacks, attack_settings)

@@ -1,6 +1,8 @@
 """Language modelling as lmtool-fwms runs WikiText-103: the adaptive softmax and input (against dense
 references), the LM without cutoffs unchanged, sliding-window evaluation (against per-token scoring), and
 the `:small` / `:medium` settings."""
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,12 +10,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bilateral_jax import experiments, ops, robustness, tasks
+from bilateral_jax import experiments, ops, robustness, tasks, trainer
 from bilateral_jax.data import builders, core, corpora, pipeline, sources
 from bilateral_jax.models import TransformerConfig
 from bilateral_jax.models.backbones import CausalLM
 from tests.samples import write_wikitext
-from tests.test_training import read_metrics, run_script
+from tests.test_training import read_metrics, run_script, small_config, tiny_config
 
 STACK = TransformerConfig(num_layers=1, num_heads=2, model_dim=8, mlp_dim=16, max_length=16)
 
@@ -240,3 +242,31 @@ def test_train_py_lowers_the_loss_with_the_adaptive_softmax_and_sliding_evaluati
   assert generated.returncode == 0, generated.stderr[-3000:]
   continuation = generated.stdout[len("the"):-1]
   assert len(continuation.split()) + continuation.count("\n") == 6, generated.stdout
+
+
+def test_eval_at_another_length_scores_the_trained_model_and_refuses_a_learned_table(tmp_path):
+  """eval.py --eval_length: at the training context it reproduces the training's evaluation; at twice it
+  scores longer windows with the same parameters; a learned position table, whose rows end at the trained
+  length, is refused in one line before anything is restored; a classifier is refused too."""
+  config = small_config("shakespeare_char_lm", tmp_path, **{"train.num_steps": 2, "train.eval_every": 2,
+                                                               "model.transformer.max_length": 16})
+  trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  logged = {split: read_metrics(tmp_path / "run", split)[-1] for split in ("validation", "test")}
+  same = run_script("eval.py", tmp_path / "run", {}, devices=1, extra=["--eval_length=16"])
+  assert same.returncode == 0, same.stderr
+  at_16 = json.loads((tmp_path / "run" / "eval" / "2_length_16.json").read_text())
+  for split in ("validation", "test"):
+    assert at_16["results"][split]["perplexity"] == pytest.approx(logged[split]["perplexity"], rel=1e-6)
+  longer = run_script("eval.py", tmp_path / "run", {}, devices=1, extra=["--eval_length=32"])
+  assert longer.returncode == 0, longer.stderr
+  at_32 = json.loads((tmp_path / "run" / "eval" / "2_length_32.json").read_text())
+  assert at_32["eval_length"] == 32 and np.isfinite(at_32["results"]["test"]["perplexity"])
+  assert at_32["results"]["test"]["examples"] == at_16["results"]["test"]["examples"]  # the same targets scored
+  assert at_32["results"]["test"]["perplexity"] != at_16["results"]["test"]["perplexity"]  # on longer contexts
+  learned = {"model.transformer.attention": "standard", "model.transformer.position_table": "learned"}
+  refused = run_script("eval.py", tmp_path / "run", learned, devices=1, extra=["--eval_length=32"])
+  assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].endswith(
+      "train a scheme defined at any length (RoPE, ALiBi, BSA's coordinate kernels, sinusoidal, none)")
+  assert "learned position table has rows for 16 positions only" in refused.stderr
+  with pytest.raises(ValueError, match="model 'classifier' is not a language model"):
+    experiments.at_eval_length(tiny_config(), 64)
