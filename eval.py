@@ -4,7 +4,7 @@ DIR/eval/best_<step>.json). Read-only on the checkpoints: it can run beside the 
     python eval.py [--workdir DIR] [--step N | --best] [--config.eval.splits=test]
     python eval.py --workdir DIR --attacks fgsm,pgd [--epsilons 1,2,4] [--attack_convention pixel]
     python eval.py --workdir DIR --attacks contamination [--contamination 0.015] [--replacement random]
-    python eval.py --workdir DIR --eval_length 1024 [--config.data.eval_stride=512]
+    python eval.py --workdir DIR --eval_length 1024
 
 The config is the one the run saved (DIR/config.json), with any --config.<field> overrides on top;
 --config configs/x.py uses that file instead. Attacks (bilateral_jax/robustness.py says what each

