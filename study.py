@@ -2,7 +2,7 @@
 
     python study.py --config configs/X.py --workdir runs/study_X [--variants studies/Y.py] [--variant NAME ...]
         [--baseline NAME] [--seeds 0,1,2,3,4] [--nopaired] [--attacks fgsm,pgd] [--config.<field>=...]
-        [attack flags as eval.py's] [--evaluation NAME] [--transfer]
+        [attack flags as eval.py's] [--evaluation NAME] [--transfer] [--eval_lengths 64,256,1024]
 
 A masking check (docs/method.md section 4) of a finished study, in its own files beside the study's:
     python study.py ... --evaluation masking --attacks pgd --pgd_steps 100 --pgd_restarts 5 \
@@ -22,12 +22,12 @@ WORKDIR/<variant>/seed_<s> (train.py's loop: a run interrupted midway resumes fr
 evaluates the final parameters on the eval splits and, on the last of them (the one the summary
 reports), under the attacks that apply to the task (all of them unless --attacks says; with the attack's
 success rate on the examples correct when clean, and for contamination the perplexity over the
-uncontaminated targets), and measures SNR and token uniformity per layer (diagnose.py's depth
-diagnostics; the Segmenter's decoder apart), then writes that run's `result.json`; a run with a
-`result.json` is done and not retrained (evaluated again, from its checkpoint, when the attack or
-diagnostics settings changed; a run trained with other settings, of its variant or of the base config,
-is refused). An interrupted study
-continues where it stopped. Then: WORKDIR/summary.json, summary.md (mean ± std over seeds per variant and
+uncontaminated targets), scores a language model's text at each of --eval_lengths (eval.py
+--eval_length), and measures SNR and token uniformity per layer (diagnose.py's depth diagnostics; the
+Segmenter's decoder apart) and records BSA's learned bandwidths, then writes that run's `result.json`;
+a run with a `result.json` is done and not retrained (evaluated again, from its checkpoint, when the
+attack or diagnostics settings changed; a run trained with other settings, of its variant or of the base
+config, is refused). An interrupted study continues where it stopped. Then: WORKDIR/summary.json, summary.md (mean ± std over seeds per variant and
 quantity, and each variant's parameter count; each variant's difference from the baseline with its 95%
 confidence interval and p-value, paired by seed by default (every variant runs the same seeds, and a seed
 fixes the data order and the initialisation seed), Welch's t-test with --nopaired; a difference holds only
@@ -64,6 +64,9 @@ flags.DEFINE_string("evaluation", "", "Name another evaluation of the study's ru
                     "the study's own results stay as they are. Default: the study's own (result.json).")
 flags.DEFINE_bool("transfer", False, "Also attack each variant with FGSM/PGD perturbations crafted on the "
                   "baseline's run of the same seed (transfer attacks; image tasks).")
+flags.DEFINE_list("eval_lengths", [], "Language models: also score the summary's split in windows of each of these "
+                  "lengths (eval.py --eval_length; train short, test long): `perplexity at N` per run, and "
+                  "lengths.png.")
 flags.DEFINE_bool("paired", True, "Compare each variant with the baseline by a t-test paired by seed (--nopaired: "
                   "Welch's t-test).")
 cli.define_attack_flags()
@@ -114,17 +117,27 @@ def run_one(config, run_dir: epath.Path, attacks, settings, overrides: dict, sou
     crafted = tuple(attack for attack in attacks if attack in robustness.IMAGE_ATTACKS)
     result["transfer"] = {split: robustness.evaluate(experiment, params, split, crafted, settings,
                                                      crafted_by=(source.model, source_params))}
+  result["lengths"] = {split: {str(length): at_length(config, data, params, split, int(length))
+                               for length in cli.FLAGS.eval_lengths}} if cli.FLAGS.eval_lengths else {}
   inputs = diagnostics.eval_inputs(experiment, cli.FLAGS.examples)
   result["depth"] = diagnostics.depth_profile(experiment.model, jax.device_get(params), inputs,
                                               noise=cli.FLAGS.noise, seed=config.seed)
   result["depth"]["split"] = experiment.config.eval.splits[0]  # where eval_inputs reads
   result["parameters"] = int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
   result["grc_t"] = grc_t(params)
+  result["bandwidths"] = {name: [float(h) for h in np.ravel(value)]  # BSA's learned h_y, h_p per layer and head
+                          for name, value in trainer.to_host(steps.parameter_summaries(params)).items()
+                          if name.startswith(("h_y", "h_p"))}
   result["seconds"] = {"train": trained, "total": time.perf_counter() - start}
   result["evaluated_with"] = evaluated_with(attacks, settings)
   result["overrides"] = as_json(overrides)
   storage.write_whole(result_file(run_dir), json.dumps(result, indent=2))  # an interruption leaves no half file
   return result
+
+
+def at_length(config, data, params, split: str, length: int) -> dict:
+  """A language model's metrics of `split` scored in windows of `length` tokens with `params`."""
+  return experiments.Experiment(experiments.at_eval_length(config, length), data).evaluate(params, split)
 
 
 def grc_t(params) -> dict[str, list[float]]:
@@ -141,7 +154,7 @@ def evaluated_with(attacks, settings) -> dict:
   """What a run's evaluation depends on besides its checkpoint: a done run evaluated otherwise is redone."""
   return {"attacks": list(attacks), "attack_settings": dataclasses.asdict(settings) | {"epsilons": list(settings.epsilons)},
           "examples": cli.FLAGS.examples, "noise": cli.FLAGS.noise, "measurements": MEASUREMENTS,
-          "transfer": cli.FLAGS.transfer}
+          "transfer": cli.FLAGS.transfer, "eval_lengths": [int(length) for length in cli.FLAGS.eval_lengths]}
 
 
 def as_json(value):
@@ -167,7 +180,7 @@ def plot(root: epath.Path, out: epath.Path, results: dict, split: str, metric: s
   """The study's plots of the runs under `root`, into `out`."""
   plots.curves({variant: mean_rows([metric_writer.read(root / slug(variant) / f"seed_{seed}") for seed in by_seed])
                 for variant, by_seed in results.items()}, out / "curves.png")
-  attacked, depth, learned_t = {}, {"snr_db": {}, "token_uniformity": {}}, {}
+  attacked, depth, learned_t, by_length = {}, {"snr_db": {}, "token_uniformity": {}}, {}, {}
   spread = lambda values: values.std(0, ddof=1) if len(values) > 1 else None
   for variant, by_seed in results.items():
     runs = list(by_seed.values())
@@ -181,6 +194,10 @@ def plot(root: epath.Path, out: epath.Path, results: dict, split: str, metric: s
         if profiles[0] is not None:
           values = np.asarray([profile[name] for profile in profiles])
           depth[name][variant + suffix] = (profiles[0]["layer"], values.mean(0), spread(values))
+    if runs[0].get("lengths", {}).get(split):
+      lengths = sorted(runs[0]["lengths"][split], key=int)
+      values = np.asarray([[r["lengths"][split][length][metric] for length in lengths] for r in runs])
+      by_length[variant] = ([int(length) for length in lengths], values.mean(0), spread(values))
     for sublayer in set.intersection(*(set(r.get("grc_t", {})) for r in runs)):
       values = np.asarray([r["grc_t"][sublayer] for r in runs])
       learned_t[f"{variant}, {sublayer}"] = (list(range(values.shape[1])), values.mean(0), spread(values))
@@ -192,6 +209,9 @@ def plot(root: epath.Path, out: epath.Path, results: dict, split: str, metric: s
                 ylabel="mean pairwise cosine")
   if learned_t:
     plots.against(learned_t, out / "grc_t.png", xlabel="layer", ylabel="learned GRC t")
+  if by_length:
+    plots.against(by_length, out / "lengths.png", xlabel="evaluation length (tokens)", ylabel=metric, log_x=True,
+                  title=f"{split}: mean ± std over seeds")
 
 
 def variant_configs(base, study: comparisons.Study) -> dict:
@@ -229,6 +249,9 @@ def main(argv):
   if study.baseline != own_baseline:  # a comparison of the same runs with another variant: files of its own
     out = out / f"against_{slug(study.baseline)}"
   configs = variant_configs(base, study)
+  at = re.fullmatch(r".+ at (\d+)", study.primary or "")
+  if at and at.group(1) not in cli.FLAGS.eval_lengths:
+    raise ValueError(f"the study's primary quantity {study.primary!r} needs --eval_lengths to include {at.group(1)}")
   split, metric = base.eval.splits[-1], robustness.headline(task)
   results: dict[str, dict[int, dict]] = {}
   for variant, variant_config in configs.items():

@@ -111,7 +111,8 @@ def run_scalars(result: dict, split: str, metric: str) -> dict[str, float | None
   """The numbers a run is summarised by: clean metrics of `split`, and `metric` on the other eval splits
   (`validation accuracy`: where a default is chosen); per attack and strength the attacked
   `metric` and beside it the attack's success rate on the clean-correct examples (or, contamination, the
-  perplexity over the uncontaminated targets), the same for transfer attacks (`transferred`); the SNR of
+  perplexity over the uncontaminated targets), the same for transfer attacks (`transferred`), `metric`
+  at each evaluation length (`perplexity at 1024`: study.py --eval_lengths); the SNR of
   the readout vector (CLS pooling) and SNR and token uniformity at the last layer the readout reads (`diagnostics.depth_profile`: L - 1 with CLS
   pooling, else L); the decoder's at its last layer, for the Segmenter."""
   out = {name: value for name, value in result["results"][split].items() if name != "examples"}
@@ -121,6 +122,8 @@ def run_scalars(result: dict, split: str, metric: str) -> dict[str, float | None
     label = "uncontaminated perplexity" if beside == "uncontaminated_perplexity" else "success rate"
     for strength, values in by_strength.items():
       out |= {f"{attack} {strength}": values[metric], f"{attack} {strength} {label}": values.get(beside)}
+  for length, metrics in result.get("lengths", {}).get(split, {}).items():
+    out[f"{metric} at {length}"] = metrics[metric]
   for attack, by_strength in result.get("transfer", {}).get(split, {}).items():
     for strength, values in by_strength.items():
       out |= {f"{attack} {strength} transferred": values[metric],

@@ -65,13 +65,16 @@ def curves(runs: dict[str, list[dict]], out: str | os.PathLike) -> epath.Path:
 
 
 def against(series: dict[str, tuple[list, list, list | None]], out: str | os.PathLike, *, xlabel: str,
-            ylabel: str, title: str = "") -> epath.Path:
-  """series: {label: (x, mean, std or None)} -> one panel of lines (with ±std bars) at `out`."""
+            ylabel: str, title: str = "", log_x: bool = False) -> epath.Path:
+  """series: {label: (x, mean, std or None)} -> one panel of lines (with ±std bars) at `out` (x on a log2
+  axis with `log_x`)."""
   many = len(series) > 6  # the legend goes beside the panel instead of over the lines
   figure, axis = plt.subplots(figsize=(8.5 if many else 5, 3.6))
   for label, (x, mean, std) in series.items():
     axis.errorbar(x, mean, yerr=std, marker="o", markersize=3, capsize=2, label=label)
   axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
+  if log_x:
+    axis.set_xscale("log", base=2)
   axis.grid(alpha=0.3)
   axis.legend(fontsize=7, **(dict(loc="center left", bbox_to_anchor=(1.01, 0.5)) if many else {}))
   return save(figure, out)

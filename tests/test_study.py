@@ -10,7 +10,8 @@ from scipy import stats
 
 from bilateral_jax import comparisons, experiments
 from configs import common
-from tests.test_training import ROOT, TINY, run_script, tiny_config
+from tests.samples import write_text_corpus
+from tests.test_training import ROOT, TINY, TINY_MODEL_AND_LOOP, run_script, tiny_config
 
 STUDY_FLAGS = ["--seeds=0,1", "--epsilons=0.5", "--pgd_steps=2", "--examples=4"]
 VARIANTS = {  # those that already validate (standard, RoPE, BSA with its isotropic Gaussian)
@@ -261,3 +262,25 @@ def test_masking_check_command_adds_restarts_and_transfer_attacks_beside_the_stu
   assert baseline["pgd 128 transferred"]["mean"] is None  # the baseline is the source
   result = json.loads((tmp_path / "BSA-dot" / "seed_0" / "result_masking.json").read_text())
   assert set(result["transfer"]["test"]["pgd"]) == {"8", "128"}
+
+
+def test_a_language_model_study_scores_each_run_at_other_lengths(tmp_path):
+  """--eval_lengths: each run's test text also scored in windows of each length, summarised per length
+  (`perplexity at N`, paired like any quantity) and plotted against the length; at the training context
+  it is the run's own test perplexity."""
+  write_text_corpus(tmp_path / "data")
+  overrides = TINY_MODEL_AND_LOOP | {"data.directory": str(tmp_path / "data"), "data.max_length": 16,
+                                     "model.transformer.max_length": 16, "train.num_steps": 2, "train.eval_every": 2,
+                                     "train.checkpoint_every": 2}
+  variants = tmp_path / "lengths.json"
+  variants.write_text(json.dumps({"ALiBi": {"attention": "alibi", "residual": "standard"},
+                                  "BSA": {"attention": "bilateral", "spatial": "laplacian", "residual": "standard"}}))
+  done = run_script("study.py", tmp_path / "study", overrides, devices=1, config="configs/shakespeare_char_lm.py",
+                    extra=[f"--variants={variants}", "--seeds=0,1", "--attacks=contamination", "--examples=4",
+                           "--eval_lengths=16,32"], timeout=600)
+  assert done.returncode == 0, done.stderr
+  summary = json.loads((tmp_path / "study" / "summary.json").read_text())
+  bsa = summary["variants"]["BSA"]
+  assert {"perplexity at 16", "perplexity at 32"} <= set(bsa) and bsa["perplexity at 32"]["seeds"] == [0, 1]
+  np.testing.assert_allclose(bsa["perplexity at 16"]["values"], bsa["perplexity"]["values"], rtol=1e-6)
+  assert (tmp_path / "study" / "lengths.png").exists()
