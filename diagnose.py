@@ -121,7 +121,7 @@ def depth(run: Restored, out: epath.Path) -> None:
     left.plot(profile["layer"], profile["snr_db"], "o-", label=name or "encoder")
     right.plot(profile["layer"], profile["token_uniformity"], "o-", label=name or "encoder")
   left.set(xlabel="layer (0 = Y_0)", ylabel="dB", title=f"SNR (noise {cli.FLAGS.noise} x RMS)")
-  right.set(xlabel="layer (0 = Y_0)", title="token uniformity (mean pairwise cosine)")
+  right.set(xlabel="layer (0 = Y_0)", title="token uniformity (mean pairwise cosine, standardised tokens)")
   if len(profiles) > 1:
     left.legend(fontsize=8)
   save(figure, out / "depth.png")

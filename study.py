@@ -206,7 +206,7 @@ def plot(root: epath.Path, out: epath.Path, results: dict, split: str, metric: s
                   title=f"{split}: mean ± std over seeds")
   plots.against(depth["snr_db"], out / "snr.png", xlabel="layer (0 = Y_0)", ylabel="SNR (dB)")
   plots.against(depth["token_uniformity"], out / "uniformity.png", xlabel="layer (0 = Y_0)",
-                ylabel="mean pairwise cosine")
+                ylabel="mean pairwise cosine (standardised)")
   if learned_t:
     plots.against(learned_t, out / "grc_t.png", xlabel="layer", ylabel="learned GRC t")
   if by_length:
