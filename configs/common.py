@@ -11,14 +11,14 @@ from bilateral_jax.models import TransformerConfig
 from bilateral_jax.parallel import FSDP_MIN_SIZE
 
 
-# BSA's spatial kernel in the shipped bidirectional configs, chosen by the attribution studies (their figures:
-# docs/results.md; a distance-only kernel would make these models blind to direction, docs/method.md section 2).
-# Patch grids: `dot` (TUPE features of per-axis position tables, a learned CLS position), the best position
-# scheme of the digits study (studies/digits_positions.py; docs/results.md "Position schemes: the digits ViT").
+# BSA's spatial kernel in the shipped bidirectional configs, each the BSA kernel best on the validation split
+# of its attribution study (docs/results.md; a distance-only kernel would make these models blind to
+# direction, docs/method.md section 2).
+# Patch grids: `dot` (TUPE features of per-axis position tables, a learned CLS position;
+# studies/digits_attribution.py, docs/results.md "Attribution: the digits ViT").
 GRID_SPATIAL = "dot"
 # Sequences read bidirectionally (ListOps, LRA): the 1-D `asymmetric` Laplacian (a bandwidth before and one
-# after the query), the most accurate reading of the ListOps study (studies/listops_positions.py;
-# docs/results.md "Position schemes: ListOps").
+# after the query; studies/listops_attribution.py, docs/results.md "Attribution: ListOps").
 SEQUENCE_SPATIAL = "asymmetric"
 
 
