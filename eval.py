@@ -41,8 +41,9 @@ def main(argv):
   length = "" if flags_.eval_length is None else f"_length_{flags_.eval_length}"
   out = storage.path(workdir) / "eval" / f"{'best_' if flags_.best else ''}{step}{length}.json"
   out.parent.mkdir(parents=True, exist_ok=True)
-  record = {"step": step, "best": flags_.best, "eval_length": flags_.eval_length or config.data.max_length,
-            "results": results}
+  record = {"step": step, "best": flags_.best, "results": results}
+  if flags_.eval_length is not None:
+    record["eval_length"] = flags_.eval_length
   if attacked:
     record |= {"attacks": attacked, "attack_settings": dataclasses.asdict(settings)}
   out.write_text(json.dumps(record, indent=2))
