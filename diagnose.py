@@ -1,14 +1,17 @@
 """The paper's diagnostics, written to DIR/diagnostics/ as JSON, PNG (and NPZ).
 
     python diagnose.py --lipschitz --workdir DIR [--lengths 100,1000,10000] [--samples 1000]
-    python diagnose.py --long_range --workdir DIR [--lengths 64,128,256,512,1024]
+    python diagnose.py --long_range --workdir DIR [--lengths 64,128,256,512,1024] [--examples 64]
     python diagnose.py --workdir DIR [--step N | --best] [--examples 64] [--noise 0.1]
 
---lipschitz and --long_range are model-free. --lipschitz: the softmax study of the paper's Figure 2
-(`lipschitz.json` with keys N, lipschitz, fit_a, fit_b, perturbation). --long_range: the relative change of
-the last block's attention output under a perturbation of relative size 1e-3, divided by that size, for
-random 2-layer stacks with standard attention (+ sinusoidal positions), ALiBi and BSA against N
-(`long_range.json` with keys N and one list per attention kind, `long_range.png`).
+--lipschitz is model-free: the softmax study of the paper's Figure 2 (`lipschitz.json` with keys N,
+lipschitz, fit_a, fit_b, perturbation). --long_range: the relative change of the last block's attention
+output under a perturbation of relative size 1e-3 of its stack's input Y_0, divided by that size, against
+N (`long_range.json`, `long_range.png`). In a DIR without a trained run, model-free: random 2-layer stacks
+with standard attention (+ sinusoidal positions), ALiBi and BSA on N(0, I) inputs (keys N and one list per
+attention kind). With a trained language model in DIR: that model (--step, --best) on the first --examples
+windows of N tokens of its first eval split (eval.py --eval_length; keys step, split, examples,
+trained_length, N, sensitivity).
 
 With a trained run it measures on the first `--examples` of the first eval split:
 - `depth.json`, `depth.png`: SNR and token uniformity per layer (0 = Y_0, the stack's input after any
@@ -33,11 +36,12 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from bilateral_jax import cli, diagnostics, storage, trainer
+from bilateral_jax import cli, diagnostics, experiments, runs, storage, trainer
 from bilateral_jax.data import sources
 
 flags.DEFINE_bool("lipschitz", False, "Run the model-free softmax Lipschitz study (needs no checkpoint).")
-flags.DEFINE_bool("long_range", False, "Run the model-free long-range stability study (needs no checkpoint).")
+flags.DEFINE_bool("long_range", False, "Run the long-range stability study: of the trained language model in "
+                  "--workdir, model-free where it holds no run.")
 flags.DEFINE_list("lengths", None, "N for --lipschitz (default 100 .. 10000) or --long_range (64 .. 1024).")
 flags.DEFINE_integer("samples", 1000, "Random points per N for --lipschitz.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest that restores).")
@@ -75,21 +79,46 @@ def lipschitz(out: epath.Path) -> None:
   print(f"fit: {result['fit_a']:.4f} / sqrt(N) + {result['fit_b']:.5f}")
 
 
-def long_range(out: epath.Path) -> None:
+def long_range(out: epath.Path, workdir: str) -> None:
+  if runs.load_config(workdir) is not None:
+    return trained_long_range(workdir, out)
   result = diagnostics.long_range_stability(lengths=lengths((64, 128, 256, 512, 1024)))
   (out / "long_range.json").write_text(json.dumps(result, indent=2))
-  from bilateral_jax.plots import plt, save  # noqa: PLC0415 - matplotlib (Agg) only when drawing
-  figure, axes = plt.subplots(figsize=(5, 3.6))
   kinds = [kind for kind in result if kind != "N"]
-  for kind in kinds:
-    axes.semilogx(result["N"], result[kind], "o-", label=kind + (" (+ sinusoidal)" if kind == "standard" else ""))
-  axes.set(xlabel="N", ylabel="relative output change / relative input change")
-  axes.set_title("attention output under a 1e-3 perturbation (random init)", fontsize=9)
-  axes.legend(fontsize=8)
-  save(figure, out / "long_range.png")
+  plot_long_range(result["N"], {kind + (" (+ sinusoidal)" if kind == "standard" else ""): result[kind] for kind in kinds},
+                  "attention output under a 1e-3 perturbation (random init)", out)
   print("N         " + " ".join(f"{n:>7}" for n in result["N"]))
   for kind in kinds:
     print(f"{kind:<10}" + " ".join(f"{value:7.4f}" for value in result[kind]))
+
+
+def trained_long_range(workdir: str, out: epath.Path) -> None:
+  """A trained language model's long-range stability on its first eval split in windows of each --lengths."""
+  config, chosen = cli.run_config(workdir), lengths((64, 128, 256, 512, 1024))
+  longest = experiments.at_eval_length(config, max(chosen))
+  data = sources.describe_split(longest.data, longest.eval.splits[0])
+  _, step, params = trainer.restore_params(longest, workdir, data, step=cli.FLAGS.step, best=cli.FLAGS.best,
+                                           tolerated=experiments.LENGTHS)
+  sensitivity = diagnostics.sensitivity_at_lengths(config, jax.device_get(params), chosen,
+                                                   examples=cli.FLAGS.examples, seed=config.seed)
+  result = {"step": step, "split": config.eval.splits[0], "examples": cli.FLAGS.examples,
+            "trained_length": config.data.max_length, "N": chosen, "sensitivity": sensitivity}
+  (out / "long_range.json").write_text(json.dumps(result, indent=2))
+  plot_long_range(chosen, {config.model.transformer.attention: sensitivity},
+                  f"attention output under a 1e-3 perturbation (step {step})", out)
+  print("N           " + " ".join(f"{n:>7}" for n in chosen))
+  print("sensitivity " + " ".join(f"{value:7.4f}" for value in sensitivity))
+
+
+def plot_long_range(n: list[int], curves: dict[str, list[float]], title: str, out: epath.Path) -> None:
+  from bilateral_jax.plots import plt, save  # noqa: PLC0415 - matplotlib (Agg) only when drawing
+  figure, axes = plt.subplots(figsize=(5, 3.6))
+  for label, values in curves.items():
+    axes.semilogx(n, values, "o-", label=label)
+  axes.set(xlabel="N", ylabel="relative output change / relative input change")
+  axes.set_title(title, fontsize=9)
+  axes.legend(fontsize=8)
+  save(figure, out / "long_range.png")
 
 
 class Restored(NamedTuple):
@@ -198,11 +227,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   workdir = cli.set_up()
   out = storage.path(workdir) / "diagnostics"
-  model_free = [study for study in (lipschitz, long_range) if cli.FLAGS[study.__name__].value]
-  if model_free:
+  if cli.FLAGS.lipschitz or cli.FLAGS.long_range:
     out.mkdir(parents=True, exist_ok=True)
-    for study in model_free:
-      study(out)
+    if cli.FLAGS.lipschitz:
+      lipschitz(out)
+    if cli.FLAGS.long_range:
+      long_range(out, workdir)
   else:
     trained(workdir, out)
   print(f"written to {out}")

@@ -23,7 +23,7 @@ evaluates the final parameters on the eval splits and, on the last of them (the 
 reports), under the attacks that apply to the task (all of them unless --attacks says; with the attack's
 success rate on the examples correct when clean, and for contamination the perplexity over the
 uncontaminated targets), scores a language model's text at each of --eval_lengths (eval.py
---eval_length), and measures SNR and token uniformity per layer (diagnose.py's depth diagnostics; the
+--eval_length) and measures its long-range stability there (diagnose.py --long_range), and measures SNR and token uniformity per layer (diagnose.py's depth diagnostics; the
 Segmenter's decoder apart) and records BSA's learned bandwidths, then writes that run's `result.json`;
 a run with a `result.json` is done and not retrained (evaluated again, from its checkpoint, when the
 attack or diagnostics settings changed; a run trained with other settings, of its variant or of the base
@@ -33,8 +33,8 @@ confidence interval and p-value, paired by seed by default (every variant runs t
 fixes the data order and the initialisation seed), Welch's t-test with --nopaired; a difference holds only
 on the study file's PRIMARY quantity (default: the task's headline metric), when its Holm-adjusted
 p-value over the comparisons with the baseline is below 0.05 with >= 5 seeds per variant; the other
-quantities are secondary) and plots (curves.png, robustness.png, snr.png, uniformity.png, and grc_t.png:
-the learned GRC t per layer). summary.json records the commit, the per-seed values and the split of
+quantities are secondary) and plots (curves.png, robustness.png, snr.png, uniformity.png, grc_t.png:
+the learned GRC t per layer, and with --eval_lengths lengths.png and long_range.png). summary.json records the commit, the per-seed values and the split of
 the depth diagnostics (the first eval split). One process, runs one after the other.
 """
 import dataclasses
@@ -119,6 +119,11 @@ def run_one(config, run_dir: epath.Path, attacks, settings, overrides: dict, sou
                                                      crafted_by=(source.model, source_params))}
   result["lengths"] = {split: {str(length): at_length(config, data, params, split, int(length))
                                for length in cli.FLAGS.eval_lengths}} if cli.FLAGS.eval_lengths else {}
+  if cli.FLAGS.eval_lengths:  # on the depth diagnostics' split (the first), as diagnose.py --long_range
+    sensitivity = diagnostics.sensitivity_at_lengths(config, jax.device_get(params), cli.FLAGS.eval_lengths,
+                                                     examples=cli.FLAGS.examples, seed=config.seed)
+    result["long_range"] = {"split": experiment.config.eval.splits[0], "examples": cli.FLAGS.examples,
+                            "sensitivity": dict(zip(cli.FLAGS.eval_lengths, sensitivity))}
   inputs = diagnostics.eval_inputs(experiment, cli.FLAGS.examples)
   result["depth"] = diagnostics.depth_profile(experiment.model, jax.device_get(params), inputs,
                                               noise=cli.FLAGS.noise, seed=config.seed)
@@ -180,7 +185,7 @@ def plot(root: epath.Path, out: epath.Path, results: dict, split: str, metric: s
   """The study's plots of the runs under `root`, into `out`."""
   plots.curves({variant: mean_rows([metric_writer.read(root / slug(variant) / f"seed_{seed}") for seed in by_seed])
                 for variant, by_seed in results.items()}, out / "curves.png")
-  attacked, depth, learned_t, by_length = {}, {"snr_db": {}, "token_uniformity": {}}, {}, {}
+  attacked, depth, learned_t, by_length, sensitivity = {}, {"snr_db": {}, "token_uniformity": {}}, {}, {}, {}
   spread = lambda values: values.std(0, ddof=1) if len(values) > 1 else None
   for variant, by_seed in results.items():
     runs = list(by_seed.values())
@@ -198,6 +203,10 @@ def plot(root: epath.Path, out: epath.Path, results: dict, split: str, metric: s
       lengths = sorted(runs[0]["lengths"][split], key=int)
       values = np.asarray([[r["lengths"][split][length][metric] for length in lengths] for r in runs])
       by_length[variant] = ([int(length) for length in lengths], values.mean(0), spread(values))
+    if "long_range" in runs[0]:
+      lengths = sorted(runs[0]["long_range"]["sensitivity"], key=int)
+      values = np.asarray([[r["long_range"]["sensitivity"][length] for length in lengths] for r in runs])
+      sensitivity[variant] = ([int(length) for length in lengths], values.mean(0), spread(values))
     for sublayer in set.intersection(*(set(r.get("grc_t", {})) for r in runs)):
       values = np.asarray([r["grc_t"][sublayer] for r in runs])
       learned_t[f"{variant}, {sublayer}"] = (list(range(values.shape[1])), values.mean(0), spread(values))
@@ -212,6 +221,10 @@ def plot(root: epath.Path, out: epath.Path, results: dict, split: str, metric: s
   if by_length:
     plots.against(by_length, out / "lengths.png", xlabel="evaluation length (tokens)", ylabel=metric, log_x=True,
                   title=f"{split}: mean ± std over seeds")
+  if sensitivity:
+    plots.against(sensitivity, out / "long_range.png", xlabel="length N (tokens)", log_x=True,
+                  ylabel="relative output change / relative input change",
+                  title="last attention output under a 1e-3 perturbation of Y_0")
 
 
 def variant_configs(base, study: comparisons.Study) -> dict:

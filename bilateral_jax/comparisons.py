@@ -112,7 +112,8 @@ def run_scalars(result: dict, split: str, metric: str) -> dict[str, float | None
   (`validation accuracy`: where a default is chosen); per attack and strength the attacked
   `metric` and beside it the attack's success rate on the clean-correct examples (or, contamination, the
   perplexity over the uncontaminated targets), the same for transfer attacks (`transferred`), `metric`
-  at each evaluation length (`perplexity at 1024`: study.py --eval_lengths); the SNR of
+  at each evaluation length (`perplexity at 1024`: study.py --eval_lengths) and the long-range stability
+  there (`attention sensitivity at 1024`, on the first eval split); the SNR of
   the readout vector (CLS pooling) and SNR and token uniformity at the last layer the readout reads (`diagnostics.depth_profile`: L - 1 with CLS
   pooling, else L); the decoder's at its last layer, for the Segmenter."""
   out = {name: value for name, value in result["results"][split].items() if name != "examples"}
@@ -124,6 +125,8 @@ def run_scalars(result: dict, split: str, metric: str) -> dict[str, float | None
       out |= {f"{attack} {strength}": values[metric], f"{attack} {strength} {label}": values.get(beside)}
   for length, metrics in result.get("lengths", {}).get(split, {}).items():
     out[f"{metric} at {length}"] = metrics[metric]
+  for length, value in result.get("long_range", {}).get("sensitivity", {}).items():
+    out[f"attention sensitivity at {length}"] = value
   for attack, by_strength in result.get("transfer", {}).get(split, {}).items():
     for strength, values in by_strength.items():
       out |= {f"{attack} {strength} transferred": values[metric],

@@ -16,7 +16,9 @@
 - `cross_term_share(model, params, inputs)`: the share of the first layer's logit variance carried by the
   token-position cross terms (`logit_terms` splits the logits); 0 by construction without additive positions.
 - `long_range_stability(attentions, lengths)`: model-free, the relative change of a random stack's
-  attention output under a small input perturbation against the length N (`relative_sensitivity`).
+  attention output under a small input perturbation against the length N (`relative_sensitivity`);
+  `attention_sensitivity(model, params, inputs)`: the same of a trained model on its own inputs, and
+  `sensitivity_at_lengths` of a language model on its eval text in windows of each length.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bilateral_jax import ops
+from bilateral_jax import experiments, ops
 from bilateral_jax.data import sources
 from bilateral_jax.models.config import TransformerConfig
 from bilateral_jax.models.transformer import Block, MultiHeadAttention, Transformer
@@ -164,6 +166,14 @@ class Stack:
   real: jax.Array
 
 
+def _real_tokens(kwargs: dict, batch: int) -> jax.Array:
+  """[batch, n]: the real tokens of a Transformer stack's call with keyword arguments `kwargs`: those
+  with a place (coordinates not NaN) that the padding mask keeps."""
+  coords = kwargs["coords"]
+  real = jnp.broadcast_to(~jnp.any(jnp.isnan(coords), axis=-1), (batch, coords.shape[0]))
+  return real if kwargs.get("mask") is None else real & kwargs["mask"]
+
+
 def stacks(model: nn.Module, params, inputs, y0_noise=None) -> list[Stack]:
   """The Transformer stacks of `model` on `inputs`, in call order; y0_noise [b, n, d] is added to the
   first stack's Y_0 (after its additive position table, if any)."""
@@ -184,9 +194,7 @@ def stacks(model: nn.Module, params, inputs, y0_noise=None) -> list[Stack]:
     for name in path:
       sown = sown[name]
     coords = kwargs["coords"]
-    real = jnp.broadcast_to(~jnp.any(jnp.isnan(coords), axis=-1), (batch, coords.shape[0]))
-    if kwargs.get("mask") is not None:
-      real = real & kwargs["mask"]
+    real = _real_tokens(kwargs, batch)
     layers = sorted((int(key[len("block_"):]) for key in sown if key.startswith("block_")))
     attention = [sown_attention_weights(sown[f"block_{layer}"]["attention"]) for layer in layers]
     out.append(Stack("/".join(path), list(sown["hidden_states"]), attention, coords, real))
@@ -367,9 +375,75 @@ def relative_sensitivity(f, x: jax.Array, d: jax.Array) -> jax.Array:
   return _norms(f(x + d) - fx) / _norms(fx) * _norms(x) / _norms(d)
 
 
+def perturbation(key: jax.Array, x: jax.Array, relative_size: float, real: jax.Array | None = None) -> jax.Array:
+  """x [b, n, d] -> d [b, n, d]: Gaussian, zero outside the real tokens (real [b, n]; default all), scaled
+  per example so that ||d|| = relative_size ||x||."""
+  d = jax.random.normal(key, x.shape, jnp.float32)
+  if real is not None:
+    d, x = d * real[..., None], x * real[..., None]
+  return d * (relative_size * _norms(x) / _norms(d))[:, None, None]
+
+
 def _attention_output(model: Transformer, params, x, coords) -> jax.Array:
   """The last block's attention sublayer output [b, n, d] of the stack `model` on x [b, n, d]."""
   return _apply(model, params, x, MultiHeadAttention, coords=coords)[1][-1].output
+
+
+def _first_stack_attention(model: nn.Module, params, inputs, y0_noise) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """-> (Y_0 [b, n, d] with y0_noise added, real [b, n], the last block's attention sublayer output [b, n, d])
+  of the model's first Transformer stack. Nothing is sown: long inputs keep no n x n intermediates."""
+  seen = {"stacks": 0}
+
+  def intercept(next_fun, args, kwargs, context):
+    module, first = context.module, seen["stacks"] <= 1
+    if context.method_name != "__call__" or not isinstance(module, (Transformer, Block, MultiHeadAttention)):
+      return next_fun(*args, **kwargs)
+    if isinstance(module, Transformer):
+      seen["stacks"] += 1
+      first = seen["stacks"] == 1
+      if first:
+        kwargs = kwargs | {"y0_noise": y0_noise}
+        seen["real"] = _real_tokens(kwargs, args[0].shape[0])
+    output = next_fun(*args, **kwargs)
+    if first and isinstance(module, Block):
+      seen.setdefault("y0", args[1])
+    if first and isinstance(module, MultiHeadAttention):
+      seen["attention"] = output
+    return output
+
+  with nn.intercept_methods(intercept):
+    model.apply({"params": params}, inputs)
+  return seen["y0"], seen["real"], seen["attention"]
+
+
+def attention_sensitivity(model: nn.Module, params, inputs, *, relative_size: float = 1e-3, seed: int = 0,
+                          batch: int = 8) -> float:
+  """A trained model's long-range stability (docs/method.md section 4): the mean over `inputs` of the
+  `relative_sensitivity` of its first stack's last attention sublayer output, over the real tokens, to a
+  `perturbation` of that stack's Y_0 (after any additive position table) of relative size `relative_size`,
+  drawn per batch of `batch` examples from `seed`."""
+  run = jax.jit(functools.partial(_first_stack_attention, explicit(model)))
+  ratios = []
+  for start in range(0, len(inputs), batch):
+    x = inputs[start:start + batch]
+    shape = jax.eval_shape(run, params, x, None)[0].shape
+    y0, real, _ = run(params, x, jnp.zeros(shape, jnp.float32))
+    keep = real[..., None].astype(jnp.float32)
+    d = perturbation(jax.random.fold_in(jax.random.key(seed), start), y0, relative_size, real)
+    ratios.append(relative_sensitivity(lambda v: run(params, x, v - y0 * keep)[2] * keep, y0 * keep, d))
+  return float(np.mean(np.concatenate(ratios)))
+
+
+def sensitivity_at_lengths(config, params, lengths, *, examples: int, seed: int = 0) -> list[float]:
+  """A trained language model's `attention_sensitivity` on the first `examples` windows of its first eval
+  split, at each of `lengths` tokens (`experiments.at_eval_length`: the same parameters at every length)."""
+  out = []
+  for length in lengths:
+    at = experiments.at_eval_length(config, int(length))
+    experiment = experiments.Experiment(at, sources.describe_split(at.data, at.eval.splits[0]))
+    inputs = eval_inputs(experiment, examples)
+    out.append(attention_sensitivity(experiment.model, params, inputs, seed=seed))
+  return out
 
 
 def long_range_stability(attentions=tuple(LONG_RANGE_ATTENTIONS), lengths=(64, 128, 256, 512, 1024), *,
@@ -377,8 +451,8 @@ def long_range_stability(attentions=tuple(LONG_RANGE_ATTENTIONS), lengths=(64, 1
                          **stack) -> dict:
   """Model-free: for each attention kind (`LONG_RANGE_ATTENTIONS`) a stack (`LONG_RANGE_STACK`, updated by
   `stack`) at `seeds` random initialisations, and for each N `samples` inputs x ~ N(0, I) [N, model_dim]
-  (the same for every kind) with a random perturbation d, ||d|| = relative_size ||x||: the mean
-  `relative_sensitivity` of the last block's attention output. -> {N: [...], kind: [...] per kind}."""
+  (the same for every kind) with a `perturbation` d: the mean `relative_sensitivity` of the last block's
+  attention output. -> {N: [...], kind: [...] per kind}. `attention_sensitivity` is the same of a trained model."""
   lengths = [int(n) for n in lengths]
   result = {"N": lengths}
   for kind in attentions:
@@ -393,8 +467,7 @@ def long_range_stability(attentions=tuple(LONG_RANGE_ATTENTIONS), lengths=(64, 1
     for n in lengths:
       x_key, d_key = jax.random.split(jax.random.fold_in(jax.random.key(seed + 1), n))
       x = jax.random.normal(x_key, (samples, n, config.model_dim))
-      d = jax.random.normal(d_key, x.shape)
-      d = d * (relative_size * _norms(x) / _norms(d))[:, None, None]
+      d = perturbation(d_key, x, relative_size)
       coords = ops.sequence_coordinates(n)
       ratios.append(float(np.mean([relative_sensitivity(lambda v, p=params: output(p, v, coords), x, d)
                                    for params in inits])))

@@ -40,7 +40,8 @@ def sequence_stack(cfg, params, tokens, *, pooling="mean", y0_noise=None):
   """A `SequenceClassifier`'s Transformer (`cfg`: its TransformerConfig, pre-norm; standard attention with an
   additive learned or sinusoidal table, or bilateral attention; a standard or convex GRC residual) on tokens
   [b, n] (0 = padding; `cls` pooling prepends the CLS token, which has no place) -> (Y_0 .. Y_L [b, n', d],
-  each layer's attention weights [b, heads, n', n'], the real tokens [b, n']: no padding, no CLS)."""
+  each layer's attention weights [b, heads, n', n'], the real tokens [b, n']: no padding, no CLS, each
+  layer's attention sublayer output [b, n', d])."""
   params = _float64(params)
   tokens = np.asarray(tokens)
   heads, head_dim = cfg.num_heads, cfg.model_dim // cfg.num_heads
@@ -64,7 +65,7 @@ def sequence_stack(cfg, params, tokens, *, pooling="mean", y0_noise=None):
     y0 = y0 + sinusoids(n, cfg.model_dim)
   if y0_noise is not None:
     y0 = y0 + np.asarray(y0_noise, np.float64)
-  hidden, weights = [y0], []
+  hidden, weights, outputs = [y0], [], []
   y = y0
   for layer in range(cfg.num_layers):
     block = params["transformer"][f"block_{layer}"]
@@ -82,11 +83,12 @@ def sequence_stack(cfg, params, tokens, *, pooling="mean", y0_noise=None):
     w = reference.masked_softmax(logits, keep)
     weights.append(w)
     fy = dense(np.einsum("bhij,bjhd->bihd", w, v), attention["out"], in_axes=2)
+    outputs.append(fy)
     y = _residual(cfg, block, "attention", y, fy, y0)
     fy = dense(gelu(dense(layer_norm(y, block["norm_mlp"]), block["mlp"]["fc1"])), block["mlp"]["fc2"])
     y = _residual(cfg, block, "mlp", y, fy, y0)
     hidden.append(y)
-  return hidden, weights, real
+  return hidden, weights, real, outputs
 
 
 def _residual(cfg, block, sublayer, y, fy, y0):

@@ -93,7 +93,7 @@ def test_depth_profile_adds_noise_to_y0_after_the_position_table_and_counts_real
   model, params = experiment.model, experiment.init(jax.random.key(0)).params
   inputs = first_inputs(config)
   layers = model.config.num_layers
-  hidden, weights, real = independent.sequence_stack(model.config, params, inputs, pooling=model.pooling)
+  hidden, weights, real, _ = independent.sequence_stack(model.config, params, inputs, pooling=model.pooling)
   [clean] = diagnostics.stacks(model, params, inputs)
   assert len(clean.hidden) == layers + 1 and not real.all()  # Y_0 .. Y_L; some padding
   np.testing.assert_array_equal(clean.real, real)
@@ -102,7 +102,7 @@ def test_depth_profile_adds_noise_to_y0_after_the_position_table_and_counts_real
 
   profile = diagnostics.depth_profile(model, params, inputs, noise=0.1, seed=3)
   eta = 0.1 * np.sqrt(np.mean(hidden[0][real] ** 2)) * np.asarray(jax.random.normal(jax.random.key(3), hidden[0].shape))
-  noisy, _, _ = independent.sequence_stack(model.config, params, inputs, pooling=model.pooling, y0_noise=eta)
+  noisy, _, _, _ = independent.sequence_stack(model.config, params, inputs, pooling=model.pooling, y0_noise=eta)
   [noisy_stack] = diagnostics.stacks(model, params, inputs, eta)
   for got, want in zip(noisy_stack.hidden, noisy, strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
@@ -146,7 +146,7 @@ def test_attention_maps_average_the_attention_weights_and_their_distance():
   """The maps and mean distances of a 2-layer BSA + GRC model against its attention weights computed in
   float64 numpy from its params."""
   model, params, inputs = tiny_model(num_layers=2)
-  _, weights, real = independent.sequence_stack(model.config, params, inputs)
+  _, weights, real, _ = independent.sequence_stack(model.config, params, inputs)
   [stack] = diagnostics.stacks(model, params, inputs)
   maps = diagnostics.attention_maps(stack)
   assert len(maps) == 2
@@ -251,6 +251,26 @@ def test_relative_sensitivity_and_long_range_stability():
   doubled = diagnostics.long_range_stability(**small, relative_size=2e-3)  # in the linear regime: the same ratio
   for kind in ("standard", "alibi", "bilateral"):
     np.testing.assert_allclose(doubled[kind], result[kind], rtol=0.02)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"attention": "standard", "position_table": "sinusoidal"}])
+def test_attention_sensitivity_against_a_float64_forward(overrides):
+  """A trained model's long-range stability on padded ListOps (BSA with a CLS token; the sinusoidal
+  baseline): the relative change of the last attention sublayer output over the real tokens under a
+  perturbation of Y_0 on the real tokens, against the float64 numpy forward, per batch of 2."""
+  model, params, inputs = tiny_model(num_layers=2, **overrides)
+  got = diagnostics.attention_sensitivity(model, params, inputs, relative_size=1e-2, seed=3, batch=2)
+  norm = lambda a: np.sqrt(np.sum(np.square(a), axis=(1, 2)))
+  ratios = []
+  for start in (0, 2):
+    tokens = inputs[start:start + 2]
+    hidden, _, real, outputs = independent.sequence_stack(model.config, params, tokens, pooling=model.pooling)
+    keep = real[..., None]
+    d = np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(3), start), hidden[0].shape)) * keep
+    d *= (1e-2 * norm(hidden[0] * keep) / norm(d))[:, None, None]
+    noisy = independent.sequence_stack(model.config, params, tokens, pooling=model.pooling, y0_noise=d)[3]
+    ratios.append(norm((noisy[-1] - outputs[-1]) * keep) / norm(outputs[-1] * keep) * norm(hidden[0] * keep) / norm(d))
+  np.testing.assert_allclose(got, np.mean(np.concatenate(ratios)), rtol=2e-3)
 
 
 def test_diagnose_commands(trained_tiny_run, tmp_path):

@@ -246,7 +246,7 @@ def test_train_py_lowers_the_loss_with_the_adaptive_softmax_and_sliding_evaluati
 
 def test_eval_at_another_length_scores_the_trained_model_and_refuses_a_learned_table(tmp_path):
   """eval.py --eval_length: at the training context it reproduces the training's evaluation; at twice it
-  scores longer windows with the same parameters; a learned position table, whose rows end at the trained
+  scores longer windows with the same parameters (and diagnose.py --long_range measures the model there); a learned position table, whose rows end at the trained
   length, is refused in one line before anything is restored; a classifier is refused too."""
   config = small_config("shakespeare_char_lm", tmp_path, **{"train.num_steps": 2, "train.eval_every": 2,
                                                                "model.transformer.max_length": 16})
@@ -263,6 +263,12 @@ def test_eval_at_another_length_scores_the_trained_model_and_refuses_a_learned_t
   assert at_32["eval_length"] == 32 and np.isfinite(at_32["results"]["test"]["perplexity"])
   assert at_32["results"]["test"]["examples"] == at_16["results"]["test"]["examples"]  # the same targets scored
   assert at_32["results"]["test"]["perplexity"] != at_16["results"]["test"]["perplexity"]  # on longer contexts
+  stability = run_script("diagnose.py", tmp_path / "run", {}, devices=1,
+                         extra=["--long_range", "--lengths=16,32", "--examples=4"])
+  assert stability.returncode == 0, stability.stderr
+  long_range = json.loads((tmp_path / "run" / "diagnostics" / "long_range.json").read_text())
+  assert long_range["N"] == [16, 32] and long_range["trained_length"] == 16 and long_range["step"] == 2
+  assert all(value > 0 for value in long_range["sensitivity"])
   learned = {"model.transformer.attention": "standard", "model.transformer.position_table": "learned"}
   refused = run_script("eval.py", tmp_path / "run", learned, devices=1, extra=["--eval_length=32"])
   assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].endswith(

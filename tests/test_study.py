@@ -283,4 +283,5 @@ def test_a_language_model_study_scores_each_run_at_other_lengths(tmp_path):
   bsa = summary["variants"]["BSA"]
   assert {"perplexity at 16", "perplexity at 32"} <= set(bsa) and bsa["perplexity at 32"]["seeds"] == [0, 1]
   np.testing.assert_allclose(bsa["perplexity at 16"]["values"], bsa["perplexity"]["values"], rtol=1e-6)
-  assert (tmp_path / "study" / "lengths.png").exists()
+  assert (tmp_path / "study" / "lengths.png").exists() and (tmp_path / "study" / "long_range.png").exists()
+  assert all(value > 0 for value in bsa["attention sensitivity at 32"]["values"])  # diagnose.py --long_range's
