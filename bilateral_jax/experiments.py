@@ -89,7 +89,8 @@ LENGTHS = ("inputs", "transformer.max_length")  # what a checkpoint's identity m
 def at_eval_length(config: ml_collections.ConfigDict, length: int) -> ml_collections.ConfigDict:
   """A language model's config that scores its eval text in windows of `length` tokens ("train short, test
   long", Press et al. 2022; `data.eval_stride` still applies) with the parameters it was trained with:
-  `data.max_length` set to `length`, the stack's `max_length` raised to it when shorter. Refused (a
+  `data.max_length` set to `length`, the stack's `max_length` raised to it when shorter, `eval.batch_size`
+  scaled to the same tokens per batch (at least one window). Refused (a
   ValueError saying why) for a task that is not a language model, and for a learned position table, whose
   rows end at the trained length."""
   if "perplexity" not in tasks.get(config.model.name).metrics:
@@ -103,6 +104,7 @@ def at_eval_length(config: ml_collections.ConfigDict, length: int) -> ml_collect
                      f"{stack.max_length} positions only (model.transformer.max_length); score at most that, or "
                      "train a scheme defined at any length (RoPE, ALiBi, BSA's coordinate kernels, sinusoidal, none)")
   config = config.copy_and_resolve_references()
+  config.eval.batch_size = max(1, config.eval.batch_size * config.data.max_length // length)
   config.data.max_length = length
   config.model.transformer.max_length = max(length, stack.max_length)
   return config

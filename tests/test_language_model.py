@@ -274,5 +274,6 @@ def test_eval_at_another_length_scores_the_trained_model_and_refuses_a_learned_t
   assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].endswith(
       "train a scheme defined at any length (RoPE, ALiBi, BSA's coordinate kernels, sinusoidal, none)")
   assert "learned position table has rows for 16 positions only" in refused.stderr
+  assert experiments.at_eval_length(config, 64).eval.batch_size == max(1, config.eval.batch_size // 4)  # same tokens
   with pytest.raises(ValueError, match="model 'classifier' is not a language model"):
     experiments.at_eval_length(tiny_config(), 64)
