@@ -13,7 +13,7 @@ from tests.samples import write_cifar100
 from tests.test_training import CONFIGS, LRA_SMALL, small_config
 
 VARIANTS = [f"{name}:small" for name in LRA_SMALL + ["deit_tiny_imagenet", "shakespeare_char_lm", "wikitext103_lm"]]
-CASES = CONFIGS + VARIANTS + ["wikitext103_lm:medium"]
+CASES = CONFIGS + VARIANTS + ["wikitext103_lm:medium", "lra_listops:small_512"]
 
 
 def write_listops_release(directory):
