@@ -89,3 +89,27 @@ def test_the_gpu_check_stops_without_a_gpu_and_otherwise_writes_its_report(tmp_p
   assert "1 passed" in report, report
   for script in BY_GPU_CHECK:
     check_printed(script, report, json.loads((tmp_path / script.replace(".py", ".json")).read_text()))
+
+
+def test_the_lra_gpu_script_stops_without_a_gpu_and_otherwise_sizes_and_runs_the_study(tmp_path):
+  """benchmarks/lra_gpu.sh (docs/results.md's command for LRA's ListOps at 2,000 tokens on a GPU), run here on
+  the CPU at a tiny size: both variants probed, the study sized from their measured steps (at least 100)
+  and its summary in the report."""
+  env = dict(os.environ, PYTHON=sys.executable, LRA_GPU_OUT=str(tmp_path), TFDS_DATA_DIR=str(tmp_path / "tfds"))
+  refused = subprocess.run(["bash", "benchmarks/lra_gpu.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+  assert refused.returncode == 3 and "no GPU here (jax's backend: cpu): nothing trained" in refused.stderr
+  tiny = {"data.train_size": 64, "data.validation_size": 16, "data.test_size": 16, "data.min_length": 5,
+          "data.max_length": 32, "model.transformer.max_length": 32, "model.transformer.model_dim": 16,
+          "model.transformer.mlp_dim": 32, "train.batch_size": 8, "eval.batch_size": 16}
+  overrides = " ".join(f"--config.{key}={value}" for key, value in tiny.items())
+  done = subprocess.run(["bash", "benchmarks/lra_gpu.sh"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                        env=env | dict(LRA_GPU_ALLOW_CPU="1", LRA_GPU_OVERRIDES=overrides, LRA_GPU_PROBE="4",
+                                       LRA_GPU_MINUTES="0.01", JAX_PLATFORMS="cpu"))
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  report = (tmp_path / "report.txt").read_text()
+  for variant in ("learned-absolute", "BSA-asymmetric"):
+    assert re.search(rf"^{variant}\s+{NUMBER} ms a step$", report, re.M), report
+  assert "== 3. the study at 100 steps" in report
+  summary = json.loads((tmp_path / "study" / "summary.json").read_text())
+  assert list(summary["variants"]) == ["learned absolute", "BSA asymmetric"] and summary["seeds"] == [0]
+  assert all(json.loads(path.read_text())["step"] == 100 for path in (tmp_path / "study").glob("*/seed_0/result.json"))
