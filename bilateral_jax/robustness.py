@@ -182,10 +182,14 @@ def attacked_logits(model: nn.Module, params, batch, *, attack: str, epsilon, in
                                   step_size=settings.pgd_step_fraction * radius, random_start=settings.random_start,
                                   rng=key, bounds=bounds)
     delta = pgd(rng)
-    for restart in range(1, settings.pgd_restarts):
-      other = pgd(jax.random.fold_in(rng, restart))
-      better = (per_example(other) > per_example(delta)).reshape((-1,) + (1,) * (len(shape) - 1))
-      delta = jnp.where(better, other, delta)
+    if settings.pgd_restarts > 1:
+      best = per_example(delta)
+      for restart in range(1, settings.pgd_restarts):
+        other = pgd(jax.random.fold_in(rng, restart))
+        other_loss = per_example(other)
+        better = other_loss > best
+        delta = jnp.where(better.reshape((-1,) + (1,) * (len(shape) - 1)), other, delta)
+        best = jnp.maximum(best, other_loss)
   else:
     raise ValueError(f"unknown attack {attack!r}; known: {', '.join(IMAGE_ATTACKS)}")
   return apply(delta), delta
