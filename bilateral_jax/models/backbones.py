@@ -34,11 +34,12 @@ class AdaptiveOutput:
     return ops.adaptive_log_probs(self.hidden, self.softmax)
 
 
-def token_scale(config: TransformerConfig) -> float:
-  """What token embeddings are multiplied by before the stack: sqrt(model_dim) where a sinusoidal table is
-  added to them (as Vaswani et al. build it: embeddings of std 0.02 would be drowned by sinusoids of
-  amplitude 1), else 1."""
-  return math.sqrt(config.model_dim) if config.additive_positions and config.position_table == "sinusoidal" else 1.0
+def token_scale(config: TransformerConfig, adaptive: bool = False) -> float:
+  """What token embeddings are multiplied by before the stack: sqrt(model_dim) for adaptive input
+  embeddings (Transformer-XL's and lmtool-fwms' scale) and where a sinusoidal table is added to them (as
+  Vaswani et al. build it: embeddings of std 0.02 would be drowned by sinusoids of amplitude 1), else 1."""
+  sinusoids = config.additive_positions and config.position_table == "sinusoidal"
+  return math.sqrt(config.model_dim) if adaptive or sinusoids else 1.0
 
 
 class CausalLM(nn.Module):
@@ -95,7 +96,7 @@ class CausalLM(nn.Module):
       projections = (self.param("head_projection", normal(0.01), (dims[0], dim)),) + tuple(
           in_projections[i] if self.tie_embeddings else self.param(f"output_projection_{i}", normal(0.01), (d, dim))
           for i, d in enumerate(dims) if i)
-    y = self._stack(x * jnp.sqrt(jnp.float32(dim)).astype(x.dtype), deterministic, cache_index)
+    y = self._stack(x * token_scale(self.config, adaptive=True), deterministic, cache_index)
     y = nn.Dropout(self.config.dropout_rate, deterministic=deterministic)(y.astype(jnp.float32))
     softmax = ops.AdaptiveSoftmax(
         tables=tables, bias=slices(self.param("output_bias", zeros, (self.vocab_size,))), projections=projections,
