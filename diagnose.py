@@ -96,7 +96,7 @@ def trained_long_range(workdir: str, out: epath.Path) -> None:
   """A trained language model's long-range stability on its first eval split in windows of each --lengths."""
   config, chosen = cli.run_config(workdir), lengths((64, 128, 256, 512, 1024))
   longest = experiments.at_eval_length(config, max(chosen))
-  data = sources.describe_split(longest.data, longest.eval.splits[0])
+  data = sources.describe_eval(longest)
   _, step, params = trainer.restore_params(longest, workdir, data, step=cli.FLAGS.step, best=cli.FLAGS.best,
                                            tolerated=experiments.LENGTHS)
   sensitivity = diagnostics.sensitivity_at_lengths(config, jax.device_get(params), chosen,
@@ -132,7 +132,7 @@ class Restored(NamedTuple):
 def restore(workdir: str) -> Restored:
   """The run's checkpoint (--step, --best) and the first --examples of its first eval split."""
   config = cli.run_config(workdir)
-  data = sources.describe_split(config.data, config.eval.splits[0])
+  data = sources.describe_eval(config)
   experiment, step, params = trainer.restore_params(config, workdir, data, step=cli.FLAGS.step, best=cli.FLAGS.best)
   inputs = diagnostics.eval_inputs(experiment, cli.FLAGS.examples)
   meta = {"step": step, "split": config.eval.splits[0], "examples": len(inputs)}

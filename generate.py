@@ -28,7 +28,7 @@ def main(argv):
   if config.model.name != "lm":
     raise ValueError(f"{workdir} holds a {config.model.name!r} model; generate.py samples from causal "
                      "language models ('lm')")
-  data = sources.describe_split(config.data, config.eval.splits[0])  # the vocabulary
+  data = sources.describe_eval(config)  # the vocabulary
   experiment, _, params = trainer.restore_params(config, workdir, data, step=flags_.step)
   prompt = sampling.encode(flags_.prompt, experiment.info)
   ids = sampling.generate(experiment.model, params, prompt, flags_.length, temperature=flags_.temperature,

@@ -107,7 +107,7 @@ def run_one(config, run_dir: epath.Path, attacks, settings, overrides: dict, sou
   start = time.perf_counter()
   final = trainer.train_and_evaluate(config, str(run_dir))
   trained = time.perf_counter() - start
-  data = sources.describe_split(config.data, config.eval.splits[0])
+  data = sources.describe_eval(config)
   experiment, step, params = trainer.restore_params(config, str(run_dir), data)
   result = {"step": step, "results": final}
   split = experiment.config.eval.splits[-1]  # the attacks on the split the summary reports

@@ -440,7 +440,7 @@ def sensitivity_at_lengths(config, params, lengths, *, examples: int, seed: int 
   out = []
   for length in lengths:
     at = experiments.at_eval_length(config, int(length))
-    experiment = experiments.Experiment(at, sources.describe_split(at.data, at.eval.splits[0]))
+    experiment = experiments.Experiment(at, sources.describe_eval(at))
     inputs = eval_inputs(experiment, examples)
     out.append(attention_sensitivity(experiment.model, params, inputs, seed=seed))
   return out

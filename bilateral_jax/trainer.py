@@ -298,7 +298,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
   if eval_length is not None:
     config, tolerated = at_eval_length(config, eval_length), LENGTHS
   check_settings(config)  # before any data is built
-  data = sources.describe_split(config.data, config.eval.splits[0])
+  data = sources.describe_eval(config)
   experiment, step, params = restore_params(config, workdir, data, step=step, best=best, tolerated=tolerated)
   splits = experiment.config.eval.splits
   results = {split: experiment.evaluate(params, split) for split in splits}

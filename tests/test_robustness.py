@@ -197,7 +197,7 @@ def trained_digits(tmp_path_factory):
                                                   "model.transformer.model_dim": 32, "model.transformer.mlp_dim": 64,
                                                   "eval.batch_size": 360, "optimizer.warmup_steps": 10})
   trainer.train_and_evaluate(config, str(workdir))
-  data = sources.describe_split(config.data, config.eval.splits[0])
+  data = sources.describe_eval(config)
   experiment, _, params = trainer.restore_params(config, str(workdir), data)
   return experiment, params, workdir
 
@@ -298,7 +298,7 @@ def test_attack_success_rate_counts_the_clean_correct_examples_made_wrong(traine
 
 def test_token_attacks_perturb_the_embeddings_within_the_relative_radius(trained_tiny_run):
   config, workdir = trained_tiny_run
-  data = sources.describe_split(config.data, config.eval.splits[0])
+  data = sources.describe_eval(config)
   experiment, _, params = trainer.restore_params(config, str(workdir), data)
   source = sources.load_split(experiment.config.data, "test")
   batch = {name: np.stack([source[i][name] for i in range(8)]) for name in ("inputs", "label", "weight")}
@@ -439,7 +439,7 @@ def test_contaminated_language_model_evaluation(tmp_path):
     assert 0 < contaminated["uncontaminated_targets"] < contaminated["examples"]
     assert contaminated["uncontaminated_perplexity"] != contaminated["perplexity"]
   # the uncontaminated perplexity scores the targets outside the inserted words, on the contaminated text
-  data = sources.describe_split(config.data, config.eval.splits[0])
+  data = sources.describe_eval(config)
   experiment, _, params = trainer.restore_params(config, str(tmp_path / "run"), data)
   settings = robustness.AttackSettings(epsilons=(), contamination=0.5)
   got = robustness.evaluate(experiment, params, "test", ("contamination",), settings)["contamination"]["0.5"]

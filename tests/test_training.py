@@ -722,7 +722,7 @@ def test_a_trained_model_restores_from_its_saved_config_with_no_dataset_present(
   tfds_dir = tmp_path / "tfds"
   trainer.train_and_evaluate(tiny_config(**{"data.tfds_dir": str(tfds_dir)}), str(tmp_path / "run"))
   config = runs.load_config(tmp_path / "run")
-  data = sources.describe_split(config.data, config.eval.splits[0])
+  data = sources.describe_eval(config)
   with_data, step, params = trainer.restore_params(config, str(tmp_path / "run"), data)
   batch = experiments.example_batch(with_data.data.example, 4, with_data.eval_transform)
   batch["inputs"] = np.random.default_rng(0).integers(1, config.model.vocab_size, batch["inputs"].shape)

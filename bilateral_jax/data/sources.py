@@ -56,3 +56,8 @@ def describe(config: ml_collections.ConfigDict) -> core.Description:
 def describe_split(config: ml_collections.ConfigDict, split: str) -> core.Description:
   """The data of the data config `config` described by its `split` (loaded once, `shared_split`)."""
   return core.Description.of(shared_split(config, split))
+
+
+def describe_eval(config: ml_collections.ConfigDict) -> core.Description:
+  """The data of the run config `config` described by its first eval split (the one the diagnostics read)."""
+  return describe_split(config.data, config.eval.splits[0])
