@@ -107,6 +107,9 @@ def run_one(config, run_dir: epath.Path, attacks, settings, overrides: dict, sou
   start = time.perf_counter()
   final = trainer.train_and_evaluate(config, str(run_dir))
   trained = time.perf_counter() - start
+  if (run_dir / "result.json").exists():  # trained before, evaluated again: the training's own time
+    trained = json.loads((run_dir / "result.json").read_text())["seconds"]["train"]
+  evaluating = time.perf_counter()
   data = sources.describe_eval(config)
   experiment, step, params = trainer.restore_params(config, str(run_dir), data)
   result = {"step": step, "results": final}
@@ -133,7 +136,8 @@ def run_one(config, run_dir: epath.Path, attacks, settings, overrides: dict, sou
   result["bandwidths"] = {name: [float(h) for h in np.ravel(value)]  # BSA's learned h_y, h_p per layer and head
                           for name, value in trainer.to_host(steps.parameter_summaries(params)).items()
                           if name.startswith(("h_y", "h_p"))}
-  result["seconds"] = {"train": trained, "total": time.perf_counter() - start}
+  evaluated = time.perf_counter() - evaluating
+  result["seconds"] = {"train": trained, "evaluation": evaluated, "total": trained + evaluated}
   result["evaluated_with"] = evaluated_with(attacks, settings)
   result["overrides"] = as_json(overrides)
   storage.write_whole(result_file(run_dir), json.dumps(result, indent=2))  # an interruption leaves no half file

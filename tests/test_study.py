@@ -202,11 +202,14 @@ def test_study_trains_the_chosen_variants_once_and_summarises_them(tmp_path):
   assert again["results"] == result["results"] and again["attacks"] == result["attacks"]
 
   # other attack settings: every run is evaluated again from its checkpoint, none is retrained
+  trained = json.loads((tmp_path / "absolute" / "seed_0" / "result.json").read_text())["seconds"]
   third = run_script("study.py", tmp_path, overrides, devices=1, timeout=600,
                      extra=STUDY_FLAGS[:1] + ["--attacks=fgsm", "--epsilons=0.25"] + STUDY_FLAGS[2:] + chosen[:1]
                      + ["--variant=absolute", "--baseline=RoPE (no table)", "--nopaired"])
   assert third.returncode == 0, third.stderr
   assert third.stdout.count("evaluating again") == 4 and third.stdout.count("resumed from step 4") == 4
+  seconds = json.loads((tmp_path / "absolute" / "seed_0" / "result.json").read_text())["seconds"]
+  assert seconds["train"] == trained["train"] and seconds["total"] == seconds["train"] + seconds["evaluation"]
   # another baseline than the study's: a comparison of the same runs, in files of its own
   assert json.loads((tmp_path / "summary.json").read_text())["baseline"] == "absolute"
   summary = json.loads((tmp_path / "against_RoPE-no-table" / "summary.json").read_text())
