@@ -14,7 +14,7 @@ demo: venv
 	$(PYTHON) eval.py
 
 test: venv
-	$(PYTHON) -m pytest -q -n auto tests
+	$(PYTHON) -m pytest -q -n auto --durations=25 tests
 
 benchmark: venv
 	$(PYTHON) benchmarks/train_step.py
