@@ -138,10 +138,17 @@ def run_one(config, run_dir: epath.Path, attacks, settings, overrides: dict, sou
                           if name.startswith(("h_y", "h_p"))}
   evaluated = time.perf_counter() - evaluating
   result["seconds"] = {"train": trained, "evaluation": evaluated, "total": trained + evaluated}
+  result["seconds_per_step"] = seconds_per_step(run_dir)
   result["evaluated_with"] = evaluated_with(attacks, settings)
   result["overrides"] = as_json(overrides)
   storage.write_whole(result_file(run_dir), json.dumps(result, indent=2))  # an interruption leaves no half file
   return result
+
+
+def seconds_per_step(run_dir: epath.Path) -> float | None:
+  """A train step's time: the median over the logged intervals after the first (which holds compiling)."""
+  rates = [row["steps_per_s"] for row in metric_writer.read(run_dir) if "steps_per_s" in row][1:]
+  return float(np.median([1.0 / rate for rate in rates])) if rates else None
 
 
 def at_length(config, data, params, split: str, length: int) -> dict:

@@ -115,7 +115,8 @@ def run_scalars(result: dict, split: str, metric: str) -> dict[str, float | None
   at each evaluation length (`perplexity at 1024`: study.py --eval_lengths) and the long-range stability
   there (`attention sensitivity at 1024`, on the first eval split); the SNR of
   the readout vector (CLS pooling) and SNR and token uniformity at the last layer the readout reads (`diagnostics.depth_profile`: L - 1 with CLS
-  pooling, else L); the decoder's at its last layer, for the Segmenter."""
+  pooling, else L); the decoder's at its last layer, for the Segmenter; a train step's seconds (the
+  median logged interval after compiling, on the machine that trained it)."""
   out = {name: value for name, value in result["results"][split].items() if name != "examples"}
   out |= {f"{other} {metric}": metrics[metric] for other, metrics in result["results"].items() if other != split}
   for attack, by_strength in result["attacks"].get(split, {}).items():
@@ -140,6 +141,8 @@ def run_scalars(result: dict, split: str, metric: str) -> dict[str, float | None
   if "decoder" in depth:
     out["decoder SNR dB (last layer)"] = depth["decoder"]["snr_db"][-1]
     out["decoder uniformity (last layer)"] = depth["decoder"]["token_uniformity"][-1]
+  if result.get("seconds_per_step") is not None:
+    out["seconds per step"] = result["seconds_per_step"]
   return out
 
 

@@ -145,10 +145,11 @@ def test_run_scalars_report_success_rates_what_the_readout_reads_and_the_decoder
       "uniformity (layer 2)": 0.4, "decoder SNR dB (last layer)": 7.0, "decoder uniformity (last layer)": 0.5}
   result["depth"] |= {"read_layer": 1, "readout_snr_db": 5.0}  # CLS pooling: the readout and Y_{L-1}
   del result["depth"]["decoder"]
+  result["seconds_per_step"] = 0.25
   assert comparisons.run_scalars(result, "test", "accuracy") == {
       "accuracy": 0.9, "loss": 0.3, "validation accuracy": 0.8, "pgd 8": 0.5, "pgd 8 success rate": 0.45,
       "SNR dB (readout)": 5.0,
-      "SNR dB (layer 1)": 12.0, "uniformity (layer 1)": 0.3}
+      "SNR dB (layer 1)": 12.0, "uniformity (layer 1)": 0.3, "seconds per step": 0.25}
 
 
 def test_study_trains_the_chosen_variants_once_and_summarises_them(tmp_path):
@@ -184,6 +185,7 @@ def test_study_trains_the_chosen_variants_once_and_summarises_them(tmp_path):
   assert result["step"] == 4 and result["results"]["test"]["accuracy"] == accuracy["values"][1]
   assert result["overrides"] == VARIANTS["RoPE (no table)"] and len(result["depth"]["snr_db"]) == 2
   assert result["depth"]["split"] == "validation" and result["depth"]["read_layer"] == 1
+  assert 0 < result["seconds_per_step"] < result["seconds"]["train"]
   pgd = result["attacks"]["test"]["pgd"]["0.5"]
   assert 0 <= pgd["clean_correct"] <= pgd["examples"] and "attack_success_rate" in pgd
   text = (tmp_path / "summary.md").read_text()
