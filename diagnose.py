@@ -36,7 +36,7 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from bilateral_jax import cli, diagnostics, experiments, runs, storage, trainer
+from bilateral_jax import cli, diagnostics, experiments, runs, storage, tasks, trainer
 from bilateral_jax.data import sources
 
 flags.DEFINE_bool("lipschitz", False, "Run the model-free softmax Lipschitz study (needs no checkpoint).")
@@ -95,6 +95,10 @@ def long_range(out: epath.Path, workdir: str) -> None:
 def trained_long_range(workdir: str, out: epath.Path) -> None:
   """A trained language model's long-range stability on its first eval split in windows of each --lengths."""
   config, chosen = cli.run_config(workdir), lengths((64, 128, 256, 512, 1024))
+  if "perplexity" not in tasks.get(config.model.name).metrics:
+    raise ValueError(f"--long_range: the run in {workdir} is a {config.model.name!r} model, not a language model; "
+                     "a trained model is measured on its text in windows of each length (a --workdir without a "
+                     "run gives the model-free study)")
   longest = experiments.at_eval_length(config, max(chosen))
   data = sources.describe_eval(longest)
   _, step, params = trainer.restore_params(longest, workdir, data, step=cli.FLAGS.step, best=cli.FLAGS.best,

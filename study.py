@@ -146,7 +146,7 @@ def run_one(config, run_dir: epath.Path, attacks, settings, overrides: dict, sou
 
 
 def seconds_per_step(run_dir: epath.Path) -> float | None:
-  """A train step's time: the median over the logged intervals after the first (which holds compiling)."""
+  """A train step's time: the median over the logged intervals after the first (the start-up)."""
   rates = [row["steps_per_s"] for row in metric_writer.read(run_dir) if "steps_per_s" in row][1:]
   return float(np.median([1.0 / rate for rate in rates])) if rates else None
 
@@ -214,7 +214,7 @@ def plot(root: epath.Path, out: epath.Path, results: dict, split: str, metric: s
       lengths = sorted(runs[0]["lengths"][split], key=int)
       values = np.asarray([[r["lengths"][split][length][metric] for length in lengths] for r in runs])
       by_length[variant] = ([int(length) for length in lengths], values.mean(0), spread(values))
-    if "long_range" in runs[0]:
+    if all("long_range" in r for r in runs):
       lengths = sorted(runs[0]["long_range"]["sensitivity"], key=int)
       values = np.asarray([[r["long_range"]["sensitivity"][length] for length in lengths] for r in runs])
       sensitivity[variant] = ([int(length) for length in lengths], values.mean(0), spread(values))

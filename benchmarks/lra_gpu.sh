@@ -6,10 +6,12 @@
 #   1. the data, LRA's recipe (96k/2k/2k expressions), built into TFDS's directory unless it is there
 #      (about 16 minutes of one CPU core, once, outside the budget: build it beforehand where CPU time is
 #      free and set TFDS_DATA_DIR);
-#   2. each variant trained for LRA_GPU_PROBE steps (default 40), its time per step the fastest logged
-#      interval (compilation excluded);
+#   2. each variant trained afresh for LRA_GPU_PROBE steps (default 40), its time per step the median
+#      logged interval after the first (as study.py's `seconds per step`); this probe comes on top of the
+#      budget;
 #   3. the study at the most steps of 100 that fit 80% of the budget (the rest: compiling, evaluating), at
-#      most LRA's 5,000, with a fifth of them warming up as `:small`'s 1,000 of 5,000.
+#      most LRA's 5,000, with a fifth of them warming up as `:small`'s 1,000 of 5,000, in
+#      runs/lra_gpu/study_<steps> (an interrupted one resumes).
 # Writes runs/lra_gpu/report.txt (the study's summary.md at its end) and each study's log beside it.
 #
 #     bash benchmarks/lra_gpu.sh
@@ -23,7 +25,7 @@ out=${LRA_GPU_OUT:-runs/lra_gpu}
 minutes=${LRA_GPU_MINUTES:-10}
 probe=${LRA_GPU_PROBE:-40}
 read -r -a overrides <<< "${LRA_GPU_OVERRIDES:-}"
-platform=$("$python" -c "import jax; print(jax.default_backend())" 2>/dev/null)
+platform=$("$python" -c "import jax; print(jax.default_backend())")
 if [[ "$platform" != "gpu" && "${LRA_GPU_ALLOW_CPU:-0}" != "1" ]]; then
   echo "no GPU here (jax's backend: $platform): nothing trained" >&2
   exit 3
@@ -31,6 +33,7 @@ fi
 config=configs/lra_listops.py:small
 study=(--config "$config" --variants studies/listops_lra_length.py --variant "BSA asymmetric" --seeds 0
        --attacks reflect "${overrides[@]}")
+rm -rf "$out/probe"
 mkdir -p "$out"
 {
   echo "== $("$python" -c "import jax; print(jax.devices()[0].device_kind, 'jax', jax.__version__)")"
@@ -42,8 +45,10 @@ mkdir -p "$out"
 import pathlib, sys
 from bilateral_jax import metric_writer
 root, minutes = pathlib.Path(sys.argv[1]), float(sys.argv[2])
-seconds = {run.parent.name: min(1 / row["steps_per_s"] for row in metric_writer.read(run) if "steps_per_s" in row)
-           for run in sorted(root.glob("*/seed_0"))}
+import statistics
+rates = {run.parent.name: [row["steps_per_s"] for row in metric_writer.read(run) if "steps_per_s" in row][1:]
+         for run in sorted(root.glob("*/seed_0"))}
+seconds = {name: statistics.median(1 / rate for rate in each) for name, each in rates.items()}
 for name, step in seconds.items():
   print(f"{name:<20} {step * 1e3:9.1f} ms a step", file=sys.stderr)
 fit = int(0.8 * minutes * 60 / sum(seconds.values())) // 100 * 100
@@ -51,7 +56,7 @@ print(max(100, min(5_000, fit)))
 EOF
 )
   echo "== 3. the study at $steps steps (about $minutes minutes)"
-  "$python" study.py "${study[@]}" --workdir "$out/study" --config.train.num_steps="$steps" \
+  "$python" study.py "${study[@]}" --workdir "$out/study_$steps" --config.train.num_steps="$steps" \
       --config.optimizer.warmup_steps=$((steps / 5)) > "$out/study.log" 2>&1 || { tail -n 5 "$out/study.log"; exit 1; }
-  cat "$out/study/summary.md"
+  cat "$out/study_$steps/summary.md"
 } 2>&1 | grep -v "^[WI][0-9]\{4\}" | tee "$out/report.txt"

@@ -116,7 +116,7 @@ def run_scalars(result: dict, split: str, metric: str) -> dict[str, float | None
   there (`attention sensitivity at 1024`, on the first eval split); the SNR of
   the readout vector (CLS pooling) and SNR and token uniformity at the last layer the readout reads (`diagnostics.depth_profile`: L - 1 with CLS
   pooling, else L); the decoder's at its last layer, for the Segmenter; a train step's seconds (the
-  median logged interval after compiling, on the machine that trained it)."""
+  median logged interval after the first, on the machine that trained it)."""
   out = {name: value for name, value in result["results"][split].items() if name != "examples"}
   out |= {f"{other} {metric}": metrics[metric] for other, metrics in result["results"].items() if other != split}
   for attack, by_strength in result["attacks"].get(split, {}).items():

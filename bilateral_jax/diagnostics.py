@@ -369,9 +369,10 @@ def _norms(a: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.sum(jnp.square(a.reshape(a.shape[0], -1).astype(jnp.float32)), axis=-1))
 
 
-def relative_sensitivity(f, x: jax.Array, d: jax.Array) -> jax.Array:
-  """x, d [b, ...] -> [b]: (||f(x + d) - f(x)|| / ||f(x)||) / (||d|| / ||x||), norms per example."""
-  fx = f(x)
+def relative_sensitivity(f, x: jax.Array, d: jax.Array, fx: jax.Array | None = None) -> jax.Array:
+  """x, d [b, ...] -> [b]: (||f(x + d) - f(x)|| / ||f(x)||) / (||d|| / ||x||), norms per example (fx: f(x)
+  when already computed)."""
+  fx = f(x) if fx is None else fx
   return _norms(f(x + d) - fx) / _norms(fx) * _norms(x) / _norms(d)
 
 
@@ -391,23 +392,27 @@ def _attention_output(model: Transformer, params, x, coords) -> jax.Array:
 
 def _first_stack_attention(model: nn.Module, params, inputs, y0_noise) -> tuple[jax.Array, jax.Array, jax.Array]:
   """-> (Y_0 [b, n, d] with y0_noise added, real [b, n], the last block's attention sublayer output [b, n, d])
-  of the model's first Transformer stack. Nothing is sown: long inputs keep no n x n intermediates."""
-  seen = {"stacks": 0}
+  of the model's first Transformer stack. Nothing is sown (no n x n weights kept)."""
+  seen = {"stacks": 0, "inside": False}
 
   def intercept(next_fun, args, kwargs, context):
-    module, first = context.module, seen["stacks"] <= 1
-    if context.method_name != "__call__" or not isinstance(module, (Transformer, Block, MultiHeadAttention)):
+    module = context.module
+    if context.method_name != "__call__":
       return next_fun(*args, **kwargs)
     if isinstance(module, Transformer):
       seen["stacks"] += 1
-      first = seen["stacks"] == 1
-      if first:
-        kwargs = kwargs | {"y0_noise": y0_noise}
-        seen["real"] = _real_tokens(kwargs, args[0].shape[0])
+      if seen["stacks"] > 1:
+        return next_fun(*args, **kwargs)
+      kwargs = kwargs | {"y0_noise": y0_noise}
+      seen["real"], seen["inside"] = _real_tokens(kwargs, args[0].shape[0]), True
+      try:
+        return next_fun(*args, **kwargs)
+      finally:
+        seen["inside"] = False
     output = next_fun(*args, **kwargs)
-    if first and isinstance(module, Block):
+    if seen["inside"] and isinstance(module, Block):
       seen.setdefault("y0", args[1])
-    if first and isinstance(module, MultiHeadAttention):
+    elif seen["inside"] and isinstance(module, MultiHeadAttention):
       seen["attention"] = output
     return output
 
@@ -421,16 +426,19 @@ def attention_sensitivity(model: nn.Module, params, inputs, *, relative_size: fl
   """A trained model's long-range stability (docs/method.md section 4): the mean over `inputs` of the
   `relative_sensitivity` of its first stack's last attention sublayer output, over the real tokens, to a
   `perturbation` of that stack's Y_0 (after any additive position table) of relative size `relative_size`,
-  drawn per batch of `batch` examples from `seed`."""
-  run = jax.jit(functools.partial(_first_stack_attention, explicit(model)))
+  drawn per batch of `batch` examples from `seed`. Computed in float32 whatever the model's dtype (a
+  perturbation of 1e-3 is below bfloat16's resolution), on the model's own attention path."""
+  model = model.clone(config=dataclasses.replace(model.config, remat="none", dtype="float32"))
+  run = jax.jit(functools.partial(_first_stack_attention, model))
   ratios = []
   for start in range(0, len(inputs), batch):
     x = inputs[start:start + batch]
     shape = jax.eval_shape(run, params, x, None)[0].shape
-    y0, real, _ = run(params, x, jnp.zeros(shape, jnp.float32))
+    y0, real, clean = run(params, x, jnp.zeros(shape, jnp.float32))
     keep = real[..., None].astype(jnp.float32)
     d = perturbation(jax.random.fold_in(jax.random.key(seed), start), y0, relative_size, real)
-    ratios.append(relative_sensitivity(lambda v: run(params, x, v - y0 * keep)[2] * keep, y0 * keep, d))
+    ratios.append(relative_sensitivity(lambda v: run(params, x, v - y0 * keep)[2] * keep, y0 * keep, d,
+                                       fx=clean * keep))
   return float(np.mean(np.concatenate(ratios)))
 
 
@@ -452,7 +460,8 @@ def long_range_stability(attentions=tuple(LONG_RANGE_ATTENTIONS), lengths=(64, 1
   """Model-free: for each attention kind (`LONG_RANGE_ATTENTIONS`) a stack (`LONG_RANGE_STACK`, updated by
   `stack`) at `seeds` random initialisations, and for each N `samples` inputs x ~ N(0, I) [N, model_dim]
   (the same for every kind) with a `perturbation` d: the mean `relative_sensitivity` of the last block's
-  attention output. -> {N: [...], kind: [...] per kind}. `attention_sensitivity` is the same of a trained model."""
+  attention output. -> {N: [...], kind: [...] per kind}. `attention_sensitivity` measures a trained model
+  alike, but perturbs its Y_0 (after any added table) on its own inputs."""
   lengths = [int(n) for n in lengths]
   result = {"N": lengths}
   for kind in attentions:

@@ -90,7 +90,7 @@ def at_eval_length(config: ml_collections.ConfigDict, length: int) -> ml_collect
   """A language model's config that scores its eval text in windows of `length` tokens ("train short, test
   long", Press et al. 2022; `data.eval_stride` still applies) with the parameters it was trained with:
   `data.max_length` set to `length`, the stack's `max_length` raised to it when shorter, `eval.batch_size`
-  scaled to the same tokens per batch (at least one window). Refused (a
+  scaled to the same tokens per batch (at least one window; `Experiment` rounds it up to the devices). Refused (a
   ValueError saying why) for a task that is not a language model, and for a learned position table, whose
   rows end at the trained length."""
   if "perplexity" not in tasks.get(config.model.name).metrics:

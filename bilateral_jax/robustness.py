@@ -189,7 +189,7 @@ def attacked_logits(model: nn.Module, params, batch, *, attack: str, epsilon, in
         other_loss = per_example(other)
         better = other_loss > best
         delta = jnp.where(better.reshape((-1,) + (1,) * (len(shape) - 1)), other, delta)
-        best = jnp.maximum(best, other_loss)
+        best = jnp.where(better, other_loss, best)
   else:
     raise ValueError(f"unknown attack {attack!r}; known: {', '.join(IMAGE_ATTACKS)}")
   return apply(delta), delta

@@ -20,8 +20,8 @@ Adam eps 1e-8 (LRA: 1e-9); one dropout rate (LRA also 0.1 on attention weights).
 `:small`: the setting of this paper's line of work (`common.lra_small`), 2 x 64, batch 32, 5k steps.
 `:small_512`: `:small` on ListOps by LRA's recipe with lengths cut to 256 < length < 512 (LRA: 500-2000),
 the longest band a 5-seed study fits in on a 2-core CPU: 2,500 steps of 32 with 500 warm-up steps (LRA's
-`:small`: 5k and 1k), evaluated every 500 (studies/listops_lra_length.py, docs/results.md "ListOps at
-LRA's recipe, 512 tokens"). Generating its 100k expressions takes about 37 minutes on one core, once.
+`:small`: 5k and 1k), evaluated every 500 (studies/listops_lra_length.py; not run yet). Generating its 100k expressions takes
+about 37 minutes on one core, once.
 
 Expected: LRA's Transformer baseline reached 36.4% test accuracy; the paper reports BSA above it. Not yet
 measured here.
@@ -40,7 +40,8 @@ def get_config(variant: str = ""):
   config.optimizer.update(dict(learning_rate=0.05 / 1_000**0.5, warmup_steps=1_000, schedule="rsqrt",
                                weight_decay=0.1, clip_norm=0.0))
   config.eval.batch_size = 32
-  if common.variant(variant, ("", "small", "small_512")) == "small":
+  variant = common.variant(variant, ("", "small", "small_512"))
+  if variant == "small":
     common.lra_small(config, max_length=2000, batch_size=32, num_steps=5_000, warmup_steps=1_000)
   elif variant == "small_512":
     common.lra_small(config, max_length=512, batch_size=32, num_steps=2_500, warmup_steps=500)

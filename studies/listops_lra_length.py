@@ -1,9 +1,10 @@
 """ListOps by LRA's recipe at up to 511 tokens (configs/lra_listops.py:small_512: depth <= 10, 2-10
 arguments, LRA's tokenisation, 256 < length < 512; 2 layers of width 64, 2,500 steps of 32): BSA
 `asymmetric` against learned absolute positions (LRA's baseline) and RoPE, every variant with the standard
-residual. Primary quantity: test accuracy. Read beside the short ListOps of studies/listops_attribution.py
-(configs/default.py: depth <= 3, <= 5 arguments, at most 63 tokens), which has the same three variants:
-does BSA's edge grow with length?
+residual. Primary quantity: test accuracy. Read beside the short ListOps of studies/listops_attribution.py,
+which runs these three variants among its six: a contrast, not a controlled comparison, since
+configs/default.py differs in more than the length (depth <= 3, <= 5 arguments, at most 63 tokens; 4
+heads, its own optimiser settings and steps, bandwidths over 1-32): does BSA's edge grow with length?
 
     python study.py --config configs/lra_listops.py:small_512 --variants studies/listops_lra_length.py \
         --seeds 0,1,2,3,4 --workdir runs/study_listops_lra_length --attacks reflect
@@ -16,7 +17,8 @@ length on a GPU (`:small`, 2,000 tokens), the same variants: `bash benchmarks/lr
 
 PRIMARY = "accuracy"  # the quantity on which a difference holds (Holm over the comparisons with the baseline)
 
-# Shared by every variant and pinned, so that the study does not move when the shipped config does.
+# Shared by every variant and pinned, so that the study does not move when the shipped config does; BSA's
+# bandwidth range is the config's (a quarter of its length), so that the same file serves `:small` at 2,000.
 PINNED = {"residual": "standard"}
 
 VARIANTS = {

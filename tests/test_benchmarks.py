@@ -110,6 +110,6 @@ def test_the_lra_gpu_script_stops_without_a_gpu_and_otherwise_sizes_and_runs_the
   for variant in ("learned-absolute", "BSA-asymmetric"):
     assert re.search(rf"^{variant}\s+{NUMBER} ms a step$", report, re.M), report
   assert "== 3. the study at 100 steps" in report
-  summary = json.loads((tmp_path / "study" / "summary.json").read_text())
+  summary = json.loads((tmp_path / "study_100" / "summary.json").read_text())
   assert list(summary["variants"]) == ["learned absolute", "BSA asymmetric"] and summary["seeds"] == [0]
-  assert all(json.loads(path.read_text())["step"] == 100 for path in (tmp_path / "study").glob("*/seed_0/result.json"))
+  assert all(json.loads(path.read_text())["step"] == 100 for path in (tmp_path / "study_100").glob("*/seed_0/result.json"))

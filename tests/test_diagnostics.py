@@ -284,6 +284,8 @@ def test_diagnose_commands(trained_tiny_run, tmp_path):
   assert set(long_range) == {"N", "standard", "alibi", "bilateral"} and long_range["N"] == [10, 100]
   assert (out / "long_range.png").exists()
   shutil.copytree(trained_tiny_run[1], tmp_path / "run")
+  classifier = run_script("diagnose.py", tmp_path / "run", {}, devices=1, extra=["--long_range"])
+  assert classifier.returncode == 2 and "is a 'classifier' model, not a language model" in classifier.stderr
   result = run_script("diagnose.py", tmp_path / "run", {}, devices=1, extra=["--examples=8"])
   assert result.returncode == 0, result.stderr
   depth = json.loads((tmp_path / "run" / "diagnostics" / "depth.json").read_text())
