@@ -20,8 +20,8 @@ Adam eps 1e-8 (LRA: 1e-9); one dropout rate (LRA also 0.1 on attention weights).
 `:small`: the setting of this paper's line of work (`common.lra_small`), 2 x 64, batch 32, 5k steps.
 `:small_512`: `:small` on ListOps by LRA's recipe with lengths cut to 256 < length < 512 (LRA: 500-2000),
 the longest band a 5-seed study fits in on a 2-core CPU: 2,500 steps of 32 with 500 warm-up steps (LRA's
-`:small`: 5k and 1k), evaluated every 500 (studies/listops_lra_length.py; not run yet). Generating its 100k expressions takes
-about 37 minutes on one core, once.
+`:small`: 5k and 1k), evaluated every 500 (studies/listops_lra_length.py; not run yet). Generating its 100k expressions took 49
+minutes on one core beside a running study, once.
 
 Expected: LRA's Transformer baseline reached 36.4% test accuracy; the paper reports BSA above it. Not yet
 measured here.
