@@ -42,10 +42,9 @@ mkdir -p "$out"
       --config.train.log_every=$((probe / 4 > 0 ? probe / 4 : 1)) --config.optimizer.warmup_steps=1 \
       > "$out/probe.log" 2>&1 || { tail -n 5 "$out/probe.log"; exit 1; }
   steps=$("$python" - "$out/probe" "$minutes" <<'EOF'
-import pathlib, sys
+import pathlib, statistics, sys
 from bilateral_jax import metric_writer
 root, minutes = pathlib.Path(sys.argv[1]), float(sys.argv[2])
-import statistics
 rates = {run.parent.name: [row["steps_per_s"] for row in metric_writer.read(run) if "steps_per_s" in row][1:]
          for run in sorted(root.glob("*/seed_0"))}
 seconds = {name: statistics.median(1 / rate for rate in each) for name, each in rates.items()}
