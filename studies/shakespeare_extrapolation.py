@@ -13,7 +13,7 @@ summary's `bandwidths` says how far each head reaches), RoPE, sinusoidal absolut
 al.'s, embeddings x sqrt(d)) and no positions at all (NoPE: a causal mask alone orders the tokens).
 Trained at context 128: the same command with --config.data.max_length=128
 --config.model.transformer.max_length=128 and another --workdir.
-Results: docs/results.md, "Train short, test long: the Shakespeare character LM".
+Results: docs/results.md, "Train short, test long: the Shakespeare character LM" (and "Trained at 128").
 """
 
 PRIMARY = "perplexity at 1024"  # the quantity on which a difference holds (Holm over the comparisons with the baseline)
